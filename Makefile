@@ -1,0 +1,39 @@
+# bslrun: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install run test test-full bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install bslrun with its test tools
+
+run: $(STAMP)  ## train the embedded default (BNN on white wine); ARGS="key=value ..." adds overrides
+	$(BIN)/bslrun $(ARGS)
+
+test: $(STAMP)  ## the test suite without the long statistical checks (under 10 minutes)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-full: $(STAMP)  ## every test, the slow statistical ones included
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## throughput benchmarks; writes benchmarks/results/*.json
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)  ## ruff (installed on demand)
+	$(BIN)/pip install --quiet ruff
+	$(BIN)/ruff check src tests benchmarks
+
+clean:  ## remove .venv, caches and run folders (experiments/README.md stays)
+	rm -rf $(VENV) .pytest_cache benchmarks/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find experiments -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

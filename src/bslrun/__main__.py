@@ -1,0 +1,3 @@
+from bslrun.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""The experiment folder. Every file is written to a temporary name in the same
+folder and renamed into place, so a reader (or a crash) never sees half a file.
+
+Layout of one run folder::
+
+    .hydra/                config.yaml, overrides.yaml, hydra.yaml (by Hydra)
+    run.log                the run's log
+    metrics.json           nested metrics (test, val, train, timing, seed, versions)
+    history.csv            one row per epoch
+    predictions.npz        test-set predictions
+    checkpoint/params.msgpack   variational parameters (flax msgpack; never pickle)
+    plots/*.png
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null reads as "not available"
+    return value
+
+
+def write_json(path: Path, obj) -> Path:
+    text = json.dumps(_json_ready(obj), indent=2, sort_keys=False)
+    return write_bytes(path, (text + "\n").encode())
+
+
+def write_history(path: Path, history: list) -> Path:
+    """CSV with one row per epoch; columns are the union of keys, in first-seen order."""
+    columns: list = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return write_bytes(path, buffer.getvalue().encode())
+
+
+def write_npz(path: Path, arrays: dict) -> Path:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_bytes(path, buffer.getvalue())
+
+
+def save_params(path: Path, params: dict) -> Path:
+    """Parameters as flax msgpack (portable, no code execution on load)."""
+    from flax import serialization
+
+    host = {k: np.asarray(v) for k, v in params.items()}
+    return write_bytes(path, serialization.msgpack_serialize(host))
+
+
+def load_params(path: Path) -> dict:
+    from flax import serialization
+
+    return serialization.msgpack_restore(Path(path).read_bytes())

@@ -1,0 +1,230 @@
+"""The ``bslrun`` command: Hydra composes the config, bslrun validates and runs it.
+
+Before Hydra starts (and before JAX is imported), the overrides are composed
+once with Hydra's compose API and validated, every value of every sweep
+included: a typo costs a second and one line on stderr (exit 2), not a
+minute of compilation and a traceback. This is the only place where a
+DictConfig exists; below it everything is a typed dataclass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bslrun import PROCESS_START  # noqa: F401  (first import: starts the clock)
+from bslrun.errors import BslrunError, ConfigError
+
+PROG = "bslrun"
+
+
+def find_config_dir() -> Path:
+    """``$BSLRUN_CONFIG_DIR``, else the configs shipped in the wheel, else the checkout's."""
+    here = Path(__file__).resolve()
+    candidates = [here.parent / "configs", here.parents[2] / "configs"]
+    if os.environ.get("BSLRUN_CONFIG_DIR"):
+        candidates.insert(0, Path(os.environ["BSLRUN_CONFIG_DIR"]))
+    for candidate in candidates:
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise SystemExit(f"{PROG}: error: no configs/config.yaml found; reinstall bslrun")
+
+
+CONFIG_DIR = find_config_dir()
+
+
+# ----------------------------------------------------------------- config in
+
+
+def to_config(dcfg):
+    """DictConfig -> validated Config dataclass (raises ConfigError)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bslrun.config import validate
+
+    try:
+        cfg = OmegaConf.to_object(dcfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(describe_error(error)) from None
+    return validate(cfg)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line naming the offending key, option or value, and what is allowed."""
+    from dataclasses import fields, is_dataclass
+
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(error, MissingConfigException):
+        missing = (error.missing_cfg_file or "").strip("/")
+        group, _, option = missing.rpartition("/")
+        if group and error.options is not None:
+            return (
+                f"unknown option {group}={option}; choose one of: "
+                + ", ".join(sorted(error.options))
+            )
+        return str(error).splitlines()[0]
+    cause = error
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        allowed = ""
+        if cause.object_type is not None and is_dataclass(cause.object_type):
+            allowed = "; valid keys here: " + ", ".join(f.name for f in fields(cause.object_type))
+        return f"unknown key {cause.full_key}{allowed}"
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        message = cause.msg.splitlines()[0] if cause.msg else type(cause).__name__
+        return f"{cause.full_key}: {message}"
+    return str(error).strip().splitlines()[0]
+
+
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """Override lists covering every value of every sweep, one sweep varied at a time."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base, sweeps = [], []
+    for i, override in enumerate(parsed):
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+            key = override.get_key_element()
+            base.append(f"{key}={values[0]}")
+            sweeps.append((i, key, values))
+        else:
+            base.append(override.input_line)
+    variants = [base]
+    for i, key, values in sweeps:
+        for value in values[1:]:
+            variant = list(base)
+            variant[i] = f"{key}={value}"
+            variants.append(variant)
+    return variants
+
+
+def prevalidate(argv: list[str]) -> None:
+    """Compose and validate the config the command line asks for (ConfigError if bad)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bslrun.config import register
+
+    register()
+    args, _ = get_args_parser().parse_known_args(argv)
+    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        variants = sweep_variants(overrides)
+        if len(variants) > 1 and not args.multirun:
+            raise ConfigError("these overrides sweep over several values; add -m to run a sweep")
+        config_name = args.config_name or "config"
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=PROG):
+            for variant in variants:
+                to_config(compose(config_name, overrides=variant))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(describe_error(error)) from None
+
+
+# --------------------------------------------------------------------- help
+
+
+def describe_option(path: Path) -> str:
+    """The first comment line of a YAML file (its one-line description)."""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def help_text() -> str:
+    lines = [
+        f"{PROG}: Bayesian deep learning experiments from one command.",
+        "",
+        f"usage: {PROG} [group=option ...] [key=value ...]       one run",
+        f"       {PROG} -m key=a,b,c ...                          a sweep (one run per value)",
+        f"       {PROG} --cfg job [overrides]                      print the composed config",
+        f"       {PROG} --hydra-help                               Hydra's own flags",
+        "",
+        "examples:",
+        f"  {PROG}                                     BNN on white wine (the default)",
+        f"  {PROG} experiment=lecture_bnn_wine         a named preset",
+        f"  {PROG} model=bnn data=wine_red model.posterior=lowrank optim=adamw optim.lr=3e-3 seed=3",
+        "",
+        "config groups (group=option):",
+    ]
+    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        lines.append(f"  {group.name}:")
+        options = sorted(group.glob("*.yaml"))
+        width = max((len(o.stem) for o in options), default=0)
+        for option in options:
+            lines.append(f"    {option.stem.ljust(width)}  {describe_option(option)}")
+    lines += [
+        "",
+        f"Every key can be overridden (key=value); '{PROG} --cfg job' lists them with their",
+        "current values. Runs are written to experiments/<name>/<timestamp>/ (set",
+        "BSLRUN_OUTPUT_DIR to change the root). See README.md for the full reference.",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- main
+
+FAILED_JOBS: list[str] = []
+
+
+def task(dcfg) -> None:
+    """Hydra's task function: one run in Hydra's output folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    log = logging.getLogger(PROG)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        cfg = to_config(dcfg)
+        from bslrun.run import format_table, run
+
+        metrics = run(cfg, run_dir)
+        log.info("wrote %s", run_dir)
+        print(f"\n{cfg.name}: {run_dir}\n{format_table(metrics)}")
+    except BslrunError as error:
+        log.error("%s", error)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            FAILED_JOBS.append(f"{run_dir}: {error}")
+            return
+        sys.exit(error.exit_code)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if "--help" in argv or "-h" in argv:
+        print(help_text())
+        return
+    if not {"--hydra-help", "--info", "--shell-completion", "-sc"} & set(argv):
+        try:
+            prevalidate(argv)
+        except ConfigError as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
+
+    import hydra
+
+    from bslrun.config import register
+
+    register()
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+    if FAILED_JOBS:
+        print(f"{PROG}: {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
+        for line in FAILED_JOBS:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

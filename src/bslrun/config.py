@@ -1,0 +1,267 @@
+"""Typed configuration: the dataclass schemas are the contract, YAML holds values.
+
+Each config group validates against its own schema (registered in Hydra's
+ConfigStore under ``schema/<group>``), so an unknown key or an enum value
+outside its choices is refused while Hydra composes. Numeric ranges and
+cross-field rules are checked by :func:`validate`, once, before anything is
+compiled or written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, List, Optional
+
+from bslrun.errors import ConfigError
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    tanh = "tanh"
+    sigmoid = "sigmoid"
+    gelu = "gelu"
+    silu = "silu"
+    elu = "elu"
+    softplus = "softplus"
+    leaky_relu = "leaky_relu"
+
+
+class Likelihood(str, Enum):
+    regression = "regression"  # Normal(f(x), sigma) with one learned sigma
+    heteroscedastic = "heteroscedastic"  # Normal(f(x), g(x)): the lecture's probabilistic BNN
+    classification = "classification"  # Categorical(logits=f(x))
+
+
+class Posterior(str, Enum):
+    map = "map"  # point estimate (Delta guide): the deterministic baseline
+    mean_field = "mean_field"  # diagonal Gaussian
+    lowrank = "lowrank"  # Gaussian with covariance W W^T + diag
+    full_rank = "full_rank"  # Gaussian with a full lower-triangular scale
+
+
+class OptimName(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+    rmsprop = "rmsprop"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    warmup_constant = "warmup_constant"
+    warmup_cosine = "warmup_cosine"
+
+
+class Monitor(str, Enum):
+    nll = "nll"
+    rmse = "rmse"
+    error = "error"
+
+
+@dataclass
+class DataConfig:
+    name: str = "wine_white"
+    train_fraction: float = 0.75
+    val_fraction: float = 0.10
+    test_fraction: float = 0.15
+    # Fraction of the training split actually used (the lecture's small-data experiment).
+    train_subset: float = 1.0
+    standardize: bool = True
+    # A standard benchmark split: folder with data.txt, index_features.txt,
+    # index_target.txt, index_train_<k>.txt and index_test_<k>.txt.
+    split_dir: Optional[str] = None
+    split: int = 0
+
+
+@dataclass
+class BnnConfig:
+    family: str = "bnn"
+    hidden: List[int] = field(default_factory=lambda: [50])
+    activation: Activation = Activation.relu
+    likelihood: Likelihood = Likelihood.regression
+    posterior: Posterior = Posterior.mean_field
+    prior_scale: float = 1.0
+    # Initial standard deviation of the Gaussian posteriors.
+    init_scale: float = 1e-3
+    # Rank of the covariance factor for posterior=lowrank.
+    rank: int = 10
+    # Fixed observation noise (standardised units) for likelihood=regression; null learns it.
+    noise_scale: Optional[float] = None
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = OptimName.adam
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: Schedule = Schedule.constant
+    warmup_epochs: int = 0
+    # Final learning rate of the cosine schedules, as a fraction of lr.
+    final_lr_fraction: float = 0.0
+    # Clip gradients to this global norm; null disables clipping.
+    clip_norm: Optional[float] = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    num_particles: int = 1
+    eval_every: int = 1
+    # Stop after this many validations without improvement; 0 disables early stopping.
+    patience: int = 0
+    monitor: Monitor = Monitor.nll
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 200
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    seed: int = 0
+    # Typed by the chosen group's own schema (see register()).
+    data: Any = None
+    model: Any = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+MODEL_SCHEMAS = {"bnn": BnnConfig}
+
+
+def register() -> None:
+    """Store the schemas so that YAML files can extend them (``/schema/...``)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    store.store(group="schema/data", name="data", node=DataConfig)
+    for name, schema in MODEL_SCHEMAS.items():
+        store.store(group="schema/model", name=name, node=schema)
+    store.store(group="schema/optim", name="optim", node=OptimConfig)
+    store.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _positive(key: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}={value} must be a positive number")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}={value} must be zero or positive")
+
+
+def _fraction(key: str, value: float, *, open_low: bool = False) -> None:
+    low_ok = value > 0 if open_low else value >= 0
+    if not (low_ok and value <= 1):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ConfigError(f"{key}={value} must lie in {interval}")
+
+
+def _check_data(d: DataConfig) -> None:
+    _fraction("data.train_fraction", d.train_fraction, open_low=True)
+    _fraction("data.val_fraction", d.val_fraction)
+    _fraction("data.test_fraction", d.test_fraction)
+    total = d.train_fraction + d.val_fraction + d.test_fraction
+    if d.split_dir is None and abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.train_fraction + data.val_fraction + data.test_fraction = {total:g}; "
+            "they must sum to 1"
+        )
+    _fraction("data.train_subset", d.train_subset, open_low=True)
+    if d.split < 0:
+        raise ConfigError(f"data.split={d.split} must be a split index >= 0")
+
+
+def _check_bnn(m: BnnConfig) -> None:
+    if any(h <= 0 for h in m.hidden):
+        raise ConfigError(f"model.hidden={list(m.hidden)} must list positive layer widths")
+    _positive("model.prior_scale", m.prior_scale)
+    _positive("model.init_scale", m.init_scale)
+    if m.rank < 1:
+        raise ConfigError(f"model.rank={m.rank} must be at least 1")
+    if m.noise_scale is not None:
+        _positive("model.noise_scale", m.noise_scale)
+
+
+def _check_optim(o: OptimConfig) -> None:
+    _positive("optim.lr", o.lr)
+    _non_negative("optim.weight_decay", o.weight_decay)
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum={o.momentum} must lie in [0, 1)")
+    if o.warmup_epochs < 0:
+        raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} must be zero or positive")
+    _fraction("optim.final_lr_fraction", o.final_lr_fraction)
+    if o.clip_norm is not None:
+        _positive("optim.clip_norm", o.clip_norm)
+
+
+def _check_trainer(t: TrainerConfig) -> None:
+    for key in ("epochs", "batch_size", "num_particles", "eval_every"):
+        value = getattr(t, key)
+        if value < 1:
+            raise ConfigError(f"trainer.{key}={value} must be a positive integer")
+    if t.patience < 0:
+        raise ConfigError(f"trainer.patience={t.patience} must be zero (off) or positive")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and cross-field rules; raise ConfigError naming the key."""
+    from bslrun.data import DATASETS
+    from bslrun.models import FAMILIES
+
+    if not isinstance(cfg.data, DataConfig):
+        raise ConfigError("data is not set; choose one with data=<name>")
+    if cfg.data.name not in DATASETS:
+        raise ConfigError(
+            f"data.name={cfg.data.name!r} is unknown; choose one of {', '.join(sorted(DATASETS))}"
+        )
+    family = getattr(cfg.model, "family", None)
+    if family not in FAMILIES:
+        raise ConfigError(
+            f"model.family={family!r} is unknown; choose one of {', '.join(sorted(FAMILIES))}"
+        )
+    if cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed} must be zero or positive")
+    _check_data(cfg.data)
+    {"bnn": _check_bnn}[family](cfg.model)
+    _check_optim(cfg.optim)
+    _check_trainer(cfg.trainer)
+    if cfg.eval.num_samples < 1:
+        raise ConfigError(f"eval.num_samples={cfg.eval.num_samples} must be a positive integer")
+    if cfg.optim.warmup_epochs >= cfg.trainer.epochs and cfg.optim.schedule.name.startswith("warmup"):
+        raise ConfigError(
+            f"optim.warmup_epochs={cfg.optim.warmup_epochs} must be below "
+            f"trainer.epochs={cfg.trainer.epochs}"
+        )
+    if cfg.trainer.patience > 0 and cfg.data.val_fraction == 0 and cfg.data.split_dir is None:
+        raise ConfigError(
+            "trainer.patience > 0 needs a validation split; set data.val_fraction > 0 "
+            "or trainer.patience=0"
+        )
+    return cfg
+
+
+def as_dict(obj: Any) -> Any:
+    """Plain JSON-ready view of a config dataclass (enums become their values)."""
+    if is_dataclass(obj):
+        return {f.name: as_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [as_dict(v) for v in obj]
+    return obj

@@ -1,0 +1,22 @@
+"""Datasets: a registry from config names to loaders.
+
+A loader has the signature ``load(cfg: DataConfig, key) -> Dataset``. The
+registry maps names to module paths so that validating a config does not
+import JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> "module:function"
+DATASETS = {
+    "wine_white": "bslrun.data.wine:load_white",
+    "wine_red": "bslrun.data.wine:load_red",
+}
+
+
+def load(cfg, key):
+    """Load ``cfg.name`` and split it with randomness from ``key``."""
+    module, function = DATASETS[cfg.name].split(":")
+    return getattr(importlib.import_module(module), function)(cfg, key)

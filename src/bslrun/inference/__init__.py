@@ -1,0 +1,1 @@
+"""Inference: variational families (guides), optimisers and the SVI engine."""

@@ -1,0 +1,122 @@
+"""One run, in short named steps: seed -> data -> family -> fit -> evaluate -> write."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import jax
+
+from bslrun import artifacts, plots, seeding
+from bslrun.config import Config, as_dict
+from bslrun.data import load as load_data
+from bslrun.errors import DivergenceError
+from bslrun.inference import engine
+from bslrun.models import build as build_family
+
+log = logging.getLogger("bslrun")
+
+PACKAGES = ("bslrun", "jax", "jaxlib", "numpyro", "flax", "optax", "hydra-core", "numpy")
+VAL_SAMPLES = 32  # posterior draws per validation pass during training
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def evaluate(family, params, split, key, num_samples: int) -> dict:
+    """Posterior predictive metrics on one split, as Python floats."""
+    scores = jax.jit(family.evaluate, static_argnums=4)(params, split.x, split.y, key, num_samples)
+    return {k: float(v) for k, v in jax.device_get(scores).items()}
+
+
+def write_training(run_dir: Path, result: engine.FitResult) -> None:
+    """History, learning curves and parameters: everything a diverged run still has."""
+    artifacts.write_history(run_dir / "history.csv", result.history)
+    artifacts.save_params(run_dir / "checkpoint" / "params.msgpack", result.params)
+    if result.history:
+        plots.learning_curves(result.history, run_dir / "plots" / "learning_curves.png")
+
+
+def run(cfg: Config, run_dir: Path) -> dict:
+    """Train and evaluate ``cfg``; write the experiment folder; return metrics."""
+    run_dir = Path(run_dir)
+    keys = seeding.streams(cfg.seed)
+    data = load_data(cfg.data, keys.data)
+    log.info(
+        "data %s: %d train, %d validation, %d test rows",
+        data.spec.name,
+        len(data.train),
+        len(data.val) if data.val is not None else 0,
+        len(data.test),
+    )
+    family = build_family(cfg.model, data.spec, len(data.train))
+    log.info("model %s: %s", cfg.model.family, getattr(cfg.model, "posterior", ""))
+    try:
+        result = engine.fit(
+            family, data, cfg.optim, cfg.trainer, keys.init, keys.train, VAL_SAMPLES, desc=cfg.name
+        )
+    except DivergenceError as error:
+        write_training(run_dir, error.result)
+        raise
+    write_training(run_dir, result)
+
+    tick = time.perf_counter()
+    test_key, val_key, artifact_key = jax.random.split(keys.eval, 3)
+    test = evaluate(family, result.params, data.test, test_key, cfg.eval.num_samples)
+    val = {}
+    if data.val is not None:
+        val = evaluate(family, result.params, data.val, val_key, cfg.eval.num_samples)
+    predictions = jax.device_get(
+        jax.jit(family.artifacts, static_argnums=4)(
+            result.params, data.test.x, data.test.y, artifact_key, cfg.eval.num_samples
+        )
+    )
+    eval_s = time.perf_counter() - tick
+
+    timing = dict(result.timing, eval_s=eval_s)
+    metrics = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "test": test,
+        "val": val or {"nll": None},
+        "train": {
+            "final_loss": result.history[-1]["train_loss"],
+            "n": len(data.train),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+        },
+        "data": {"val_n": len(data.val) if data.val is not None else 0, "test_n": len(data.test)},
+        "timing": timing,
+        "config": as_dict(cfg),
+        "versions": versions(),
+    }
+    artifacts.write_npz(run_dir / "predictions.npz", predictions)
+    family.plot(predictions, run_dir / "plots")
+    artifacts.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """The final metrics as an aligned two-column table."""
+    rows = []
+    for section in ("test", "val"):
+        for key, value in metrics.get(section, {}).items():
+            if value is not None:
+                rows.append((f"{section}.{key}", f"{value:.4f}"))
+    timing = metrics.get("timing", {})
+    for key in ("startup_s", "compile_s", "train_s", "train_examples_per_sec"):
+        if key in timing:
+            rows.append((f"timing.{key}", f"{timing[key]:.2f}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)

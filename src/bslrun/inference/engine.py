@@ -27,6 +27,7 @@ from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
 
 from bslrun import PROCESS_START
+from bslrun.config import Monitor
 from bslrun.errors import DivergenceError
 from bslrun.inference import optim
 
@@ -58,8 +59,17 @@ def batch_plan(n: int, batch_size: int) -> tuple[int, int]:
     return batch_size, n // batch_size
 
 
+def all_finite(tree) -> jax.Array:
+    """True when every leaf of ``tree`` is free of NaN and inf."""
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def epoch_fn(svi: SVI, batch_size: int, num_batches: int):
-    """state, key, x, y -> (state, mean loss): one pass over a fresh permutation."""
+    """state, key, x, y -> (state, mean loss, finite): one pass over a fresh permutation.
+
+    ``finite`` says whether the new parameters are all finite: a finite loss
+    can precede an update that overflows.
+    """
 
     def epoch(state, key, x, y):
         perm = jax.random.permutation(key, x.shape[0])
@@ -69,7 +79,8 @@ def epoch_fn(svi: SVI, batch_size: int, num_batches: int):
             return svi.update(state, x[idx], y[idx])
 
         state, losses = jax.lax.scan(step, state, batches)
-        return state, jnp.mean(losses)
+        finite = all_finite(svi.optim.get_params(state.optim_state))
+        return state, jnp.mean(losses), finite
 
     return epoch
 
@@ -115,7 +126,7 @@ def fit(
         # Compiled on first use, after the first epoch: training starts sooner.
         validate = jax.jit(score)
 
-    monitor = trainer_cfg.monitor.value
+    monitor = Monitor(trainer_cfg.monitor).value
     history, best, best_epoch, best_state, bad_evals = [], None, 0, state, 0
     train_time = eval_time = 0.0
     stopped_early, first_validation = False, True
@@ -128,14 +139,16 @@ def fit(
     )
     for epoch in bar:
         tick = time.perf_counter()
-        new_state, loss = run_epoch(state, jax.random.fold_in(epochs_key, epoch), x, y)
-        loss = float(loss)  # the one host sync per epoch
+        new_state, loss, finite = run_epoch(state, jax.random.fold_in(epochs_key, epoch), x, y)
+        loss, finite = jax.device_get((loss, finite))  # the one host sync per epoch
+        loss = float(loss)
         train_time += time.perf_counter() - tick
         row = {"epoch": epoch, "train_loss": loss, "lr": float(lr_at(epoch * num_batches - 1))}
-        if not math.isfinite(loss):
+        if not (math.isfinite(loss) and finite):
             history.append(row)
+            what = f"loss {loss}" if not math.isfinite(loss) else "parameters overflowed"
             error = DivergenceError(
-                f"training diverged at epoch {epoch} (loss {loss}); history and the last finite "
+                f"training diverged at epoch {epoch} ({what}); history and the last finite "
                 "parameters were written; lower optim.lr or set optim.clip_norm (e.g. 10)"
             )
             last = svi.get_params(state)

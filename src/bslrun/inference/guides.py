@@ -9,7 +9,14 @@ Families (D = dimension of w):
 - map:        q = Delta(loc)                          (MAP estimate under the prior)
 - mean_field: q = N(loc, diag(scale^2))               (Blundell et al. 2015)
 - lowrank:    q = N(loc, F F^T + diag(d)), F: (D, r)  (Rezende et al. 2014, sec. 4)
-- full_rank:  q = N(loc, L L^T), L lower triangular   (the lecture's MultivariateNormalTriL)
+- full_rank:  q = N(loc, L L^T), L = diag(scale) (I + strictly-lower(U))
+              (the lecture's MultivariateNormalTriL)
+
+The full-rank factor is kept as row scales times a unit-diagonal triangle, as
+NumPyro's AutoMultivariateNormal does: Adam moves every entry by about the
+learning rate, and with a raw triangle that would make the off-diagonal
+entries dwarf a small initial diagonal within a few steps, leaving L L^T
+numerically singular.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ CONSTRAINTS = {
     "scale": constraints.softplus_positive,
     "cov_factor": constraints.real,
     "cov_diag": constraints.softplus_positive,
-    "scale_tril": constraints.softplus_lower_cholesky,
+    "unit_tril": constraints.real,  # only the strictly lower triangle is used
 }
 
 
@@ -49,7 +56,8 @@ def declare(kind: str, site: str, loc_init, dim: int, init_scale: float, rank: i
         )
         initial["cov_diag"] = jnp.full((dim,), init_scale**2)
     elif kind == "full_rank":
-        initial["scale_tril"] = init_scale * jnp.eye(dim)
+        initial["scale"] = jnp.full((dim,), init_scale)
+        initial["unit_tril"] = jnp.zeros((dim, dim))
     elif kind != "map":
         raise ValueError(f"unknown posterior family {kind!r}")
     return {
@@ -68,8 +76,14 @@ def distribution(kind: str, params: dict) -> dist.Distribution:
     if kind == "lowrank":
         return dist.LowRankMultivariateNormal(loc, params["cov_factor"], params["cov_diag"])
     if kind == "full_rank":
-        return dist.MultivariateNormal(loc, scale_tril=params["scale_tril"])
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril(params))
     raise ValueError(f"unknown posterior family {kind!r}")
+
+
+def scale_tril(params: dict):
+    """L = diag(scale) (I + strictly-lower(unit_tril)) of the full-rank family."""
+    unit = jnp.tril(params["unit_tril"], -1) + jnp.eye(params["unit_tril"].shape[-1])
+    return params["scale"][:, None] * unit
 
 
 def site_params(site: str, params: dict) -> dict:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import optax
 
+from bslrun.config import OptimName, Schedule
+
 
 def schedule(cfg, steps_per_epoch: int, epochs: int) -> optax.Schedule:
     """Learning rate per step; warm-up is linear from 0 over ``warmup_epochs``."""
     total = steps_per_epoch * epochs
     warmup = steps_per_epoch * cfg.warmup_epochs
     final = cfg.lr * cfg.final_lr_fraction
-    kind = cfg.schedule.value
+    kind = Schedule(cfg.schedule).value
     if kind == "constant":
         return optax.constant_schedule(cfg.lr)
     if kind == "cosine":
@@ -28,7 +30,7 @@ def schedule(cfg, steps_per_epoch: int, epochs: int) -> optax.Schedule:
 def build(cfg, steps_per_epoch: int, epochs: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax transformation for ``cfg`` and its schedule (for logging)."""
     lr = schedule(cfg, steps_per_epoch, epochs)
-    name = cfg.name.value
+    name = OptimName(cfg.name).value
     if name == "adam":
         rule = optax.adam(lr)
     elif name == "adamw":

@@ -23,6 +23,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from bslrun import metrics, plots
+from bslrun.config import Activation, Likelihood, Posterior
 from bslrun.errors import ConfigError
 from bslrun.inference import guides
 from bslrun.models.nets import MLP, FlatView
@@ -34,7 +35,8 @@ EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large ne
 
 class BnnFamily:
     def __init__(self, cfg, spec, n_train: int):
-        likelihood = cfg.likelihood.value
+        # Enum(value) accepts members and plain strings alike (handy in library use).
+        likelihood = Likelihood(cfg.likelihood).value
         if (likelihood == "classification") != (spec.task == "classification"):
             raise ConfigError(
                 f"model.likelihood={likelihood} does not fit {spec.name}, a {spec.task} "
@@ -45,9 +47,9 @@ class BnnFamily:
         self.spec = spec
         self.n_train = n_train
         self.likelihood = likelihood
-        self.posterior = cfg.posterior.value
+        self.posterior = Posterior(cfg.posterior).value
         out_dim = {"regression": 1, "heteroscedastic": 2}.get(likelihood, spec.num_classes)
-        self.net = MLP(tuple(cfg.hidden), out_dim, cfg.activation.value)
+        self.net = MLP(tuple(cfg.hidden), out_dim, Activation(cfg.activation).value)
         self.input_dim = spec.input_dim
         abstract_key = jax.ShapeDtypeStruct((2,), jnp.uint32)
         shapes = jax.eval_shape(self.net.init, abstract_key, jnp.zeros((1, spec.input_dim)))

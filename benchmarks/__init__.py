@@ -1,0 +1,1 @@
+"""Benchmarks run by ``make bench`` (``python -m benchmarks.run``); each writes benchmarks/results/<name>.json."""

@@ -1,0 +1,63 @@
+"""Helpers shared by the benchmarks: options, timing statistics, environment, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PACKAGES = ("bslrun", "jax", "jaxlib", "numpyro", "flax", "optax", "numpy")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line knobs; None keeps each benchmark's own default."""
+
+    epochs: int | None = None  # timed epochs per repetition
+    reps: int | None = None  # timed repetitions per method
+    seed: int = 0
+
+
+def spread(values: list) -> dict:
+    """Median and every repetition (the median resists one noisy repetition)."""
+    return {"median": statistics.median(values), "reps": list(values)}
+
+
+def environment() -> dict:
+    """Package versions, operating system and the JAX device that ran the benchmark."""
+    import jax
+
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    device = jax.devices()[0]
+    return {
+        "versions": found,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": str(device),
+        "device_kind": getattr(device, "device_kind", None),
+        "device_count": jax.device_count(),
+    }
+
+
+def write(name: str, result: dict, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``result`` to ``results_dir/<name>.json`` atomically; return the path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    payload = {"benchmark": name, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path

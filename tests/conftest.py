@@ -1,0 +1,58 @@
+"""Shared helpers: small synthetic data sets wrapped in bslrun's data classes.
+
+Nothing here touches the network; everything is built in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split
+
+
+def make_spec(input_dim: int, n_total: int, *, task: str = "regression", num_classes: int = 0) -> DataSpec:
+    """A DataSpec with identity standardisers (data given in model units)."""
+    return DataSpec(
+        name="synthetic",
+        task=task,
+        input_dim=input_dim,
+        num_classes=num_classes,
+        x_scaler=IDENTITY,
+        y_scaler=IDENTITY,
+        feature_names=tuple(f"x{i}" for i in range(input_dim)),
+        target_name="y",
+        n_total=n_total,
+    )
+
+
+def make_dataset(x, y, *, val=None, test=None, task: str = "regression", num_classes: int = 0) -> Dataset:
+    """Wrap arrays as a Dataset; ``val``/``test`` are (x, y) pairs or None (test defaults to train)."""
+    y_dtype = np.float32 if task == "regression" else np.int32
+    x, y = np.asarray(x, np.float32), np.asarray(y, y_dtype)
+
+    def split(pair):
+        return Split(np.asarray(pair[0], np.float32), np.asarray(pair[1], y_dtype))
+
+    n_total = len(x) + (len(val[0]) if val is not None else 0)
+    spec = make_spec(x.shape[1], n_total, task=task, num_classes=num_classes)
+    return Dataset(
+        train=Split(x, y),
+        val=split(val) if val is not None else None,
+        test=split(test) if test is not None else Split(x, y),
+        spec=spec,
+    )
+
+
+def linear_regression_data(rng: np.random.Generator, n: int, d: int, sigma: float):
+    """x ~ N(0, I), y = x @ w + b + sigma * eps with fixed true w, b."""
+    w_true = np.linspace(1.5, -0.7, d)
+    b_true = 0.3
+    x = rng.normal(size=(n, d))
+    y = x @ w_true + b_true + sigma * rng.normal(size=n)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

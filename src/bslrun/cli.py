@@ -49,7 +49,23 @@ def to_config(dcfg):
         cfg = OmegaConf.to_object(dcfg)
     except OmegaConfBaseException as error:
         raise ConfigError(describe_error(error)) from None
+    reject_unknown_keys(OmegaConf.to_container(dcfg, resolve=False), cfg)
     return validate(cfg)
+
+
+def reject_unknown_keys(tree: dict, schema, prefix: str = "") -> None:
+    """Keys added with ``+key=value`` that the schema does not know are errors too."""
+    from dataclasses import fields, is_dataclass
+
+    if not (is_dataclass(schema) and isinstance(tree, dict)):
+        return
+    known = {f.name: getattr(schema, f.name) for f in fields(schema)}
+    for key, value in tree.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown key {prefix}{key}; valid keys here: " + ", ".join(known)
+            )
+        reject_unknown_keys(value, known[key], f"{prefix}{key}.")
 
 
 def describe_error(error: BaseException) -> str:
@@ -177,6 +193,14 @@ def help_text() -> str:
 FAILED_JOBS: list[str] = []
 
 
+def log_to_file_only(level: int, message: str) -> None:
+    """Record ``message`` in run.log without repeating it on the console."""
+    record = logging.LogRecord(PROG, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def task(dcfg) -> None:
     """Hydra's task function: one run in Hydra's output folder."""
     from hydra.core.hydra_config import HydraConfig
@@ -190,10 +214,9 @@ def task(dcfg) -> None:
         from bslrun.run import format_table, run
 
         metrics = run(cfg, run_dir)
-        log.info("wrote %s", run_dir)
-        print(f"\n{cfg.name}: {run_dir}\n{format_table(metrics)}")
+        log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics))
     except BslrunError as error:
-        log.error("%s", error)
+        log_to_file_only(logging.ERROR, str(error))
         print(f"{PROG}: error: {error}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             FAILED_JOBS.append(f"{run_dir}: {error}")

@@ -60,7 +60,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
         len(data.test),
     )
     family = build_family(cfg.model, data.spec, len(data.train))
-    log.info("model %s: %s", cfg.model.family, getattr(cfg.model, "posterior", ""))
+    log.info("model %s", as_dict(cfg.model))
     try:
         result = engine.fit(
             family, data, cfg.optim, cfg.trainer, keys.init, keys.train, VAL_SAMPLES, desc=cfg.name

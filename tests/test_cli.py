@@ -1,0 +1,137 @@
+"""The command line end to end, in subprocesses, with tiny settings (debug=tiny)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bslrun import artifacts, cli
+
+PRESETS = sorted(p.stem for p in (cli.CONFIG_DIR / "experiment").glob("*.yaml"))
+REQUIRED = ["test.rmse", "test.nll", "test.coverage_95", "val.nll", "timing.compile_s",
+            "timing.train_s", "timing.train_examples_per_sec", "seed", "versions.jax"]
+
+
+def bslrun(*args: str, out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0")
+    return subprocess.run(
+        [sys.executable, "-m", "bslrun", *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=out,
+    )
+
+
+def lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def run_folder(out: Path) -> Path:
+    found = [p.parent for p in out.rglob("metrics.json")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("default")
+    result = bslrun("debug=tiny", "trainer.epochs=2", "seed=7", out=out)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_default_run_writes_the_experiment_folder(default_run):
+    out, result = default_run
+    folder = run_folder(out)
+    assert folder.parent.name == "bnn_wine_white" and folder.parent.parent == out
+    for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "history.csv",
+                 "predictions.npz", "checkpoint/params.msgpack", "plots/learning_curves.png",
+                 "plots/predicted_vs_observed.png"]:
+        assert (folder / name).is_file(), name
+    assert not list(folder.rglob("*.tmp")), "a temporary file was left behind"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in REQUIRED:
+        assert lookup(metrics, key) is not None, key
+    assert metrics["seed"] == 7
+    assert 0.0 <= metrics["test"]["coverage_95"] <= 1.0
+    with open(folder / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(np.isfinite(float(r["train_loss"])) and r["val_nll"] for r in rows)
+    predictions = np.load(folder / "predictions.npz")
+    n_test = metrics["data"]["test_n"]
+    for name in ["y", "mean", "std", "lower_95", "upper_95", "epistemic_std", "aleatoric_std"]:
+        assert predictions[name].shape == (n_test,)
+    assert np.all(predictions["lower_95"] <= predictions["upper_95"])
+    # Targets come back in the original units: wine quality scores 3..9.
+    assert set(np.unique(np.round(predictions["y"]))) <= set(range(3, 10))
+    params = artifacts.load_params(folder / "checkpoint" / "params.msgpack")
+    assert set(params) == {"w_loc", "w_scale", "noise_scale"}
+    assert "test.rmse" in result.stdout and "wrote" in (folder / "run.log").read_text()
+
+
+def test_same_seed_gives_identical_numbers(default_run, tmp_path):
+    out, _ = default_run
+    first = json.loads((run_folder(out) / "metrics.json").read_text())
+    again = bslrun("debug=tiny", "trainer.epochs=2", "seed=7", out=tmp_path)
+    assert again.returncode == 0, again.stderr
+    second = json.loads((run_folder(tmp_path) / "metrics.json").read_text())
+    for section in ("test", "val", "train"):
+        assert first[section] == second[section], section
+
+
+def test_every_preset_runs_one_tiny_epoch(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = bslrun("-m", "experiment=" + ",".join(PRESETS), "debug=tiny",
+                    f"hydra.sweep.dir={sweep}", out=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    names = set()
+    for job in sorted(sweep.iterdir()):
+        if job.is_dir() and (job / "metrics.json").exists():
+            metrics = json.loads((job / "metrics.json").read_text())
+            assert np.isfinite(metrics["test"]["rmse"])
+            names.add(metrics["name"])
+    assert names == set(PRESETS)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=-1", "optim.lr"),
+    ("model.activation=swish", "model.activation"),
+    ("model.foo=3", "model.foo"),
+    ("data=nope", "data=nope"),
+])
+def test_bad_override_exits_2_with_one_line_and_writes_nothing(tmp_path, override, key):
+    result = bslrun(override, out=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bslrun: error:") and key in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_divergence_exits_4_and_keeps_history_and_parameters(tmp_path):
+    result = bslrun("debug=tiny", "trainer.epochs=3", "optim=sgd", "optim.lr=1e30", out=tmp_path)
+    assert result.returncode == 4
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "diverged" in lines[0] and "optim.lr" in lines[0]
+    folder = next(p.parent for p in tmp_path.rglob("history.csv"))
+    assert (folder / "checkpoint" / "params.msgpack").is_file()
+    assert not (folder / "metrics.json").exists()
+    params = artifacts.load_params(folder / "checkpoint" / "params.msgpack")
+    assert all(np.all(np.isfinite(v)) for v in params.values())
+    assert "diverged" in (folder / "run.log").read_text()
+
+
+def test_help_and_cfg_job(tmp_path):
+    help_run = bslrun("--help", out=tmp_path)
+    assert help_run.returncode == 0
+    assert "experiment:" in help_run.stdout and "lecture_bnn_wine" in help_run.stdout
+    cfg_run = bslrun("--cfg", "job", "model.posterior=lowrank", out=tmp_path)
+    assert cfg_run.returncode == 0
+    assert "posterior: lowrank" in cfg_run.stdout and "hidden:" in cfg_run.stdout

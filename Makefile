@@ -32,6 +32,7 @@ bench: $(STAMP)  ## throughput benchmarks; writes benchmarks/results/*.json
 lint: $(STAMP)  ## ruff (installed on demand)
 	$(BIN)/pip install --quiet ruff
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:  ## remove .venv, caches and run folders (experiments/README.md stays)
 	rm -rf $(VENV) .pytest_cache benchmarks/results

@@ -54,7 +54,9 @@ class Fused:
         self.compile_s = time.perf_counter() - tick
 
     def epoch(self, state, index):
-        state, loss, _finite = self.run_epoch(state, jax.random.fold_in(self.key, index), self.x, self.y)
+        state, loss, _finite = self.run_epoch(
+            state, jax.random.fold_in(self.key, index), self.x, self.y
+        )
         return state, loss
 
 
@@ -158,7 +160,7 @@ def run(opts: Options) -> dict:
         per_method["fused"]["examples_per_sec"]["median"]
         / per_method["loop"]["examples_per_sec"]["median"]
     )
-    paired = [loop / fused for fused, loop in zip(seconds["fused"], seconds["loop"])]
+    paired = [loop / fused for fused, loop in zip(seconds["fused"], seconds["loop"], strict=False)]
     fused_loss, loop_loss = last_loss["fused"], last_loss["loop"]
     finite = math.isfinite(fused_loss) and math.isfinite(loop_loss)
     gap = abs(fused_loss - loop_loss) / max(1.0, abs(loop_loss)) if finite else float("nan")

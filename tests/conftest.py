@@ -11,7 +11,9 @@ import pytest
 from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split
 
 
-def make_spec(input_dim: int, n_total: int, *, task: str = "regression", num_classes: int = 0) -> DataSpec:
+def make_spec(
+    input_dim: int, n_total: int, *, task: str = "regression", num_classes: int = 0
+) -> DataSpec:
     """A DataSpec with identity standardisers (data given in model units)."""
     return DataSpec(
         name="synthetic",
@@ -26,7 +28,9 @@ def make_spec(input_dim: int, n_total: int, *, task: str = "regression", num_cla
     )
 
 
-def make_dataset(x, y, *, val=None, test=None, task: str = "regression", num_classes: int = 0) -> Dataset:
+def make_dataset(
+    x, y, *, val=None, test=None, task: str = "regression", num_classes: int = 0
+) -> Dataset:
     """Wrap arrays as a Dataset; ``val``/``test`` are (x, y) pairs or None (test defaults to train)."""
     y_dtype = np.float32 if task == "regression" else np.int32
     x, y = np.asarray(x, np.float32), np.asarray(y, y_dtype)

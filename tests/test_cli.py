@@ -15,15 +15,28 @@ import pytest
 from bslrun import artifacts, cli
 
 PRESETS = sorted(p.stem for p in (cli.CONFIG_DIR / "experiment").glob("*.yaml"))
-REQUIRED = ["test.rmse", "test.nll", "test.coverage_95", "val.nll", "timing.compile_s",
-            "timing.train_s", "timing.train_examples_per_sec", "seed", "versions.jax"]
+REQUIRED = [
+    "test.rmse",
+    "test.nll",
+    "test.coverage_95",
+    "val.nll",
+    "timing.compile_s",
+    "timing.train_s",
+    "timing.train_examples_per_sec",
+    "seed",
+    "versions.jax",
+]
 
 
 def bslrun(*args: str, out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0")
     return subprocess.run(
         [sys.executable, "-m", "bslrun", *args],
-        capture_output=True, text=True, env=env, timeout=timeout, cwd=out,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=out,
     )
 
 
@@ -51,9 +64,16 @@ def test_default_run_writes_the_experiment_folder(default_run):
     out, result = default_run
     folder = run_folder(out)
     assert folder.parent.name == "bnn_wine_white" and folder.parent.parent == out
-    for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "history.csv",
-                 "predictions.npz", "checkpoint/params.msgpack", "plots/learning_curves.png",
-                 "plots/predicted_vs_observed.png"]:
+    for name in [
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "run.log",
+        "history.csv",
+        "predictions.npz",
+        "checkpoint/params.msgpack",
+        "plots/learning_curves.png",
+        "plots/predicted_vs_observed.png",
+    ]:
         assert (folder / name).is_file(), name
     assert not list(folder.rglob("*.tmp")), "a temporary file was left behind"
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -89,8 +109,14 @@ def test_same_seed_gives_identical_numbers(default_run, tmp_path):
 
 def test_every_preset_runs_one_tiny_epoch(tmp_path):
     sweep = tmp_path / "sweep"
-    result = bslrun("-m", "experiment=" + ",".join(PRESETS), "debug=tiny",
-                    f"hydra.sweep.dir={sweep}", out=tmp_path, timeout=600)
+    result = bslrun(
+        "-m",
+        "experiment=" + ",".join(PRESETS),
+        "debug=tiny",
+        f"hydra.sweep.dir={sweep}",
+        out=tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     names = set()
     for job in sorted(sweep.iterdir()):
@@ -101,12 +127,15 @@ def test_every_preset_runs_one_tiny_epoch(tmp_path):
     assert names == set(PRESETS)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("optim.lr=-1", "optim.lr"),
-    ("model.activation=swish", "model.activation"),
-    ("model.foo=3", "model.foo"),
-    ("data=nope", "data=nope"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("model.activation=swish", "model.activation"),
+        ("model.foo=3", "model.foo"),
+        ("data=nope", "data=nope"),
+    ],
+)
 def test_bad_override_exits_2_with_one_line_and_writes_nothing(tmp_path, override, key):
     result = bslrun(override, out=tmp_path)
     assert result.returncode == 2

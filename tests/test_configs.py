@@ -44,9 +44,15 @@ def test_every_group_option_composes(override):
 
 LECTURE = {
     "lecture_wine_baseline": dict(posterior="map", likelihood="regression", epochs=100, subset=1.0),
-    "lecture_bnn_wine_small": dict(posterior="full_rank", likelihood="regression", epochs=500, subset=0.3),
-    "lecture_bnn_wine": dict(posterior="full_rank", likelihood="regression", epochs=500, subset=1.0),
-    "lecture_prob_bnn_wine": dict(posterior="full_rank", likelihood="heteroscedastic", epochs=1000, subset=1.0),
+    "lecture_bnn_wine_small": dict(
+        posterior="full_rank", likelihood="regression", epochs=500, subset=0.3
+    ),
+    "lecture_bnn_wine": dict(
+        posterior="full_rank", likelihood="regression", epochs=500, subset=1.0
+    ),
+    "lecture_prob_bnn_wine": dict(
+        posterior="full_rank", likelihood="heteroscedastic", epochs=1000, subset=1.0
+    ),
 }
 
 
@@ -56,7 +62,11 @@ def test_lecture_presets_match_the_notebook_setup(preset):
     expected = LECTURE[preset]
     assert cfg.name == preset
     assert cfg.data.name == "wine_white"
-    assert (cfg.data.train_fraction, cfg.data.val_fraction, cfg.data.test_fraction) == (0.85, 0.0, 0.15)
+    assert (cfg.data.train_fraction, cfg.data.val_fraction, cfg.data.test_fraction) == (
+        0.85,
+        0.0,
+        0.15,
+    )
     assert cfg.data.train_subset == expected["subset"]
     assert list(cfg.model.hidden) == [8, 8] and cfg.model.activation.value == "sigmoid"
     assert cfg.model.posterior.value == expected["posterior"]

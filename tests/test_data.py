@@ -21,7 +21,9 @@ from bslrun.errors import DataError
 from bslrun.seeding import streams
 
 SPLIT_DIR = Path("/work/shared/data/uci_wine_red_splits")
-needs_split_dir = pytest.mark.skipif(not SPLIT_DIR.is_dir(), reason="benchmark split folder not present")
+needs_split_dir = pytest.mark.skipif(
+    not SPLIT_DIR.is_dir(), reason="benchmark split folder not present"
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -107,10 +109,10 @@ def test_split_indices_partition_range(n, fractions):
     # Disjoint and covering: every row exactly once.
     assert np.array_equal(np.sort(joined), np.arange(n))
     # Sizes follow the fractions: round(f * n) for the leading parts, the rest last.
-    for part, f in zip(parts[:-1], fractions[:-1]):
+    for part, f in zip(parts[:-1], fractions[:-1], strict=False):
         assert len(part) == int(round(f * n))
     assert len(parts[-1]) == n - sum(int(round(f * n)) for f in fractions[:-1])
-    for part, f in zip(parts, fractions):
+    for part, f in zip(parts, fractions, strict=False):
         assert abs(len(part) - f * n) <= 1.0
         assert part.dtype.kind == "i"
 
@@ -119,7 +121,7 @@ def test_split_indices_seeded():
     a = split_indices(np.random.default_rng(1), 500, (0.7, 0.1, 0.2))
     b = split_indices(np.random.default_rng(1), 500, (0.7, 0.1, 0.2))
     c = split_indices(np.random.default_rng(2), 500, (0.7, 0.1, 0.2))
-    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=False))
     assert not np.array_equal(a[0], c[0])
 
 
@@ -273,7 +275,7 @@ def test_split_dir_validation_carved_from_training_rows(red_split0):
     table, train_idx, test_idx = red_split0
     cfg = DataConfig(name="wine_red", split_dir=str(SPLIT_DIR), split=0, val_fraction=0.1)
     data = load(cfg, streams(0).data)
-    n_val = int(round(0.1 * 1439))
+    n_val = round(0.1 * 1439)
     assert len(data.val) == n_val
     assert len(data.train) == 1439 - n_val
     assert len(data.test) == 160
@@ -295,7 +297,13 @@ def test_split_dir_missing_folder_names_file(tmp_path):
 @needs_split_dir
 @pytest.mark.parametrize("drop", ["index_test_0.txt", "index_train_0.txt", "index_features.txt"])
 def test_split_dir_missing_file_names_file(tmp_path, drop):
-    for name in ("data.txt", "index_features.txt", "index_target.txt", "index_train_0.txt", "index_test_0.txt"):
+    for name in (
+        "data.txt",
+        "index_features.txt",
+        "index_target.txt",
+        "index_train_0.txt",
+        "index_test_0.txt",
+    ):
         if name != drop:
             shutil.copy(SPLIT_DIR / name, tmp_path / name)
     cfg = DataConfig(name="wine_red", split_dir=str(tmp_path), split=0)

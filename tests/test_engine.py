@@ -7,6 +7,7 @@ import math
 import jax
 import numpy as np
 import pytest
+from conftest import linear_regression_data, make_dataset
 from jax import monitoring
 
 from bslrun.config import (
@@ -21,7 +22,6 @@ from bslrun.config import (
 from bslrun.errors import DivergenceError
 from bslrun.inference import engine
 from bslrun.models.bnn import BnnFamily
-from conftest import linear_regression_data, make_dataset
 
 N, DIM = 64, 3
 
@@ -31,7 +31,9 @@ def tiny_problem(*, posterior="mean_field", val=True, noise_scale=None, seed=0):
     x, y = linear_regression_data(rng, N + 16, DIM, 0.3)
     y = y + np.sin(2 * x[:, 0])  # a little non-linearity for the hidden layer
     data = make_dataset(x[:N], y[:N], val=(x[N:], y[N:]) if val else None)
-    cfg = BnnConfig(hidden=[8], posterior=Posterior(posterior), noise_scale=noise_scale, init_scale=0.01)
+    cfg = BnnConfig(
+        hidden=[8], posterior=Posterior(posterior), noise_scale=noise_scale, init_scale=0.01
+    )
     return BnnFamily(cfg, data.spec, n_train=N), data
 
 
@@ -43,7 +45,13 @@ def trainer(**kw):
 
 def run_fit(family, data, optim_cfg, trainer_cfg, seed=0):
     return engine.fit(
-        family, data, optim_cfg, trainer_cfg, jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1), 8
+        family,
+        data,
+        optim_cfg,
+        trainer_cfg,
+        jax.random.PRNGKey(seed),
+        jax.random.PRNGKey(seed + 1),
+        8,
     )
 
 
@@ -52,7 +60,14 @@ def run_fit(family, data, optim_cfg, trainer_cfg, seed=0):
 
 @pytest.mark.parametrize(
     "n, batch, expected",
-    [(100, 32, (32, 3)), (64, 16, (16, 4)), (10, 64, (10, 1)), (7, 7, (7, 1)), (5, 1, (1, 5)), (33, 32, (32, 1))],
+    [
+        (100, 32, (32, 3)),
+        (64, 16, (16, 4)),
+        (10, 64, (10, 1)),
+        (7, 7, (7, 1)),
+        (5, 1, (1, 5)),
+        (33, 32, (32, 1)),
+    ],
 )
 def test_batch_plan(n, batch, expected):
     size, count = engine.batch_plan(n, batch)
@@ -90,7 +105,9 @@ def test_fit_history_and_decreasing_loss():
 def test_cosine_schedule_logged_per_epoch():
     family, data = tiny_problem(val=False, noise_scale=0.3)
     epochs, lr = 4, 0.01
-    result = run_fit(family, data, OptimConfig(lr=lr, schedule=Schedule.cosine), trainer(epochs=epochs))
+    result = run_fit(
+        family, data, OptimConfig(lr=lr, schedule=Schedule.cosine), trainer(epochs=epochs)
+    )
     steps_per_epoch = N // 16
     total = steps_per_epoch * epochs
     for row in result.history:

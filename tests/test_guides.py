@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import make_spec
 
 from bslrun.config import BnnConfig, Likelihood, Posterior
 from bslrun.inference import engine, guides
 from bslrun.models.bnn import BnnFamily
-from conftest import make_spec
 
 D, RANK = 5, 2
 NUM_DRAWS = 40_000
@@ -34,7 +34,10 @@ def params(rng):
     return {
         "map": ({"loc": loc}, np.zeros((D, D))),
         "mean_field": ({"loc": loc, "scale": scale}, np.diag(scale**2)),
-        "lowrank": ({"loc": loc, "cov_factor": factor, "cov_diag": diag}, factor @ factor.T + np.diag(diag)),
+        "lowrank": (
+            {"loc": loc, "cov_factor": factor, "cov_diag": diag},
+            factor @ factor.T + np.diag(diag),
+        ),
         "full_rank": ({"loc": loc, "scale": tril_scale, "unit_tril": unit}, tril @ tril.T),
     }
 
@@ -62,7 +65,9 @@ def test_gaussian_families_covariance(params, kind):
 
     x = draws[:10]
     ref = stats.multivariate_normal(p["loc"], cov).logpdf(x)
-    np.testing.assert_allclose(np.asarray(q.log_prob(jnp.asarray(x, jnp.float32))), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(q.log_prob(jnp.asarray(x, jnp.float32))), ref, rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("num", [1, 3])
@@ -112,11 +117,21 @@ def test_family_posterior_from_svi_init(rng, posterior, likelihood, out_dim):
         task="classification" if classification else "regression",
         num_classes=out_dim if classification else 0,
     )
-    cfg = BnnConfig(hidden=[HIDDEN], posterior=Posterior(posterior), likelihood=likelihood, rank=3, init_scale=0.05)
+    cfg = BnnConfig(
+        hidden=[HIDDEN],
+        posterior=Posterior(posterior),
+        likelihood=likelihood,
+        rank=3,
+        init_scale=0.05,
+    )
     family = BnnFamily(cfg, spec, N_TRAIN)
     assert family.num_weights == expected_weights(out_dim)
     x = rng.normal(size=(8, IN_DIM)).astype(np.float32)
-    y = rng.integers(0, out_dim, size=8).astype(np.int32) if classification else rng.normal(size=8).astype(np.float32)
+    y = (
+        rng.integers(0, out_dim, size=8).astype(np.int32)
+        if classification
+        else rng.normal(size=8).astype(np.float32)
+    )
     svi = engine.make_svi(family, optax.adam(1e-3), num_particles=1)
     state = jax.jit(svi.init)(jax.random.PRNGKey(0), x, y)
     params = svi.get_params(state)

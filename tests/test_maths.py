@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import linear_regression_data, make_dataset
 
 from bslrun.config import BnnConfig, OptimConfig, OptimName, Posterior, Schedule, TrainerConfig
 from bslrun.inference import engine
 from bslrun.models.bnn import BnnFamily
-from conftest import linear_regression_data, make_dataset
 
 N, DIM, SIGMA, ALPHA = 200, 2, 0.5, 1.0
 
@@ -39,7 +39,12 @@ def build(posterior: str, seed: int = 0):
     x, y = linear_regression_data(np.random.default_rng(seed), N, DIM, SIGMA)
     data = make_dataset(x, y)
     cfg = BnnConfig(
-        hidden=[], posterior=Posterior(posterior), prior_scale=ALPHA, noise_scale=SIGMA, init_scale=0.1, rank=DIM + 1
+        hidden=[],
+        posterior=Posterior(posterior),
+        prior_scale=ALPHA,
+        noise_scale=SIGMA,
+        init_scale=0.1,
+        rank=DIM + 1,
     )
     family = BnnFamily(cfg, data.spec, n_train=N)
     return family, data
@@ -48,7 +53,9 @@ def build(posterior: str, seed: int = 0):
 def design_matrix(family, x) -> np.ndarray:
     """Phi with columns in flat-vector order: f(x; w) is linear in w, so column j is f(x; e_j)."""
     eye = jnp.eye(family.num_weights)
-    return np.stack([np.asarray(family.forward(eye[j], x))[:, 0] for j in range(family.num_weights)], 1)
+    return np.stack(
+        [np.asarray(family.forward(eye[j], x))[:, 0] for j in range(family.num_weights)], 1
+    )
 
 
 def exact_posterior(family, data):
@@ -73,9 +80,17 @@ def exact_posterior(family, data):
 
 def train(family, data, *, epochs, batch_size, particles, lr, seed=0):
     optim_cfg = OptimConfig(name=OptimName.adam, lr=lr, schedule=Schedule.cosine)
-    trainer_cfg = TrainerConfig(epochs=epochs, batch_size=batch_size, num_particles=particles, progress=False)
+    trainer_cfg = TrainerConfig(
+        epochs=epochs, batch_size=batch_size, num_particles=particles, progress=False
+    )
     result = engine.fit(
-        family, data, optim_cfg, trainer_cfg, jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 100), 10
+        family,
+        data,
+        optim_cfg,
+        trainer_cfg,
+        jax.random.PRNGKey(seed),
+        jax.random.PRNGKey(seed + 100),
+        10,
     )
     assert result.epochs_run == epochs
     return family.posterior_distribution(result.params)

@@ -93,7 +93,10 @@ def test_mixture_quantile_matches_brentq(mixture, q):
     mu, sigma, _ = mixture
     got = np.asarray(metrics.mixture_quantile(q, mu, sigma))
     expected = np.array(
-        [ref_quantile(q, mu[:, i].astype(np.float64), sigma[:, i].astype(np.float64)) for i in range(N)]
+        [
+            ref_quantile(q, mu[:, i].astype(np.float64), sigma[:, i].astype(np.float64))
+            for i in range(N)
+        ]
     )
     # Bisection in float32 over a bracket of width ~30: resolution ~1e-5 relative.
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -148,9 +151,13 @@ def ref_ece(probs, labels, num_bins=15):
     total = 0.0
     for b in range(num_bins):
         lo, hi = b / num_bins, (b + 1) / num_bins
-        in_bin = (confidence >= lo) & ((confidence < hi) if b < num_bins - 1 else (confidence <= hi))
+        in_bin = (confidence >= lo) & (
+            (confidence < hi) if b < num_bins - 1 else (confidence <= hi)
+        )
         if in_bin.any():
-            total += in_bin.sum() / len(labels) * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+            total += (
+                in_bin.sum() / len(labels) * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+            )
     return total
 
 
@@ -175,11 +182,16 @@ def test_classification_summary(rng):
     logits = rng.normal(size=(draws, n, c)) * 2
     log_probs = logits - special.logsumexp(logits, axis=-1, keepdims=True)
     labels = rng.integers(0, c, size=n)
-    out = {k: float(v) for k, v in metrics.classification_summary(labels, log_probs.astype(np.float32)).items()}
+    out = {
+        k: float(v)
+        for k, v in metrics.classification_summary(labels, log_probs.astype(np.float32)).items()
+    }
     probs = np.exp(log_probs).mean(0)  # the predictive mixture, (n, C)
     accuracy = np.mean(probs.argmax(-1) == labels)
     assert out["accuracy"] == pytest.approx(accuracy, abs=1e-7)
     assert out["error"] == pytest.approx(1 - accuracy, abs=1e-6)
     assert out["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(n), labels])), rel=1e-5)
-    assert out["predictive_entropy"] == pytest.approx(np.mean(-np.sum(probs * np.log(probs), -1)), rel=1e-5)
+    assert out["predictive_entropy"] == pytest.approx(
+        np.mean(-np.sum(probs * np.log(probs), -1)), rel=1e-5
+    )
     assert out["ece"] == pytest.approx(ref_ece(probs, labels), abs=1e-5)

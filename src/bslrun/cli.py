@@ -62,9 +62,7 @@ def reject_unknown_keys(tree: dict, schema, prefix: str = "") -> None:
     known = {f.name: getattr(schema, f.name) for f in fields(schema)}
     for key, value in tree.items():
         if key not in known:
-            raise ConfigError(
-                f"unknown key {prefix}{key}; valid keys here: " + ", ".join(known)
-            )
+            raise ConfigError(f"unknown key {prefix}{key}; valid keys here: " + ", ".join(known))
         reject_unknown_keys(value, known[key], f"{prefix}{key}.")
 
 
@@ -79,9 +77,8 @@ def describe_error(error: BaseException) -> str:
         missing = (error.missing_cfg_file or "").strip("/")
         group, _, option = missing.rpartition("/")
         if group and error.options is not None:
-            return (
-                f"unknown option {group}={option}; choose one of: "
-                + ", ".join(sorted(error.options))
+            return f"unknown option {group}={option}; choose one of: " + ", ".join(
+                sorted(error.options)
             )
         return str(error).splitlines()[0]
     cause = error

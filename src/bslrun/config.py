@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any
 
 from bslrun.errors import ConfigError
 
@@ -72,14 +72,14 @@ class DataConfig:
     standardize: bool = True
     # A standard benchmark split: folder with data.txt, index_features.txt,
     # index_target.txt, index_train_<k>.txt and index_test_<k>.txt.
-    split_dir: Optional[str] = None
+    split_dir: str | None = None
     split: int = 0
 
 
 @dataclass
 class BnnConfig:
     family: str = "bnn"
-    hidden: List[int] = field(default_factory=lambda: [50])
+    hidden: list[int] = field(default_factory=lambda: [50])
     activation: Activation = Activation.relu
     likelihood: Likelihood = Likelihood.regression
     posterior: Posterior = Posterior.mean_field
@@ -89,7 +89,7 @@ class BnnConfig:
     # Rank of the covariance factor for posterior=lowrank.
     rank: int = 10
     # Fixed observation noise (standardised units) for likelihood=regression; null learns it.
-    noise_scale: Optional[float] = None
+    noise_scale: float | None = None
 
 
 @dataclass
@@ -104,7 +104,7 @@ class OptimConfig:
     # Final learning rate of the cosine schedules, as a fraction of lr.
     final_lr_fraction: float = 0.0
     # Clip gradients to this global norm; null disables clipping.
-    clip_norm: Optional[float] = None
+    clip_norm: float | None = None
 
 
 @dataclass
@@ -243,7 +243,9 @@ def validate(cfg: Config) -> Config:
     _check_trainer(cfg.trainer)
     if cfg.eval.num_samples < 1:
         raise ConfigError(f"eval.num_samples={cfg.eval.num_samples} must be a positive integer")
-    if cfg.optim.warmup_epochs >= cfg.trainer.epochs and cfg.optim.schedule.name.startswith("warmup"):
+    if cfg.optim.warmup_epochs >= cfg.trainer.epochs and cfg.optim.schedule.name.startswith(
+        "warmup"
+    ):
         raise ConfigError(
             f"optim.warmup_epochs={cfg.optim.warmup_epochs} must be below "
             f"trainer.epochs={cfg.trainer.epochs}"

@@ -100,7 +100,6 @@ def expected_calibration_error(probs, labels, num_bins: int = 15):
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
     bins = jnp.clip((confidence * num_bins).astype(jnp.int32), 0, num_bins - 1)
-    count = jnp.zeros(num_bins).at[bins].add(1.0)
     conf_sum = jnp.zeros(num_bins).at[bins].add(confidence)
     acc_sum = jnp.zeros(num_bins).at[bins].add(correct)
     return jnp.sum(jnp.abs(acc_sum - conf_sum)) / labels.shape[0]

@@ -6,9 +6,9 @@ data (``DataSpec``) so that metrics can be reported in original units.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -59,7 +59,7 @@ class DataSpec:
 @dataclass(frozen=True)
 class Dataset:
     train: Split
-    val: Optional[Split]  # None when the config asks for no validation split
+    val: Split | None  # None when the config asks for no validation split
     test: Split
     spec: DataSpec
 

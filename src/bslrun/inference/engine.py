@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +84,7 @@ def epoch_fn(svi: SVI, batch_size: int, num_batches: int):
     return epoch
 
 
-def _is_better(value: float, best: Optional[float]) -> bool:
+def _is_better(value: float, best: float | None) -> bool:
     return math.isfinite(value) and (best is None or value < best)
 
 
@@ -113,7 +112,9 @@ def fit(
     timing["init_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    run_epoch = jax.jit(epoch_fn(svi, batch_size, num_batches)).lower(state, epochs_key, x, y).compile()
+    run_epoch = (
+        jax.jit(epoch_fn(svi, batch_size, num_batches)).lower(state, epochs_key, x, y).compile()
+    )
     timing["compile_s"] = time.perf_counter() - start
     timing["startup_s"] = time.time() - PROCESS_START
     validate = None
@@ -156,7 +157,9 @@ def fit(
             raise error
         state = new_state
         postfix = {"loss": f"{loss:.4f}"}
-        if validate is not None and (epoch % trainer_cfg.eval_every == 0 or epoch == trainer_cfg.epochs):
+        if validate is not None and (
+            epoch % trainer_cfg.eval_every == 0 or epoch == trainer_cfg.epochs
+        ):
             tick = time.perf_counter()
             if first_validation:
                 validate = validate.lower(state, val_key).compile()

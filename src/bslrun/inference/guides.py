@@ -89,7 +89,7 @@ def scale_tril(params: dict):
 def site_params(site: str, params: dict) -> dict:
     """The variational parameters of ``site`` from SVI's parameter dict, prefix removed."""
     prefix = f"{site}_"
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
 
 
 def make_guide(kind: str, site: str, loc_init, dim: int, init_scale: float, rank: int):

@@ -27,7 +27,9 @@ def schedule(cfg, steps_per_epoch: int, epochs: int) -> optax.Schedule:
     raise ValueError(f"unknown schedule {kind!r}")
 
 
-def build(cfg, steps_per_epoch: int, epochs: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build(
+    cfg, steps_per_epoch: int, epochs: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax transformation for ``cfg`` and its schedule (for logging)."""
     lr = schedule(cfg, steps_per_epoch, epochs)
     name = OptimName(cfg.name).value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -53,7 +53,7 @@ class FlatView:
 
     def unravel(self, w):
         parts, start = [], 0
-        for shape, size in zip(self.shapes, self.sizes):
+        for shape, size in zip(self.shapes, self.sizes, strict=True):
             parts.append(jnp.reshape(w[..., start : start + size], w.shape[:-1] + shape))
             start += size
         return jax.tree.unflatten(self.treedef, parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,10 @@ from bslrun.data.splits import split_indices
 from bslrun.errors import DataError
 from bslrun.seeding import streams
 
-SPLIT_DIR = Path("/work/shared/data/uci_wine_red_splits")
+# The project's shared data sits beside the repository (../shared), in CI too;
+# BSLRUN_SHARED_DIR points elsewhere.
+SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+SPLIT_DIR = SHARED / "data" / "uci_wine_red_splits"
 needs_split_dir = pytest.mark.skipif(
     not SPLIT_DIR.is_dir(), reason="benchmark split folder not present"
 )

@@ -8,11 +8,9 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PACKAGES = ("bslrun", "jax", "jaxlib", "numpyro", "flax", "optax", "numpy")
 
 
 @dataclass(frozen=True)
@@ -33,12 +31,9 @@ def environment() -> dict:
     """Package versions, operating system and the JAX device that ran the benchmark."""
     import jax
 
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
+    from bslrun.run import versions
+
+    found = versions()
     device = jax.devices()[0]
     return {
         "versions": found,

@@ -7,9 +7,9 @@ raw units and matched against those tables as multisets.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
-import os
 from pathlib import Path
 
 import numpy as np

@@ -131,9 +131,9 @@ def test_a_sweep_without_multirun_is_refused():
         cli.prevalidate(["seed=1,2"])
 
 
-def test_early_stopping_needs_a_validation_split():
-    with pytest.raises(ConfigError, match="trainer.patience > 0 needs a validation split"):
-        cli.prevalidate(["experiment=lecture_bnn_wine", "trainer.patience=5"])
+def test_patience_without_a_validation_split_is_accepted():
+    cfg = compose("experiment=lecture_bnn_wine", "trainer.patience=5")
+    assert cfg.data.val_fraction == 0.0 and cfg.trainer.patience == 5
 
 
 def test_help_lists_every_group_and_option_with_a_description():

@@ -109,13 +109,16 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 100
+    epochs: int = 300
     batch_size: int = 64
     num_particles: int = 1
     eval_every: int = 1
     # Stop after this many validations without improvement; 0 disables early stopping.
-    patience: int = 0
+    # Without a validation split there is nothing to monitor and it has no effect.
+    patience: int = 50
     monitor: Monitor = Monitor.nll
+    # Keep the parameters of the best validation epoch (true) or of the last epoch.
+    restore_best: bool = True
     progress: bool = True
 
 
@@ -249,11 +252,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"optim.warmup_epochs={cfg.optim.warmup_epochs} must be below "
             f"trainer.epochs={cfg.trainer.epochs}"
-        )
-    if cfg.trainer.patience > 0 and cfg.data.val_fraction == 0 and cfg.data.split_dir is None:
-        raise ConfigError(
-            "trainer.patience > 0 needs a validation split; set data.val_fraction > 0 "
-            "or trainer.patience=0"
         )
     return cfg
 

@@ -180,7 +180,7 @@ def fit(
             stopped_early = True
             break
     bar.close()
-    if validate is None:
+    if validate is None or not trainer_cfg.restore_best:
         best_state, best_epoch = state, len(history)
     timing["train_s"] = train_time
     timing["val_s"] = eval_time

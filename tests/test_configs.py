@@ -103,6 +103,7 @@ BAD = [
     ("eval.num_samples=0", "eval.num_samples"),
     ("trainer.patience=-1", "trainer.patience"),
     ("seed=-3", "seed=-3"),
+    ("model.likelihood=classification", "does not fit data=wine_white, a regression data set"),
 ]
 
 

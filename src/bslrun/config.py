@@ -190,6 +190,16 @@ def _check_data(d: DataConfig) -> None:
         raise ConfigError(f"data.split={d.split} must be a split index >= 0")
 
 
+def check_likelihood_fits(m: BnnConfig, task: str, data_name: str) -> None:
+    classifies = Likelihood(m.likelihood) is Likelihood.classification
+    if classifies != (task == "classification"):
+        fitting = "classification" if task == "classification" else "regression or heteroscedastic"
+        raise ConfigError(
+            f"model.likelihood={Likelihood(m.likelihood).value} does not fit data={data_name}, "
+            f"a {task} data set; use model.likelihood={fitting}"
+        )
+
+
 def _check_bnn(m: BnnConfig) -> None:
     if any(h <= 0 for h in m.hidden):
         raise ConfigError(f"model.hidden={list(m.hidden)} must list positive layer widths")
@@ -224,7 +234,7 @@ def _check_trainer(t: TrainerConfig) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check ranges and cross-field rules; raise ConfigError naming the key."""
-    from bslrun.data import DATASETS
+    from bslrun.data import DATASETS, TASKS
     from bslrun.models import FAMILIES
 
     if not isinstance(cfg.data, DataConfig):
@@ -242,6 +252,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"seed={cfg.seed} must be zero or positive")
     _check_data(cfg.data)
     {"bnn": _check_bnn}[family](cfg.model)
+    if family == "bnn":
+        check_likelihood_fits(cfg.model, TASKS[cfg.data.name], cfg.data.name)
     _check_optim(cfg.optim)
     _check_trainer(cfg.trainer)
     if cfg.eval.num_samples < 1:

@@ -15,6 +15,12 @@ DATASETS = {
     "wine_red": "bslrun.data.wine:load_red",
 }
 
+# name -> the kind of target it provides, so that configs are checked before loading
+TASKS = {
+    "wine_white": "regression",
+    "wine_red": "regression",
+}
+
 
 def load(cfg, key):
     """Load ``cfg.name`` and split it with randomness from ``key``."""

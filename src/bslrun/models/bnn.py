@@ -23,7 +23,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from bslrun import metrics, plots
-from bslrun.config import Activation, Likelihood, Posterior
+from bslrun.config import Activation, Likelihood, Posterior, check_likelihood_fits
 from bslrun.errors import ConfigError
 from bslrun.inference import guides
 from bslrun.models.nets import MLP, FlatView
@@ -37,12 +37,7 @@ class BnnFamily:
     def __init__(self, cfg, spec, n_train: int):
         # Enum(value) accepts members and plain strings alike (handy in library use).
         likelihood = Likelihood(cfg.likelihood).value
-        if (likelihood == "classification") != (spec.task == "classification"):
-            raise ConfigError(
-                f"model.likelihood={likelihood} does not fit {spec.name}, a {spec.task} "
-                f"data set; use model.likelihood="
-                + ("classification" if spec.task == "classification" else "regression")
-            )
+        check_likelihood_fits(cfg, spec.task, spec.name)
         self.cfg = cfg
         self.spec = spec
         self.n_train = n_train

@@ -61,8 +61,16 @@ class Monitor(str, Enum):
     error = "error"
 
 
+class Binarize(str, Enum):
+    none = "none"  # intensities in [0, 1]
+    static = "static"  # binarised once: threshold, or a seeded Bernoulli draw if threshold is null
+    dynamic = "dynamic"  # a fresh Bernoulli draw of each training batch, inside the jitted step
+
+
 @dataclass
 class DataConfig:
+    """Tabular data (wine quality): seeded fraction splits or a benchmark split folder."""
+
     name: str = "wine_white"
     train_fraction: float = 0.75
     val_fraction: float = 0.10
@@ -74,6 +82,23 @@ class DataConfig:
     # index_target.txt, index_train_<k>.txt and index_test_<k>.txt.
     split_dir: str | None = None
     split: int = 0
+
+
+@dataclass
+class ImageDataConfig:
+    """MNIST-format images (IDX files): 60k training images (validation carved out), 10k test."""
+
+    name: str = "mnist"
+    # Folder holding the IDX files; null means $BSLRUN_DATA_DIR, else the user cache folder.
+    root: str | None = None
+    # Fetch missing files from the public mirrors (checked against SHA-256).
+    download: bool = True
+    # Training images held out (seeded) for validation.
+    val_size: int = 10000
+    train_subset: float = 1.0
+    binarize: Binarize = Binarize.none
+    # Threshold of static binarisation; null draws a seeded Bernoulli sample once.
+    threshold: float | None = 0.5
 
 
 @dataclass
@@ -149,6 +174,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     store.store(group="schema/data", name="data", node=DataConfig)
+    store.store(group="schema/data", name="images", node=ImageDataConfig)
     for name, schema in MODEL_SCHEMAS.items():
         store.store(group="schema/model", name=name, node=schema)
     store.store(group="schema/optim", name="optim", node=OptimConfig)
@@ -188,6 +214,17 @@ def _check_data(d: DataConfig) -> None:
     _fraction("data.train_subset", d.train_subset, open_low=True)
     if d.split < 0:
         raise ConfigError(f"data.split={d.split} must be a split index >= 0")
+
+
+def _check_images(d: ImageDataConfig) -> None:
+    if not 0 <= d.val_size < 60000:
+        raise ConfigError(f"data.val_size={d.val_size} must lie in [0, 60000)")
+    _fraction("data.train_subset", d.train_subset, open_low=True)
+    if d.threshold is not None and not 0 < d.threshold < 1:
+        raise ConfigError(f"data.threshold={d.threshold} must lie in (0, 1), or be null")
+
+
+DATA_CHECKS = {DataConfig: _check_data, ImageDataConfig: _check_images}
 
 
 def check_likelihood_fits(m: BnnConfig, task: str, data_name: str) -> None:
@@ -237,7 +274,7 @@ def validate(cfg: Config) -> Config:
     from bslrun.data import DATASETS, TASKS
     from bslrun.models import FAMILIES
 
-    if not isinstance(cfg.data, DataConfig):
+    if type(cfg.data) not in DATA_CHECKS:
         raise ConfigError("data is not set; choose one with data=<name>")
     if cfg.data.name not in DATASETS:
         raise ConfigError(
@@ -250,7 +287,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be zero or positive")
-    _check_data(cfg.data)
+    DATA_CHECKS[type(cfg.data)](cfg.data)
     {"bnn": _check_bnn}[family](cfg.model)
     if family == "bnn":
         check_likelihood_fits(cfg.model, TASKS[cfg.data.name], cfg.data.name)

@@ -54,6 +54,9 @@ class DataSpec:
     feature_names: tuple
     target_name: str
     n_total: int  # rows before splitting
+    image_shape: tuple | None = None  # (height, width, channels) when x holds flattened images
+    # Training images are intensities to be binarised afresh in every step (see engine).
+    dynamic_binarize: bool = False
 
 
 @dataclass(frozen=True)

@@ -84,10 +84,12 @@ def write_npz(path: Path, arrays: dict) -> Path:
 
 
 def save_params(path: Path, params: dict) -> Path:
-    """Parameters as flax msgpack (portable, no code execution on load)."""
+    """A pytree of parameters (nested dicts of arrays) as flax msgpack (no code runs on load)."""
     from flax import serialization
 
-    host = {k: np.asarray(v) for k, v in params.items()}
+    import jax
+
+    host = jax.tree.map(np.asarray, params)
     return write_bytes(path, serialization.msgpack_serialize(host))
 
 

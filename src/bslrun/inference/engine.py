@@ -42,14 +42,31 @@ class FitResult:
 
 
 def make_svi(family, optimiser, num_particles: int) -> SVI:
-    """SVI whose loss is the negative ELBO per training datum."""
+    """SVI whose loss is the negative ELBO per training datum.
+
+    A family may choose its objective (``family.objective(num_particles)``, e.g.
+    an analytic-KL or importance-weighted bound); the default is Trace_ELBO.
+    """
     per_datum = 1.0 / family.n_train
+    objective = getattr(family, "objective", None)
+    loss = objective(num_particles) if objective else Trace_ELBO(num_particles=num_particles)
     return SVI(
         handlers.scale(family.model, scale=per_datum),
         handlers.scale(family.guide, scale=per_datum),
         optax_to_numpyro(optimiser),
-        Trace_ELBO(num_particles=num_particles),
+        loss,
     )
+
+
+def variables(svi: SVI, state) -> dict:
+    """Constrained parameters plus mutable state (batch-norm statistics), by site name."""
+    return {**svi.get_params(state), **(state.mutable_state or {})}
+
+
+def epoch_kwargs(family, epoch: int) -> dict:
+    """Per-epoch model arguments (e.g. a KL warm-up weight) as float32 scalars."""
+    schedule = getattr(family, "epoch_kwargs", None)
+    return {k: jnp.float32(v) for k, v in (schedule(epoch) if schedule else {}).items()}
 
 
 def batch_plan(n: int, batch_size: int) -> tuple[int, int]:
@@ -63,21 +80,30 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def epoch_fn(svi: SVI, batch_size: int, num_batches: int):
-    """state, key, x, y -> (state, mean loss, finite): one pass over a fresh permutation.
+def epoch_fn(svi: SVI, batch_size: int, num_batches: int, dynamic_binarize: bool = False):
+    """state, key, x, y, kwargs -> (state, mean loss, finite): one pass over a fresh permutation.
 
-    ``finite`` says whether the new parameters are all finite: a finite loss
-    can precede an update that overflows.
+    ``kwargs`` (a dict of scalars) goes to the model and guide of every step.
+    With ``dynamic_binarize``, each batch of intensities in [0, 1] becomes a
+    fresh Bernoulli draw (dynamically binarised MNIST). ``finite`` says whether
+    the new parameters are all finite: a finite loss can precede an update that
+    overflows.
     """
 
-    def epoch(state, key, x, y):
+    def epoch(state, key, x, y, kwargs=None):
+        kwargs = kwargs or {}
         perm = jax.random.permutation(key, x.shape[0])
         batches = perm[: num_batches * batch_size].reshape(num_batches, batch_size)
+        pixel_keys = jax.random.split(jax.random.fold_in(key, 1), num_batches)
 
-        def step(state, idx):
-            return svi.update(state, x[idx], y[idx])
+        def step(state, inputs):
+            idx, pixel_key = inputs
+            xb = x[idx]
+            if dynamic_binarize:
+                xb = jax.random.bernoulli(pixel_key, xb).astype(xb.dtype)
+            return svi.update(state, xb, y[idx], **kwargs)
 
-        state, losses = jax.lax.scan(step, state, batches)
+        state, losses = jax.lax.scan(step, state, (batches, pixel_keys))
         finite = all_finite(svi.optim.get_params(state.optim_state))
         return state, jnp.mean(losses), finite
 
@@ -108,13 +134,15 @@ def fit(
     timing = {}
     start = time.perf_counter()
     # Compiled, initialisation costs one small program instead of hundreds of eager ops.
-    state = jax.block_until_ready(jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size]))
+    state = jax.block_until_ready(
+        jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size], **epoch_kwargs(family, 1))
+    )
     timing["init_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    run_epoch = (
-        jax.jit(epoch_fn(svi, batch_size, num_batches)).lower(state, epochs_key, x, y).compile()
-    )
+    epoch = epoch_fn(svi, batch_size, num_batches, data.spec.dynamic_binarize)
+    first_kwargs = epoch_kwargs(family, 1)
+    run_epoch = jax.jit(epoch).lower(state, epochs_key, x, y, first_kwargs).compile()
     timing["compile_s"] = time.perf_counter() - start
     timing["startup_s"] = time.time() - PROCESS_START
     validate = None
@@ -122,7 +150,7 @@ def fit(
         xv, yv = jax.device_put(data.val.x), jax.device_put(data.val.y)
 
         def score(state, key):
-            return family.evaluate(svi.get_params(state), xv, yv, key, val_samples)
+            return family.evaluate(variables(svi, state), xv, yv, key, val_samples)
 
         # Compiled on first use, after the first epoch: training starts sooner.
         validate = jax.jit(score)
@@ -140,7 +168,9 @@ def fit(
     )
     for epoch in bar:
         tick = time.perf_counter()
-        new_state, loss, finite = run_epoch(state, jax.random.fold_in(epochs_key, epoch), x, y)
+        new_state, loss, finite = run_epoch(
+            state, jax.random.fold_in(epochs_key, epoch), x, y, epoch_kwargs(family, epoch)
+        )
         loss, finite = jax.device_get((loss, finite))  # the one host sync per epoch
         loss = float(loss)
         train_time += time.perf_counter() - tick
@@ -152,7 +182,7 @@ def fit(
                 f"training diverged at epoch {epoch} ({what}); history and the last finite "
                 "parameters were written; lower optim.lr or set optim.clip_norm (e.g. 10)"
             )
-            last = svi.get_params(state)
+            last = variables(svi, state)
             error.result = FitResult(last, history, best_epoch or epoch - 1, epoch, False, timing)
             raise error
         state = new_state
@@ -187,7 +217,7 @@ def fit(
     seen = len(history) * num_batches * batch_size
     timing["train_examples_per_sec"] = seen / train_time if train_time > 0 else float("nan")
     return FitResult(
-        params=svi.get_params(best_state),
+        params=variables(svi, best_state),
         history=history,
         best_epoch=best_epoch,
         epochs_run=len(history),

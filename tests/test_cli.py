@@ -15,6 +15,11 @@ import pytest
 from bslrun import artifacts, cli
 
 PRESETS = sorted(p.stem for p in (cli.CONFIG_DIR / "experiment").glob("*.yaml"))
+MNIST_PRESETS = ["bnn_mnist", "lecture_vae_mnist", "vae_mnist_benchmark"]
+WINE_PRESETS = [p for p in PRESETS if p not in MNIST_PRESETS]
+SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+MNIST_DIR = SHARED / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST copy not present")
 REQUIRED = [
     "test.rmse",
     "test.nll",
@@ -107,24 +112,50 @@ def test_same_seed_gives_identical_numbers(default_run, tmp_path):
         assert first[section] == second[section], section
 
 
-def test_every_preset_runs_one_tiny_epoch(tmp_path):
+def run_presets(tmp_path, presets, *overrides):
+    """All ``presets`` as one sweep (one process); returns {name: metrics} of the jobs."""
     sweep = tmp_path / "sweep"
     result = bslrun(
-        "-m",
-        "experiment=" + ",".join(PRESETS),
-        "debug=tiny",
-        f"hydra.sweep.dir={sweep}",
-        out=tmp_path,
-        timeout=600,
-    )
+        "-m", "experiment=" + ",".join(presets), "debug=tiny", *overrides,
+        f"hydra.sweep.dir={sweep}", out=tmp_path, timeout=900,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    names = set()
+    found = {}
     for job in sorted(sweep.iterdir()):
-        if job.is_dir() and (job / "metrics.json").exists():
+        if (job / "metrics.json").exists():
             metrics = json.loads((job / "metrics.json").read_text())
-            assert np.isfinite(metrics["test"]["rmse"])
-            names.add(metrics["name"])
-    assert names == set(PRESETS)
+            found[metrics["name"]] = (job, metrics)
+    assert set(found) == set(presets)
+    return found
+
+
+def test_every_wine_preset_runs_one_tiny_epoch(tmp_path):
+    for _, metrics in run_presets(tmp_path, WINE_PRESETS).values():
+        assert np.isfinite(metrics["test"]["rmse"])
+
+
+@needs_mnist
+def test_every_mnist_preset_runs_one_tiny_epoch(tmp_path):
+    runs = run_presets(
+        # data=mnist too: Hydra composes the sweep's base config before applying it.
+        tmp_path, MNIST_PRESETS, "data=mnist", f"data.root={MNIST_DIR}", "data.download=false",
+        "data.train_subset=0.004", "data.val_size=200",
+    )  # fmt: skip
+    job, bnn = runs["bnn_mnist"]
+    assert 0 <= bnn["test"]["error"] <= 1 and 0 <= bnn["test"]["ece"] <= 1
+    assert (job / "plots" / "reliability.png").is_file()
+    for name in ("lecture_vae_mnist", "vae_mnist_benchmark"):
+        job, vae = runs[name]
+        test = vae["test"]
+        # The importance-weighted bound is at least the ELBO (up to float error).
+        assert test["nll"] <= -test["elbo"] + 1e-3
+        assert 0 <= test["active_units"] <= vae["config"]["model"]["latent_dim"]
+        assert test["bits_per_dim"] > 0
+        for plot in ("samples", "reconstructions", "latent"):
+            assert (job / "plots" / f"{plot}.png").is_file()
+        samples = np.load(job / "samples.npz")
+        assert samples["prior_samples"].shape == (64, 784)
+    assert (runs["lecture_vae_mnist"][0] / "plots" / "manifold.png").is_file()
 
 
 @pytest.mark.parametrize(

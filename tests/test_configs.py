@@ -35,11 +35,30 @@ def test_default_composes_to_typed_config():
     assert cfg.name == "bnn_wine_white"
 
 
+# Options that need a partner to form a valid run (the default model is a BNN
+# regressor on wine, the default data tabular).
+PARTNERS = {
+    "data=mnist": ["model.likelihood=classification"],
+    "data=fashion_mnist": ["model.likelihood=classification"],
+    "model=vae": ["data=mnist"],
+    "experiment=lecture_vae_mnist": [],
+}
+
+
 @pytest.mark.parametrize(
     "override", [f"{group}={option}" for group, options in GROUPS.items() for option in options]
 )
 def test_every_group_option_composes(override):
-    compose(override)
+    compose(override, *PARTNERS.get(override, []))
+
+
+def test_model_and_data_mismatches_are_refused_before_loading():
+    with pytest.raises(ConfigError, match="does not fit data=mnist, a classification data set"):
+        cli.prevalidate(["data=mnist"])
+    with pytest.raises(ConfigError, match="model=vae needs an image data set"):
+        cli.prevalidate(["model=vae"])
+    with pytest.raises(ConfigError, match="iw_samples > 1 is not available"):
+        cli.prevalidate(["experiment=lecture_vae_mnist", "model.iw_samples=5"])
 
 
 LECTURE = {
@@ -57,7 +76,7 @@ LECTURE = {
 
 
 @pytest.mark.parametrize("preset", sorted(LECTURE))
-def test_lecture_presets_match_the_notebook_setup(preset):
+def test_lecture_wine_presets_match_the_notebook_setup(preset):
     cfg = compose(f"experiment={preset}")
     expected = LECTURE[preset]
     assert cfg.name == preset
@@ -74,6 +93,15 @@ def test_lecture_presets_match_the_notebook_setup(preset):
     assert cfg.optim.name.value == "rmsprop" and cfg.optim.lr == 1e-3
     assert cfg.optim.schedule.value == "constant"
     assert cfg.trainer.batch_size == 256 and cfg.trainer.epochs == expected["epochs"]
+
+
+def test_lecture_vae_preset_matches_the_notebook_setup():
+    cfg = compose("experiment=lecture_vae_mnist")
+    assert cfg.data.name == "mnist"
+    assert cfg.data.binarize.value == "static" and cfg.data.threshold == 0.5
+    assert cfg.model.architecture.value == "conv" and cfg.model.latent_dim == 2
+    assert cfg.optim.name.value == "adam" and cfg.optim.lr == 5e-4
+    assert cfg.trainer.batch_size == 32
 
 
 def test_user_overrides_beat_presets():

@@ -41,6 +41,21 @@ class Posterior(str, Enum):
     full_rank = "full_rank"  # Gaussian with a full lower-triangular scale
 
 
+class Architecture(str, Enum):
+    mlp = "mlp"  # dense encoder and mirrored decoder
+    conv = "conv"  # the lecture's: conv 32/64/64/64 with batch norm and LeakyReLU, mirrored
+
+
+class ImageLikelihood(str, Enum):
+    bernoulli = "bernoulli"  # p(x | z) = prod Bernoulli(logits)
+    gaussian = "gaussian"  # p(x | z) = prod Normal(mean, learned per-pixel scale)
+
+
+class KLEstimate(str, Enum):
+    analytic = "analytic"  # closed-form KL(q(z|x) || N(0, I))
+    mc = "mc"  # Monte Carlo log q - log p on the sampled z
+
+
 class OptimName(str, Enum):
     adam = "adam"
     adamw = "adamw"
@@ -118,6 +133,22 @@ class BnnConfig:
 
 
 @dataclass
+class VaeConfig:
+    family: str = "vae"
+    architecture: Architecture = Architecture.mlp
+    # Encoder widths for architecture=mlp; the decoder mirrors them.
+    hidden: list[int] = field(default_factory=lambda: [400])
+    activation: Activation = Activation.relu
+    latent_dim: int = 20
+    likelihood: ImageLikelihood = ImageLikelihood.bernoulli
+    kl: KLEstimate = KLEstimate.analytic
+    # Linear KL warm-up from 0 to 1 over this many epochs (0: no warm-up).
+    beta_warmup_epochs: int = 0
+    # Importance samples of the training objective (1: the ELBO; K > 1: the IWAE bound).
+    iw_samples: int = 1
+
+
+@dataclass
 class OptimConfig:
     name: OptimName = OptimName.adam
     lr: float = 1e-3
@@ -149,7 +180,10 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
+    # Posterior draws per test point (BNN predictive).
     num_samples: int = 200
+    # Importance samples per test image for the VAE's log-likelihood bound.
+    iw_samples: int = 1000
 
 
 @dataclass
@@ -164,7 +198,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-MODEL_SCHEMAS = {"bnn": BnnConfig}
+MODEL_SCHEMAS = {"bnn": BnnConfig, "vae": VaeConfig}
 
 
 def register() -> None:
@@ -225,6 +259,22 @@ def _check_images(d: ImageDataConfig) -> None:
 
 
 DATA_CHECKS = {DataConfig: _check_data, ImageDataConfig: _check_images}
+
+
+def _check_vae(m: VaeConfig) -> None:
+    if any(h <= 0 for h in m.hidden):
+        raise ConfigError(f"model.hidden={list(m.hidden)} must list positive layer widths")
+    for key in ("latent_dim", "iw_samples"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"model.{key}={getattr(m, key)} must be a positive integer")
+    if m.beta_warmup_epochs < 0:
+        raise ConfigError(f"model.beta_warmup_epochs={m.beta_warmup_epochs} must be >= 0")
+    if m.iw_samples > 1 and Architecture(m.architecture) is Architecture.conv:
+        raise ConfigError(
+            "model.iw_samples > 1 is not available with model.architecture=conv (NumPyro's "
+            "importance-weighted objective cannot carry batch-norm statistics); use "
+            "model.architecture=mlp or model.iw_samples=1"
+        )
 
 
 def check_likelihood_fits(m: BnnConfig, task: str, data_name: str) -> None:
@@ -288,13 +338,19 @@ def validate(cfg: Config) -> Config:
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be zero or positive")
     DATA_CHECKS[type(cfg.data)](cfg.data)
-    {"bnn": _check_bnn}[family](cfg.model)
+    {"bnn": _check_bnn, "vae": _check_vae}[family](cfg.model)
     if family == "bnn":
         check_likelihood_fits(cfg.model, TASKS[cfg.data.name], cfg.data.name)
+    if family == "vae" and not isinstance(cfg.data, ImageDataConfig):
+        raise ConfigError(
+            f"model=vae needs an image data set; data={cfg.data.name} is tabular "
+            "(use data=mnist or data=fashion_mnist)"
+        )
     _check_optim(cfg.optim)
     _check_trainer(cfg.trainer)
-    if cfg.eval.num_samples < 1:
-        raise ConfigError(f"eval.num_samples={cfg.eval.num_samples} must be a positive integer")
+    for key in ("num_samples", "iw_samples"):
+        if getattr(cfg.eval, key) < 1:
+            raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)} must be a positive integer")
     if cfg.optim.warmup_epochs >= cfg.trainer.epochs and cfg.optim.schedule.name.startswith(
         "warmup"
     ):

@@ -123,3 +123,33 @@ def classification_summary(labels, log_probs) -> dict:
         "ece": expected_calibration_error(probs, labels),
         "predictive_entropy": jnp.mean(entropy),
     }
+
+
+def gaussian_kl_to_standard(loc, scale):
+    """KL(N(loc, diag(scale^2)) || N(0, I)), summed over the last axis.
+
+    = 1/2 sum_j (scale_j^2 + loc_j^2 - 1 - log scale_j^2)  (Kingma and Welling 2014, app. B).
+    """
+    return 0.5 * jnp.sum(scale**2 + loc**2 - 1.0 - 2.0 * jnp.log(scale), axis=-1)
+
+
+def importance_weighted_bound(log_weights):
+    """log (1/K) sum_k w_k per datum from log-weights (K, n) (Burda et al. 2016).
+
+    With log w_k = log p(x, z_k) - log q(z_k | x), z_k ~ q, this lower-bounds
+    log p(x) and tightens as K grows; K = 1 gives the ELBO.
+    """
+    return log_mean_exp(log_weights, axis=0)
+
+
+def active_units(latent_means, threshold: float = 0.01):
+    """Number of latent dimensions u with Cov_x(E_q[z_u | x]) > threshold (Burda et al. 2016).
+
+    ``latent_means`` is (n, L): encoder means of n data points.
+    """
+    return jnp.sum(jnp.var(latent_means, axis=0) > threshold)
+
+
+def bits_per_dim(nll_nats, num_dims: int):
+    """Negative log-likelihood per datum in nats -> bits per dimension."""
+    return nll_nats / (num_dims * jnp.log(2.0))

@@ -78,3 +78,34 @@ def reliability(probs, labels, path: Path, num_bins: int = 15) -> Path:
     ax.set_ylabel("accuracy")
     ax.legend()
     return _save(fig, path)
+
+
+def image_grid(images, columns: int, path: Path, title: str = "") -> Path:
+    """Grey-scale images (n, H, W) with values in [0, 1], tiled ``columns`` per row."""
+    images = np.clip(np.asarray(images), 0.0, 1.0)
+    n, height, width = images.shape
+    rows = -(-n // columns)
+    canvas = np.ones((rows * (height + 1) + 1, columns * (width + 1) + 1))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (height + 1) : 1 + r * (height + 1) + height,
+               1 + c * (width + 1) : 1 + c * (width + 1) + width] = image  # fmt: skip
+    fig, ax = plt.subplots(figsize=(max(3, columns * 0.45), max(2, rows * 0.45 + 0.4)))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def latent_scatter(codes, labels, path: Path, title: str = "") -> Path:
+    """2D latent codes coloured by class label."""
+    codes, labels = np.asarray(codes), np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    points = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=2, alpha=0.6)
+    fig.colorbar(points, ax=ax, label="label")
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -72,13 +72,14 @@ def run(cfg: Config, run_dir: Path) -> dict:
 
     tick = time.perf_counter()
     test_key, val_key, artifact_key = jax.random.split(keys.eval, 3)
-    test = evaluate(family, result.params, data.test, test_key, cfg.eval.num_samples)
+    num_samples = family.eval_samples(cfg.eval)
+    test = evaluate(family, result.params, data.test, test_key, num_samples)
     val = {}
     if data.val is not None:
-        val = evaluate(family, result.params, data.val, val_key, cfg.eval.num_samples)
+        val = evaluate(family, result.params, data.val, val_key, num_samples)
     predictions = jax.device_get(
         jax.jit(family.artifacts, static_argnums=4)(
-            result.params, data.test.x, data.test.y, artifact_key, cfg.eval.num_samples
+            result.params, data.test.x, data.test.y, artifact_key, num_samples
         )
     )
     eval_s = time.perf_counter() - tick
@@ -101,7 +102,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
         "config": as_dict(cfg),
         "versions": versions(),
     }
-    artifacts.write_npz(run_dir / "predictions.npz", predictions)
+    artifacts.write_npz(run_dir / getattr(family, "artifact_name", "predictions.npz"), predictions)
     family.plot(predictions, run_dir / "plots")
     artifacts.write_json(run_dir / "metrics.json", metrics)
     return metrics

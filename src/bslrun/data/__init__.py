@@ -13,12 +13,16 @@ import importlib
 DATASETS = {
     "wine_white": "bslrun.data.wine:load_white",
     "wine_red": "bslrun.data.wine:load_red",
+    "mnist": "bslrun.data.mnist:load_mnist",
+    "fashion_mnist": "bslrun.data.mnist:load_fashion_mnist",
 }
 
 # name -> the kind of target it provides, so that configs are checked before loading
 TASKS = {
     "wine_white": "regression",
     "wine_red": "regression",
+    "mnist": "classification",
+    "fashion_mnist": "classification",
 }
 
 

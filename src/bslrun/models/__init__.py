@@ -13,6 +13,7 @@ from typing import Any, Protocol
 # name -> "module:class"; kept as strings so config validation needs no JAX.
 FAMILIES = {
     "bnn": "bslrun.models.bnn:BnnFamily",
+    "vae": "bslrun.models.vae:VaeFamily",
 }
 
 
@@ -27,6 +28,9 @@ class Family(Protocol):
 
     def evaluate(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
         """Scalar metrics of the posterior predictive on (x, y); jit-compatible."""
+
+    def eval_samples(self, eval_cfg) -> int:
+        """How many posterior draws ``evaluate`` uses on the test set (from the eval config)."""
 
     def artifacts(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
         """Arrays worth saving (predictions, intervals); jit-compatible."""

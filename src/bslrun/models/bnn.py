@@ -141,6 +141,9 @@ class BnnFamily:
         out["elbo"] = self.elbo(q, weights, predictive, y)
         return out
 
+    def eval_samples(self, eval_cfg) -> int:
+        return eval_cfg.num_samples
+
     def artifacts(self, params, x, y, key, num_samples):
         _, _, predictive = self._draws(params, x, key, num_samples)
         if self.spec.task == "classification":

@@ -1,0 +1,265 @@
+"""Variational autoencoders (Kingma and Welling 2014; Rezende et al. 2014).
+
+Generative model p(z) = N(0, I), p(x | z) = Bernoulli(logits = f(z)) or
+Normal(f(z), sigma^2) per pixel; amortised Gaussian guide
+q(z | x) = N(mu(x), diag(s(x)^2)), reparameterised. Encoder and decoder are
+Flax modules registered through NumPyro's ``flax_module``; the convolutional
+architecture's batch-norm statistics are NumPyro mutable state (batch
+statistics while training, running averages at evaluation).
+
+Objectives (per datum, scaled by the engine): the ELBO with an analytic or
+Monte Carlo KL term, weighted by beta during a linear warm-up (Bowman et al.
+2016; Sonderby et al. 2016), or the importance-weighted bound with K samples
+(Burda et al. 2016; NumPyro's RenyiELBO with alpha = 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy.special import ndtri
+from numpyro.contrib.module import flax_module
+from numpyro.infer import RenyiELBO, Trace_ELBO
+
+from bslrun import metrics, plots
+from bslrun.config import Activation, Architecture, ImageLikelihood, KLEstimate
+from bslrun.errors import ConfigError
+from bslrun.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+
+# Importance-weighted evaluation decodes at most this many latent samples at once
+# (convolutional decoders keep ~30x more activations per image than dense ones).
+EVAL_DECODES = {"mlp": 2**15, "conv": 2**10}
+MIN_PIXEL_SCALE = 1e-3
+GRID_SAMPLES = 64  # images drawn from the prior for plots/samples.png
+GRID_RECONSTRUCTIONS = 16
+MANIFOLD_SIDE = 20  # the lecture's 2D latent map: a 20 x 20 grid of decoded images
+
+
+class VaeFamily:
+    artifact_name = "samples.npz"
+
+    def __init__(self, cfg, spec, n_train: int):
+        if spec.image_shape is None:
+            raise ConfigError(f"model=vae needs image data; data={spec.name} has no image shape")
+        self.cfg = cfg
+        self.spec = spec
+        self.n_train = n_train
+        self.latent_dim = cfg.latent_dim
+        self.dim = spec.input_dim
+        self.likelihood = ImageLikelihood(cfg.likelihood).value
+        self.eval_decodes = EVAL_DECODES[Architecture(cfg.architecture).value]
+        if Architecture(cfg.architecture) is Architecture.conv:
+            self.encoder = ConvEncoder(tuple(spec.image_shape), cfg.latent_dim)
+            self.decoder = ConvDecoder(tuple(spec.image_shape))
+            self.mutable = ["batch_stats"]
+        else:
+            act = Activation(cfg.activation).value
+            self.encoder = MLPEncoder(tuple(cfg.hidden), cfg.latent_dim, act)
+            self.decoder = MLPDecoder(tuple(reversed(cfg.hidden)), self.dim, act)
+            self.mutable = None
+
+    # ------------------------------------------------------------- training
+
+    def objective(self, num_particles: int):
+        if self.cfg.iw_samples > 1:
+            return RenyiELBO(alpha=0.0, num_particles=self.cfg.iw_samples)
+        return Trace_ELBO(num_particles=num_particles)
+
+    @property
+    def analytic_kl(self) -> bool:
+        return KLEstimate(self.cfg.kl) is KLEstimate.analytic and self.cfg.iw_samples == 1
+
+    def epoch_kwargs(self, epoch: int) -> dict:
+        """KL weight beta: linear from 1/W to 1 over the first W epochs."""
+        warmup = self.cfg.beta_warmup_epochs
+        return {"beta": min(1.0, epoch / warmup) if warmup else 1.0}
+
+    def _observation(self, out, pixel_scale_raw=None):
+        if self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        return dist.Normal(out, jax.nn.softplus(pixel_scale_raw) + MIN_PIXEL_SCALE).to_event(1)
+
+    def _pixel_scale_param(self):
+        if self.likelihood == "gaussian":
+            return numpyro.param("pixel_scale_raw", jnp.zeros(self.dim))
+        return None
+
+    def model(self, x, y=None, beta=1.0):
+        decoder = flax_module(
+            "decoder",
+            self.decoder,
+            input_shape=(1, self.latent_dim),
+            mutable=self.mutable,
+            train=True,
+        )
+        pixel_scale_raw = self._pixel_scale_param()
+        batch = x.shape[0]
+        prior = dist.Normal(0.0, 1.0).expand([self.latent_dim]).to_event(1)
+        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self.n_train / batch):
+            with numpyro.handlers.scale(scale=beta):
+                z = numpyro.sample("z", prior)
+            numpyro.sample("x", self._observation(decoder(z, train=True), pixel_scale_raw), obs=x)
+
+    def guide(self, x, y=None, beta=1.0):
+        encoder = flax_module(
+            "encoder", self.encoder, input_shape=(1, self.dim), mutable=self.mutable, train=True
+        )
+        loc, scale = encoder(x, train=True)
+        batch = x.shape[0]
+        q = dist.Normal(loc, scale).to_event(1)
+        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self.n_train / batch):
+            with numpyro.handlers.scale(scale=beta):
+                z = numpyro.sample("z", q)
+                if self.analytic_kl:
+                    # Trace_ELBO scores log p(z) - log q(z) on the sample; this factor
+                    # (counted on the guide's side) swaps that estimate for the
+                    # closed-form -KL, in value and in gradient. Unlike
+                    # TraceMeanField_ELBO, it also works with batch-norm state.
+                    prior = dist.Normal(0.0, 1.0).expand([self.latent_dim]).to_event(1)
+                    kl = metrics.gaussian_kl_to_standard(loc, scale)
+                    numpyro.factor("analytic_kl", prior.log_prob(z) - q.log_prob(z) + kl)
+
+    # ----------------------------------------------------------- evaluation
+
+    def _apply(self, name: str, variables: dict, inputs):
+        """Encoder or decoder in evaluation mode (batch norm uses running averages)."""
+        module = self.encoder if name == "encoder" else self.decoder
+        state = variables.get(f"{name}$state", {})
+        return module.apply({"params": variables[f"{name}$params"], **state}, inputs, train=False)
+
+    def _decode(self, variables, z):
+        return self._apply("decoder", variables, z)
+
+    def _mean_image(self, variables, z):
+        """E[x | z]: pixel probabilities (Bernoulli) or means (Gaussian)."""
+        out = self._decode(variables, z)
+        return jax.nn.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def _image_scores(self, variables, x, key, num_samples: int) -> dict:
+        """Per-image bounds for a chunk of images x (c, D) with K = num_samples draws."""
+        loc, scale = self._apply("encoder", variables, x)
+        z = loc + scale * jax.random.normal(key, (num_samples, *loc.shape))
+        out = self._decode(variables, z.reshape(-1, self.latent_dim))
+        out = out.reshape(num_samples, x.shape[0], self.dim)
+        log_px = self._observation(out, variables.get("pixel_scale_raw")).log_prob(x)
+        log_pz = jnp.sum(dist.Normal(0.0, 1.0).log_prob(z), axis=-1)
+        log_qz = jnp.sum(dist.Normal(loc, scale).log_prob(z), axis=-1)
+        log_weights = log_px + log_pz - log_qz  # (K, c)
+        return {
+            "bound": metrics.importance_weighted_bound(log_weights),
+            "elbo": jnp.mean(log_weights, axis=0),
+            "recon": jnp.mean(log_px, axis=0),
+            "kl": metrics.gaussian_kl_to_standard(loc, scale),
+            "code": loc,
+        }
+
+    def evaluate(self, variables, x, y, key, num_samples: int) -> dict:
+        """Test ELBO, importance-weighted NLL bound (K = num_samples), KL, active units.
+
+        Images are processed in chunks so that memory stays bounded for K = 1000.
+        """
+        chunk = max(1, min(x.shape[0], self.eval_decodes // num_samples))
+        scores = chunked_map(
+            lambda xc, kc: self._image_scores(variables, xc, kc, num_samples), x, key, chunk
+        )
+        nll = -jnp.mean(scores["bound"])
+        return {
+            "nll": nll,
+            "elbo": jnp.mean(scores["elbo"]),
+            "recon": jnp.mean(scores["recon"]),
+            "kl": jnp.mean(scores["kl"]),
+            "active_units": metrics.active_units(scores["code"]),
+            "bits_per_dim": metrics.bits_per_dim(nll, self.dim),
+        }
+
+    def eval_samples(self, eval_cfg) -> int:
+        return eval_cfg.iw_samples
+
+    # ------------------------------------------------------------ artifacts
+
+    def artifacts(self, variables, x, y, key, num_samples: int) -> dict:
+        """Prior samples, reconstructions, latent codes (2D view) and the 2D manifold."""
+        codes = chunked_map(
+            lambda xc, _: {"code": self._apply("encoder", variables, xc)[0]},
+            x,
+            key,
+            min(x.shape[0], self.eval_decodes),
+        )["code"]
+        originals = x[:GRID_RECONSTRUCTIONS]
+        out = {
+            "prior_samples": self._mean_image(
+                variables, jax.random.normal(key, (GRID_SAMPLES, self.latent_dim))
+            ),
+            "originals": originals,
+            "reconstructions": self._mean_image(variables, codes[:GRID_RECONSTRUCTIONS]),
+            "latent_codes": codes,
+            "latent_2d": project_2d(codes),
+            "labels": y,
+        }
+        if self.latent_dim == 2:
+            # Grid at evenly spaced prior quantiles, as in the lecture's latent map.
+            q = ndtri(jnp.linspace(0.05, 0.95, MANIFOLD_SIDE))
+            grid = jnp.stack(jnp.meshgrid(q, q[::-1]), axis=-1).reshape(-1, 2)
+            out["manifold"] = self._mean_image(variables, grid)
+        return out
+
+    def plot(self, arrays: dict, plots_dir: Path) -> list:
+        shape = tuple(self.spec.image_shape)
+        images = {k: arrays[k].reshape(-1, *shape[:2]) for k in arrays if k in IMAGE_KEYS}
+        paths = [
+            plots.image_grid(
+                images["prior_samples"], 8, plots_dir / "samples.png", "p(x | z), z ~ N(0, I)"
+            ),
+            plots.image_grid(
+                jnp.concatenate([images["originals"], images["reconstructions"]]),
+                GRID_RECONSTRUCTIONS,
+                plots_dir / "reconstructions.png",
+                "test images (top) and reconstructions E[x | mu(x)] (bottom)",
+            ),
+            plots.latent_scatter(
+                arrays["latent_2d"],
+                arrays["labels"],
+                plots_dir / "latent.png",
+                "test codes" + (" (first two principal axes)" if self.latent_dim > 2 else ""),
+            ),
+        ]
+        if "manifold" in images:
+            paths.append(
+                plots.image_grid(
+                    images["manifold"],
+                    MANIFOLD_SIDE,
+                    plots_dir / "manifold.png",
+                    "decoded latent grid",
+                )
+            )
+        return paths
+
+
+IMAGE_KEYS = ("prior_samples", "originals", "reconstructions", "manifold")
+
+
+def project_2d(codes):
+    """Codes (n, L) -> (n, 2): as they are for L <= 2, else onto the two principal axes."""
+    if codes.shape[1] <= 2:
+        return jnp.pad(codes, ((0, 0), (0, 2 - codes.shape[1])))
+    centred = codes - jnp.mean(codes, axis=0)
+    _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+def chunked_map(fn, x, key, chunk: int) -> dict:
+    """fn(x_chunk, key_chunk) -> dict of per-row arrays, over x in chunks of ``chunk`` rows.
+
+    Rows are padded to a whole number of chunks (padding rows are dropped from
+    the result); ``lax.map`` keeps one chunk's intermediates alive at a time.
+    """
+    n = x.shape[0]
+    num_chunks = -(-n // chunk)
+    padded = jnp.pad(x, ((0, num_chunks * chunk - n), (0, 0)))
+    keys = jax.random.split(key, num_chunks)
+    out = jax.lax.map(lambda args: fn(*args), (padded.reshape(num_chunks, chunk, -1), keys))
+    return jax.tree.map(lambda a: a.reshape(num_chunks * chunk, *a.shape[2:])[:n], out)

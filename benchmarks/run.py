@@ -20,6 +20,8 @@ from benchmarks.common import RESULTS_DIR, Options, write
 # name -> module defining NAME, run and summarise
 BENCHMARKS = {
     "bnn_epoch": "benchmarks.bnn_epoch",
+    "vae_epoch": "benchmarks.vae_epoch",
+    "matmul_peak": "benchmarks.matmul_peak",
 }
 
 

@@ -341,6 +341,16 @@ def validate(cfg: Config) -> Config:
     {"bnn": _check_bnn, "vae": _check_vae}[family](cfg.model)
     if family == "bnn":
         check_likelihood_fits(cfg.model, TASKS[cfg.data.name], cfg.data.name)
+    if (
+        family == "vae"
+        and Architecture(cfg.model.architecture) is Architecture.conv
+        and cfg.trainer.num_particles > 1
+    ):
+        raise ConfigError(
+            "trainer.num_particles > 1 is not available with model.architecture=conv "
+            "(NumPyro drops batch-norm state with several particles); use "
+            "trainer.num_particles=1 or model.architecture=mlp"
+        )
     if family == "vae" and not isinstance(cfg.data, ImageDataConfig):
         raise ConfigError(
             f"model=vae needs an image data set; data={cfg.data.name} is tabular "

@@ -7,8 +7,8 @@ uses every example over time). The data is put on the device once, and the
 host sees one scalar per epoch: the mean loss, needed for the progress bar
 and the NaN guard.
 
-The loss is the negative ELBO per training datum: model and guide are scaled
-by 1/N, and each family scales its batch likelihood by N/B. This is the
+The loss is the negative ELBO per training datum: the objective is scaled by
+1/N, and each family scales its batch likelihood by N/B. This is the
 lecture's "KL weight 1/N" and keeps learning rates independent of N.
 """
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
-from numpyro import handlers
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
@@ -29,6 +28,7 @@ from bslrun import PROCESS_START
 from bslrun.config import Monitor
 from bslrun.errors import DivergenceError
 from bslrun.inference import optim
+from bslrun.inference.objectives import ScaledLoss
 
 
 @dataclass
@@ -45,16 +45,17 @@ def make_svi(family, optimiser, num_particles: int) -> SVI:
     """SVI whose loss is the negative ELBO per training datum.
 
     A family may choose its objective (``family.objective(num_particles)``, e.g.
-    an analytic-KL or importance-weighted bound); the default is Trace_ELBO.
+    an importance-weighted bound); the default is Trace_ELBO. The 1/N is applied
+    to the loss, outside any log-sum-exp of the objective.
     """
-    per_datum = 1.0 / family.n_train
     objective = getattr(family, "objective", None)
     loss = objective(num_particles) if objective else Trace_ELBO(num_particles=num_particles)
+    per_datum = 1.0 / family.n_train
     return SVI(
-        handlers.scale(family.model, scale=per_datum),
-        handlers.scale(family.guide, scale=per_datum),
+        family.model,
+        family.guide,
         optax_to_numpyro(optimiser),
-        loss,
+        ScaledLoss(loss, lambda *args: per_datum),
     )
 
 

@@ -28,6 +28,7 @@ from numpyro.infer import RenyiELBO, Trace_ELBO
 from bslrun import metrics, plots
 from bslrun.config import Activation, Architecture, ImageLikelihood, KLEstimate
 from bslrun.errors import ConfigError
+from bslrun.inference.objectives import ScaledLoss
 from bslrun.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 # Importance-weighted evaluation decodes at most this many latent samples at once
@@ -64,14 +65,26 @@ class VaeFamily:
 
     # ------------------------------------------------------------- training
 
+    @property
+    def importance_weighted(self) -> bool:
+        return self.cfg.iw_samples > 1
+
     def objective(self, num_particles: int):
-        if self.cfg.iw_samples > 1:
-            return RenyiELBO(alpha=0.0, num_particles=self.cfg.iw_samples)
+        if self.importance_weighted:
+            # RenyiELBO (alpha = 0) sums log mean_k w_ik over the batch; N / B makes it
+            # an unbiased estimate of the full-data bound. The sites stay unscaled
+            # (see _batch_scale): scaled log-weights would temper the bound.
+            bound = RenyiELBO(alpha=0.0, num_particles=self.cfg.iw_samples)
+            return ScaledLoss(bound, lambda x, *args: self.n_train / x.shape[0])
         return Trace_ELBO(num_particles=num_particles)
+
+    def _batch_scale(self, batch: int) -> float:
+        """N / B on the batch's sites for the ELBO; 1 for the importance-weighted bound."""
+        return 1.0 if self.importance_weighted else self.n_train / batch
 
     @property
     def analytic_kl(self) -> bool:
-        return KLEstimate(self.cfg.kl) is KLEstimate.analytic and self.cfg.iw_samples == 1
+        return KLEstimate(self.cfg.kl) is KLEstimate.analytic and not self.importance_weighted
 
     def epoch_kwargs(self, epoch: int) -> dict:
         """KL weight beta: linear from 1/W to 1 over the first W epochs."""
@@ -99,7 +112,7 @@ class VaeFamily:
         pixel_scale_raw = self._pixel_scale_param()
         batch = x.shape[0]
         prior = dist.Normal(0.0, 1.0).expand([self.latent_dim]).to_event(1)
-        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self.n_train / batch):
+        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self._batch_scale(batch)):
             with numpyro.handlers.scale(scale=beta):
                 z = numpyro.sample("z", prior)
             numpyro.sample("x", self._observation(decoder(z, train=True), pixel_scale_raw), obs=x)
@@ -111,7 +124,7 @@ class VaeFamily:
         loc, scale = encoder(x, train=True)
         batch = x.shape[0]
         q = dist.Normal(loc, scale).to_event(1)
-        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self.n_train / batch):
+        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self._batch_scale(batch)):
             with numpyro.handlers.scale(scale=beta):
                 z = numpyro.sample("z", q)
                 if self.analytic_kl:

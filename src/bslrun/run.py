@@ -62,8 +62,9 @@ def run(cfg: Config, run_dir: Path) -> dict:
     family = build_family(cfg.model, data.spec, len(data.train))
     log.info("model %s", as_dict(cfg.model))
     try:
+        val_samples = getattr(family, "val_samples", VAL_SAMPLES)
         result = engine.fit(
-            family, data, cfg.optim, cfg.trainer, keys.init, keys.train, VAL_SAMPLES, desc=cfg.name
+            family, data, cfg.optim, cfg.trainer, keys.init, keys.train, val_samples, desc=cfg.name
         )
     except DivergenceError as error:
         write_training(run_dir, error.result)
@@ -76,7 +77,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
     test = evaluate(family, result.params, data.test, test_key, num_samples)
     val = {}
     if data.val is not None:
-        val = evaluate(family, result.params, data.val, val_key, num_samples)
+        val_samples = getattr(family, "val_samples", num_samples)
+        val = evaluate(family, result.params, data.val, val_key, val_samples)
     predictions = jax.device_get(
         jax.jit(family.artifacts, static_argnums=4)(
             result.params, data.test.x, data.test.y, artifact_key, num_samples

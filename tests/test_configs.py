@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bslrun import cli
-from bslrun.config import BnnConfig, Config, DataConfig, Posterior
+from bslrun.config import Binarize, BnnConfig, Config, DataConfig, Likelihood, Posterior
 from bslrun.errors import ConfigError
 
 GROUPS = {
@@ -38,10 +38,7 @@ def test_default_composes_to_typed_config():
 # Options that need a partner to form a valid run (the default model is a BNN
 # regressor on wine, the default data tabular).
 PARTNERS = {
-    "data=mnist": ["model.likelihood=classification"],
-    "data=fashion_mnist": ["model.likelihood=classification"],
     "model=vae": ["data=mnist"],
-    "experiment=lecture_vae_mnist": [],
 }
 
 
@@ -52,9 +49,19 @@ def test_every_group_option_composes(override):
     compose(override, *PARTNERS.get(override, []))
 
 
+def test_natural_choices_follow_the_model_and_data():
+    assert compose().model.likelihood is Likelihood.regression
+    bnn = compose("data=mnist")
+    assert bnn.model.likelihood is Likelihood.classification
+    assert bnn.data.binarize is Binarize.none
+    vae = compose("data=mnist", "model=vae")
+    assert vae.data.binarize is Binarize.dynamic
+    assert compose("data=mnist", "model=vae", "data.binarize=none").data.binarize is Binarize.none
+
+
 def test_model_and_data_mismatches_are_refused_before_loading():
     with pytest.raises(ConfigError, match="does not fit data=mnist, a classification data set"):
-        cli.prevalidate(["data=mnist"])
+        cli.prevalidate(["data=mnist", "model.likelihood=regression"])
     with pytest.raises(ConfigError, match="model=vae needs an image data set"):
         cli.prevalidate(["model=vae"])
     with pytest.raises(ConfigError, match="iw_samples > 1 is not available"):

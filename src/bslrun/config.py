@@ -111,7 +111,8 @@ class ImageDataConfig:
     # Training images held out (seeded) for validation.
     val_size: int = 10000
     train_subset: float = 1.0
-    binarize: Binarize = Binarize.none
+    # null: dynamic for model=vae (binary pixels), none (intensities) for other models.
+    binarize: Binarize | None = None
     # Threshold of static binarisation; null draws a seeded Bernoulli sample once.
     threshold: float | None = 0.5
 
@@ -121,7 +122,8 @@ class BnnConfig:
     family: str = "bnn"
     hidden: list[int] = field(default_factory=lambda: [50])
     activation: Activation = Activation.relu
-    likelihood: Likelihood = Likelihood.regression
+    # null: the data's natural likelihood (regression or classification).
+    likelihood: Likelihood | None = None
     posterior: Posterior = Posterior.mean_field
     prior_scale: float = 1.0
     # Initial standard deviation of the Gaussian posteriors.
@@ -277,7 +279,25 @@ def _check_vae(m: VaeConfig) -> None:
         )
 
 
+def natural_likelihood(task: str) -> Likelihood:
+    """The BNN likelihood a data set's targets call for."""
+    return Likelihood.classification if task == "classification" else Likelihood.regression
+
+
+def resolve_defaults(cfg: Config) -> None:
+    """Fill the null "natural choice" values that depend on the model-data pairing."""
+    from bslrun.data import TASKS
+
+    family = getattr(cfg.model, "family", None)
+    if family == "bnn" and cfg.model.likelihood is None:
+        cfg.model.likelihood = natural_likelihood(TASKS[cfg.data.name])
+    if isinstance(cfg.data, ImageDataConfig) and cfg.data.binarize is None:
+        cfg.data.binarize = Binarize.dynamic if family == "vae" else Binarize.none
+
+
 def check_likelihood_fits(m: BnnConfig, task: str, data_name: str) -> None:
+    if m.likelihood is None:
+        return
     classifies = Likelihood(m.likelihood) is Likelihood.classification
     if classifies != (task == "classification"):
         fitting = "classification" if task == "classification" else "regression or heteroscedastic"
@@ -337,6 +357,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be zero or positive")
+    resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)
     {"bnn": _check_bnn, "vae": _check_vae}[family](cfg.model)
     if family == "bnn":

@@ -344,7 +344,7 @@ def bernoulli(key, p: np.ndarray) -> np.ndarray:
 
 def binarise(cfg, keys, splits: dict) -> tuple[dict, bool]:
     """Apply ``cfg.binarize`` to {part: intensities}; returns (splits, dynamic flag)."""
-    mode = Binarize(cfg.binarize)
+    mode = Binarize(cfg.binarize or Binarize.none)
     if mode is Binarize.none:
         return splits, False
     if mode is Binarize.static and cfg.threshold is not None:

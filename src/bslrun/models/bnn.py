@@ -23,7 +23,13 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from bslrun import metrics, plots
-from bslrun.config import Activation, Likelihood, Posterior, check_likelihood_fits
+from bslrun.config import (
+    Activation,
+    Likelihood,
+    Posterior,
+    check_likelihood_fits,
+    natural_likelihood,
+)
 from bslrun.errors import ConfigError
 from bslrun.inference import guides
 from bslrun.models.nets import MLP, FlatView
@@ -36,7 +42,7 @@ EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large ne
 class BnnFamily:
     def __init__(self, cfg, spec, n_train: int):
         # Enum(value) accepts members and plain strings alike (handy in library use).
-        likelihood = Likelihood(cfg.likelihood).value
+        likelihood = Likelihood(cfg.likelihood or natural_likelihood(spec.task)).value
         check_likelihood_fits(cfg, spec.task, spec.name)
         self.cfg = cfg
         self.spec = spec

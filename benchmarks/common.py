@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -56,3 +57,20 @@ def write(name: str, result: dict, results_dir: Path = RESULTS_DIR) -> Path:
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def sanity(epochs: int, fused_loss: float, loop_loss: float, tolerance: float,
+           loop_compilations, params_finite: bool = True) -> dict:  # fmt: skip
+    """Both methods trained to a finite, similar loss, and the loop compiled its step once."""
+    finite = math.isfinite(fused_loss) and math.isfinite(loop_loss) and params_finite
+    gap = abs(fused_loss - loop_loss) / max(1.0, abs(loop_loss)) if finite else float("nan")
+    return {
+        "epochs_trained_each": epochs,
+        "final_loss_fused": fused_loss,
+        "final_loss_loop": loop_loss,
+        "finite": finite,
+        "relative_gap": gap,
+        "tolerance": tolerance,
+        "loop_update_compilations": loop_compilations,
+        "passed": finite and gap <= tolerance and loop_compilations in (None, 1),
+    }

@@ -31,7 +31,6 @@ JSON.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import matmul_peak
-from benchmarks.common import Options, environment, spread
+from benchmarks.common import Options, environment, sanity, spread
 from bslrun import seeding
 from bslrun.config import ImageDataConfig, OptimConfig, VaeConfig, as_dict
 from bslrun.data import load as load_data
@@ -356,8 +355,6 @@ def run(opts: Options) -> dict:
     paired = [loop / fused for fused, loop in zip(seconds["fused"], seconds["loop"], strict=True)]
     fraction = per_method["fused"]["fraction_of_peak"]
     fused_loss, loop_loss = last_loss["fused"], last_loss["loop"]
-    finite = math.isfinite(fused_loss) and math.isfinite(loop_loss) and methods[0].finite
-    gap = abs(fused_loss - loop_loss) / max(1.0, abs(loop_loss)) if finite else float("nan")
     loop_compilations = methods[1].compilations()
     targets = {
         "ratio": {"target": TARGET_RATIO, "value": ratio, "meets_target": ratio >= TARGET_RATIO},
@@ -399,16 +396,14 @@ def run(opts: Options) -> dict:
         "targets": targets,
         "meets_target": all(t["meets_target"] for t in targets.values()),
         "reference": REFERENCE,
-        "sanity": {
-            "epochs_trained_each": done["fused"],
-            "final_loss_fused": fused_loss,
-            "final_loss_loop": loop_loss,
-            "finite": finite,
-            "relative_gap": gap,
-            "tolerance": LOSS_TOLERANCE,
-            "loop_update_compilations": loop_compilations,
-            "passed": finite and gap <= LOSS_TOLERANCE and loop_compilations in (None, 1),
-        },
+        "sanity": sanity(
+            done["fused"],
+            fused_loss,
+            loop_loss,
+            LOSS_TOLERANCE,
+            loop_compilations,
+            params_finite=methods[0].finite,
+        ),
     }
 
 

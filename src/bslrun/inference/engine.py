@@ -115,16 +115,59 @@ def _is_better(value: float, best: float | None) -> bool:
     return math.isfinite(value) and (best is None or value < best)
 
 
+class Validator:
+    """Scores the validation split; compiled on first use, so training starts sooner."""
+
+    def __init__(self, family, svi: SVI, split, key, num_samples: int):
+        def score(state, x, y, key):
+            return family.evaluate(variables(svi, state), x, y, key, num_samples)
+
+        self.score = jax.jit(score)
+        self.x, self.y = jax.device_put(split.x), jax.device_put(split.y)
+        self.key = key  # the same draws every time: scores differ only by the parameters
+        self.compile_s = self.seconds = 0.0
+
+    def __call__(self, state) -> dict:
+        args = (state, self.x, self.y, self.key)
+        if not isinstance(self.score, jax.stages.Compiled):
+            tick = time.perf_counter()
+            self.score = self.score.lower(*args).compile()
+            self.compile_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        scores = jax.device_get(self.score(*args))
+        self.seconds += time.perf_counter() - tick
+        return {k: float(v) for k, v in scores.items()}
+
+
+def _divergence(epoch: int, loss: float, history: list, last: dict, timing: dict):
+    what = f"loss {loss}" if not math.isfinite(loss) else "parameters overflowed"
+    error = DivergenceError(
+        f"training diverged at epoch {epoch} ({what}); history and the last finite "
+        "parameters were written; lower optim.lr or set optim.clip_norm (e.g. 10)"
+    )
+    error.result = FitResult(last, history, max(epoch - 1, 0), epoch, False, timing)
+    return error
+
+
+def _progress(trainer_cfg, desc: str):
+    return tqdm(
+        range(1, trainer_cfg.epochs + 1),
+        desc=desc,
+        unit="epoch",
+        dynamic_ncols=True,
+        disable=None if trainer_cfg.progress else True,
+    )
+
+
 def fit(
     family, data, optim_cfg, trainer_cfg, init_key, key, val_samples: int, desc: str = "train"
 ) -> FitResult:
     """Train ``family`` on ``data.train`` by SVI; validate on ``data.val`` if present.
 
     ``init_key`` draws the initial parameters; ``key`` the batches and the
-    Monte Carlo samples of training and validation.
-
-    Raises DivergenceError (with ``.result`` holding the history and the last
-    finite parameters) when the loss becomes NaN or infinite.
+    Monte Carlo samples of training and validation. Raises DivergenceError
+    (with ``.result`` holding the history and the last finite parameters) when
+    the loss or the parameters become NaN or infinite.
     """
     epochs_key, val_key = jax.random.split(key)
     x, y = jax.device_put(data.train.x), jax.device_put(data.train.y)
@@ -132,41 +175,23 @@ def fit(
     optimiser, lr_at = optim.build(optim_cfg, num_batches, trainer_cfg.epochs)
     svi = make_svi(family, optimiser, trainer_cfg.num_particles)
 
-    timing = {}
-    start = time.perf_counter()
+    timing, tick = {}, time.perf_counter()
+    first = epoch_kwargs(family, 1)
     # Compiled, initialisation costs one small program instead of hundreds of eager ops.
     state = jax.block_until_ready(
-        jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size], **epoch_kwargs(family, 1))
+        jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size], **first)
     )
-    timing["init_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    epoch = epoch_fn(svi, batch_size, num_batches, data.spec.dynamic_binarize)
-    first_kwargs = epoch_kwargs(family, 1)
-    run_epoch = jax.jit(epoch).lower(state, epochs_key, x, y, first_kwargs).compile()
-    timing["compile_s"] = time.perf_counter() - start
+    timing["init_s"], tick = time.perf_counter() - tick, time.perf_counter()
+    epoch_program = epoch_fn(svi, batch_size, num_batches, data.spec.dynamic_binarize)
+    run_epoch = jax.jit(epoch_program).lower(state, epochs_key, x, y, first).compile()
+    timing["compile_s"] = time.perf_counter() - tick
     timing["startup_s"] = time.time() - PROCESS_START
-    validate = None
-    if data.val is not None:
-        xv, yv = jax.device_put(data.val.x), jax.device_put(data.val.y)
-
-        def score(state, key):
-            return family.evaluate(variables(svi, state), xv, yv, key, val_samples)
-
-        # Compiled on first use, after the first epoch: training starts sooner.
-        validate = jax.jit(score)
+    validate = Validator(family, svi, data.val, val_key, val_samples) if data.val else None
 
     monitor = Monitor(trainer_cfg.monitor).value
     history, best, best_epoch, best_state, bad_evals = [], None, 0, state, 0
-    train_time = eval_time = 0.0
-    stopped_early, first_validation = False, True
-    bar = tqdm(
-        range(1, trainer_cfg.epochs + 1),
-        desc=desc,
-        unit="epoch",
-        dynamic_ncols=True,
-        disable=None if trainer_cfg.progress else True,
-    )
+    train_time, stopped_early = 0.0, False
+    bar = _progress(trainer_cfg, desc)
     for epoch in bar:
         tick = time.perf_counter()
         new_state, loss, finite = run_epoch(
@@ -176,36 +201,20 @@ def fit(
         loss = float(loss)
         train_time += time.perf_counter() - tick
         row = {"epoch": epoch, "train_loss": loss, "lr": float(lr_at(epoch * num_batches - 1))}
+        history.append(row)
         if not (math.isfinite(loss) and finite):
-            history.append(row)
-            what = f"loss {loss}" if not math.isfinite(loss) else "parameters overflowed"
-            error = DivergenceError(
-                f"training diverged at epoch {epoch} ({what}); history and the last finite "
-                "parameters were written; lower optim.lr or set optim.clip_norm (e.g. 10)"
-            )
-            last = variables(svi, state)
-            error.result = FitResult(last, history, best_epoch or epoch - 1, epoch, False, timing)
-            raise error
+            raise _divergence(epoch, loss, history, variables(svi, state), timing)
         state = new_state
         postfix = {"loss": f"{loss:.4f}"}
-        if validate is not None and (
-            epoch % trainer_cfg.eval_every == 0 or epoch == trainer_cfg.epochs
-        ):
-            tick = time.perf_counter()
-            if first_validation:
-                validate = validate.lower(state, val_key).compile()
-                timing["compile_s"] += time.perf_counter() - tick
-                first_validation, tick = False, time.perf_counter()
-            scores = jax.device_get(validate(state, val_key))
-            eval_time += time.perf_counter() - tick
-            row.update({f"val_{k}": float(v) for k, v in scores.items()})
-            value = float(scores[monitor]) if monitor in scores else float(scores["nll"])
+        if validate and (epoch % trainer_cfg.eval_every == 0 or epoch == trainer_cfg.epochs):
+            scores = validate(state)
+            row.update({f"val_{k}": v for k, v in scores.items()})
+            value = scores.get(monitor, scores["nll"])
             postfix[f"val_{monitor}"] = f"{value:.4f}"
             if _is_better(value, best):
                 best, best_epoch, best_state, bad_evals = value, epoch, state, 0
             else:
                 bad_evals += 1
-        history.append(row)
         bar.set_postfix(postfix, refresh=False)
         if trainer_cfg.patience and bad_evals >= trainer_cfg.patience:
             stopped_early = True
@@ -213,8 +222,9 @@ def fit(
     bar.close()
     if validate is None or not trainer_cfg.restore_best:
         best_state, best_epoch = state, len(history)
-    timing["train_s"] = train_time
-    timing["val_s"] = eval_time
+    if validate:
+        timing["compile_s"] += validate.compile_s
+    timing["train_s"], timing["val_s"] = train_time, validate.seconds if validate else 0.0
     seen = len(history) * num_batches * batch_size
     timing["train_examples_per_sec"] = seen / train_time if train_time > 0 else float("nan")
     return FitResult(

@@ -118,6 +118,18 @@ class ImageDataConfig:
 
 
 @dataclass
+class ToyDataConfig:
+    """2D toy densities sampled afresh from the seed (moons, checkerboard, rings, ...)."""
+
+    name: str = "moons"
+    n_train: int = 10000
+    n_val: int = 2000
+    n_test: int = 5000
+    # Observation noise of the samplers that have one (moons, circles, ...); null: the toy's default.
+    noise: float | None = None
+
+
+@dataclass
 class BnnConfig:
     family: str = "bnn"
     hidden: list[int] = field(default_factory=lambda: [50])
@@ -211,6 +223,7 @@ def register() -> None:
     store.store(name="schema", node=Config)
     store.store(group="schema/data", name="data", node=DataConfig)
     store.store(group="schema/data", name="images", node=ImageDataConfig)
+    store.store(group="schema/data", name="toy", node=ToyDataConfig)
     for name, schema in MODEL_SCHEMAS.items():
         store.store(group="schema/model", name=name, node=schema)
     store.store(group="schema/optim", name="optim", node=OptimConfig)
@@ -260,7 +273,21 @@ def _check_images(d: ImageDataConfig) -> None:
         raise ConfigError(f"data.threshold={d.threshold} must lie in (0, 1), or be null")
 
 
-DATA_CHECKS = {DataConfig: _check_data, ImageDataConfig: _check_images}
+def _check_toy(d: ToyDataConfig) -> None:
+    for key in ("n_train", "n_test"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}={getattr(d, key)} must be a positive integer")
+    if d.n_val < 0:
+        raise ConfigError(f"data.n_val={d.n_val} must be zero or positive")
+    if d.noise is not None:
+        _non_negative("data.noise", d.noise)
+
+
+DATA_CHECKS = {
+    DataConfig: _check_data,
+    ImageDataConfig: _check_images,
+    ToyDataConfig: _check_toy,
+}
 
 
 def _check_vae(m: VaeConfig) -> None:

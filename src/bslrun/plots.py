@@ -109,3 +109,26 @@ def latent_scatter(codes, labels, path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def uncertainty_plane(grid_x, grid_y, grid_probs, grid_entropy, x, labels, path: Path) -> Path:
+    """Predictive class probability (or confidence) and entropy over the plane, data on top."""
+    grid_x, grid_y = np.asarray(grid_x), np.asarray(grid_y)
+    probs, entropy = np.asarray(grid_probs), np.asarray(grid_entropy)
+    shape = (len(grid_y), len(grid_x))
+    binary = probs.shape[-1] == 2
+    mean = (probs[:, 1] if binary else probs.max(axis=-1)).reshape(shape)
+    x, labels = np.asarray(x), np.asarray(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    panels = [
+        (mean, "p(class 1 | x)" if binary else "max_c p(c | x)", "RdBu_r"),
+        (entropy.reshape(shape), "predictive entropy (nats)", "viridis"),
+    ]
+    for ax, (values, title, cmap) in zip(axes, panels, strict=True):
+        image = ax.pcolormesh(grid_x, grid_y, values, cmap=cmap, shading="auto")
+        fig.colorbar(image, ax=ax)
+        ax.scatter(x[:, 0], x[:, 1], c=labels, cmap="tab10", vmin=0, vmax=9, s=3, alpha=0.7)
+        ax.set_title(title)
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+    return _save(fig, path)

@@ -37,6 +37,7 @@ from bslrun.models.nets import MLP, FlatView
 SITE = "w"
 MIN_SCALE = 1e-3  # keeps heteroscedastic scales away from 0 (and the NLL finite)
 EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large nets
+PLANE_SIDE = 100  # grid points per axis of plots/uncertainty.png (2D inputs)
 
 
 class BnnFamily:
@@ -154,7 +155,10 @@ class BnnFamily:
         _, _, predictive = self._draws(params, x, key, num_samples)
         if self.spec.task == "classification":
             probs = jnp.mean(jax.nn.softmax(predictive.logits, axis=-1), axis=0)
-            return {"y": y, "probs": probs, "prediction": jnp.argmax(probs, axis=-1)}
+            out = {"x": x, "y": y, "probs": probs, "prediction": jnp.argmax(probs, axis=-1)}
+            if self.spec.input_dim == 2:
+                out.update(self._plane(params, x, key, num_samples))
+            return out
         mu, sigma = self._original_units(predictive)
         epistemic = jnp.std(mu, axis=0)
         aleatoric = jnp.sqrt(jnp.mean(sigma**2, axis=0))
@@ -168,9 +172,33 @@ class BnnFamily:
             "upper_95": metrics.mixture_quantile(0.975, mu, sigma),
         }
 
+    def _plane(self, params, x, key, num_samples):
+        """Predictive class probabilities and entropy on a grid around 2D inputs x."""
+        low, high = jnp.min(x, axis=0), jnp.max(x, axis=0)
+        margin = 0.1 * (high - low)
+        axes = [jnp.linspace(low[i] - margin[i], high[i] + margin[i], PLANE_SIDE) for i in (0, 1)]
+        grid = jnp.stack(jnp.meshgrid(*axes), axis=-1).reshape(-1, 2)
+        _, _, predictive = self._draws(params, grid, key, num_samples)
+        probs = jnp.mean(jax.nn.softmax(predictive.logits, axis=-1), axis=0)
+        entropy = -jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-12)), axis=-1)
+        return {"grid_x": axes[0], "grid_y": axes[1], "grid_probs": probs, "grid_entropy": entropy}
+
     def plot(self, arrays, plots_dir: Path) -> list:
         if self.spec.task == "classification":
-            return [plots.reliability(arrays["probs"], arrays["y"], plots_dir / "reliability.png")]
+            paths = [plots.reliability(arrays["probs"], arrays["y"], plots_dir / "reliability.png")]
+            if "grid_probs" in arrays:
+                paths.append(
+                    plots.uncertainty_plane(
+                        arrays["grid_x"],
+                        arrays["grid_y"],
+                        arrays["grid_probs"],
+                        arrays["grid_entropy"],
+                        arrays["x"],
+                        arrays["y"],
+                        plots_dir / "uncertainty.png",
+                    )
+                )
+            return paths
         return [
             plots.predicted_vs_observed(
                 arrays["y"],

@@ -155,9 +155,9 @@ class BnnFamily:
         _, _, predictive = self._draws(params, x, key, num_samples)
         if self.spec.task == "classification":
             probs = jnp.mean(jax.nn.softmax(predictive.logits, axis=-1), axis=0)
-            out = {"x": x, "y": y, "probs": probs, "prediction": jnp.argmax(probs, axis=-1)}
+            out = {"y": y, "probs": probs, "prediction": jnp.argmax(probs, axis=-1)}
             if self.spec.input_dim == 2:
-                out.update(self._plane(params, x, key, num_samples))
+                out.update(x=x, **self._plane(params, x, key, num_samples))
             return out
         mu, sigma = self._original_units(predictive)
         epistemic = jnp.std(mu, axis=0)

@@ -113,12 +113,13 @@ def classification_summary(labels, log_probs) -> dict:
     """
     log_pred = log_mean_exp(log_probs, axis=0)  # (n, C)
     probs = jnp.exp(log_pred)
-    accuracy = jnp.mean(jnp.argmax(log_pred, axis=-1) == labels)
+    correct = jnp.argmax(log_pred, axis=-1) == labels
+    accuracy = jnp.mean(correct)
     nll = -jnp.mean(jnp.take_along_axis(log_pred, labels[:, None], axis=-1))
     entropy = -jnp.sum(probs * log_pred, axis=-1)
     return {
         "accuracy": accuracy,
-        "error": 1.0 - accuracy,
+        "error": jnp.mean(~correct),  # not 1 - accuracy: no rounding below zero
         "nll": nll,
         "ece": expected_calibration_error(probs, labels),
         "predictive_entropy": jnp.mean(entropy),

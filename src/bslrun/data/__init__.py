@@ -15,13 +15,13 @@ DATASETS = {
     "wine_red": "bslrun.data.wine:load_red",
     "mnist": "bslrun.data.mnist:load_mnist",
     "fashion_mnist": "bslrun.data.mnist:load_fashion_mnist",
-    "moons": "bslrun.data.toy2d:load_moons",
-    "circles": "bslrun.data.toy2d:load_circles",
-    "8gaussians": "bslrun.data.toy2d:load_eight_gaussians",
-    "checkerboard": "bslrun.data.toy2d:load_checkerboard",
-    "pinwheel": "bslrun.data.toy2d:load_pinwheel",
-    "2spirals": "bslrun.data.toy2d:load_two_spirals",
-    "rings": "bslrun.data.toy2d:load_rings",
+    "moons": "bslrun.data.toy2d:load",
+    "circles": "bslrun.data.toy2d:load",
+    "8gaussians": "bslrun.data.toy2d:load",
+    "checkerboard": "bslrun.data.toy2d:load",
+    "pinwheel": "bslrun.data.toy2d:load",
+    "2spirals": "bslrun.data.toy2d:load",
+    "rings": "bslrun.data.toy2d:load",
 }
 
 # name -> the kind of target it provides, so that configs are checked before loading

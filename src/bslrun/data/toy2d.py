@@ -307,29 +307,6 @@ def load_toy(name: str, cfg, key) -> Dataset:
     return Dataset(train=parts["train"], val=parts.get("val"), test=parts["test"], spec=spec)
 
 
-def load_moons(cfg, key) -> Dataset:
-    return load_toy("moons", cfg, key)
-
-
-def load_circles(cfg, key) -> Dataset:
-    return load_toy("circles", cfg, key)
-
-
-def load_eight_gaussians(cfg, key) -> Dataset:
-    return load_toy("8gaussians", cfg, key)
-
-
-def load_checkerboard(cfg, key) -> Dataset:
-    return load_toy("checkerboard", cfg, key)
-
-
-def load_pinwheel(cfg, key) -> Dataset:
-    return load_toy("pinwheel", cfg, key)
-
-
-def load_two_spirals(cfg, key) -> Dataset:
-    return load_toy("2spirals", cfg, key)
-
-
-def load_rings(cfg, key) -> Dataset:
-    return load_toy("rings", cfg, key)
+def load(cfg, key) -> Dataset:
+    """The toy named ``cfg.name`` (every toy shares this loader)."""
+    return load_toy(cfg.name, cfg, key)

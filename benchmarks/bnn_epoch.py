@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import Options, environment, sanity, spread
+from benchmarks.common import Options, Race, environment, sanity, spread
 from bslrun import seeding
 from bslrun.config import BnnConfig, DataConfig, OptimConfig, Posterior, as_dict
 from bslrun.data import load as load_data
@@ -126,15 +126,8 @@ def run(opts: Options) -> dict:
         opts.seed, WARMUP_EPOCHS + epochs * reps
     )
     methods = [cls(svi, x, y, batch_size, num_batches, state0, key) for cls in (Fused, Loop)]
-    states = {m.name: state0 for m in methods}
-    done = {m.name: 0 for m in methods}
-    last_loss = {}
-
-    def train(method, n):
-        for _ in range(n):
-            done[method.name] += 1
-            states[method.name], loss = method.epoch(states[method.name], done[method.name])
-            last_loss[method.name] = float(loss)  # the one host sync per epoch
+    race = Race(methods, state0)
+    train, done, last_loss = race.train, race.done, race.last_loss
 
     for method in methods:
         train(method, WARMUP_EPOCHS)

@@ -74,3 +74,19 @@ def sanity(epochs: int, fused_loss: float, loop_loss: float, tolerance: float,
         "loop_update_compilations": loop_compilations,
         "passed": finite and gap <= tolerance and loop_compilations in (None, 1),
     }
+
+
+class Race:
+    """Each method's training state, epoch count and last loss, advanced epoch by epoch."""
+
+    def __init__(self, methods, state0):
+        self.states = {m.name: state0 for m in methods}
+        self.done = {m.name: 0 for m in methods}
+        self.last_loss: dict = {}
+
+    def train(self, method, epochs: int) -> None:
+        for _ in range(epochs):
+            self.done[method.name] += 1
+            state, loss = method.epoch(self.states[method.name], self.done[method.name])
+            self.states[method.name] = state
+            self.last_loss[method.name] = float(loss)  # the one host sync per epoch

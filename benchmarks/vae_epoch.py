@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import matmul_peak
-from benchmarks.common import Options, environment, sanity, spread
+from benchmarks.common import Options, Race, environment, sanity, spread
 from bslrun import seeding
 from bslrun.config import ImageDataConfig, OptimConfig, VaeConfig, as_dict
 from bslrun.data import load as load_data
@@ -303,15 +303,8 @@ def run(opts: Options) -> dict:
         cls(family, svi, x, y, batch_size, num_batches, state0, key) for cls in (Fused, Loop)
     ]
     probe = Probe(peak_before["peak_size"], opts.seed)
-    states = {m.name: state0 for m in methods}
-    done = {m.name: 0 for m in methods}
-    last_loss = {}
-
-    def train(method, n):
-        for _ in range(n):
-            done[method.name] += 1
-            states[method.name], loss = method.epoch(states[method.name], done[method.name])
-            last_loss[method.name] = float(loss)
+    race = Race(methods, state0)
+    train, done, last_loss = race.train, race.done, race.last_loss
 
     for method in methods:
         train(method, WARMUP_EPOCHS)

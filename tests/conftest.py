@@ -12,7 +12,12 @@ from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split
 
 
 def make_spec(
-    input_dim: int, n_total: int, *, task: str = "regression", num_classes: int = 0
+    input_dim: int,
+    n_total: int,
+    *,
+    task: str = "regression",
+    num_classes: int = 0,
+    image_shape: tuple | None = None,
 ) -> DataSpec:
     """A DataSpec with identity standardisers (data given in model units)."""
     return DataSpec(
@@ -25,6 +30,7 @@ def make_spec(
         feature_names=tuple(f"x{i}" for i in range(input_dim)),
         target_name="y",
         n_total=n_total,
+        image_shape=image_shape,
     )
 
 

@@ -30,7 +30,8 @@ from bslrun.config import (
     TrainerConfig,
     VaeConfig,
 )
-from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split
+from bslrun.data.splits import Dataset, DataSpec, Split
+from conftest import make_spec
 from bslrun.inference import engine
 from bslrun.inference.objectives import ScaledLoss
 from bslrun.models import vae
@@ -49,17 +50,8 @@ NUM_CLASSES = 10
 
 
 def image_spec(n_total: int) -> DataSpec:
-    return DataSpec(
-        name="synthetic_images",
-        task="classification",
-        input_dim=D,
-        num_classes=NUM_CLASSES,
-        x_scaler=IDENTITY,
-        y_scaler=IDENTITY,
-        feature_names=tuple(f"pixel{i}" for i in range(D)),
-        target_name="label",
-        n_total=n_total,
-        image_shape=IMAGE_SHAPE,
+    return make_spec(
+        D, n_total, task="classification", num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE
     )
 
 

@@ -39,6 +39,26 @@ class Posterior(str, Enum):
     mean_field = "mean_field"  # diagonal Gaussian
     lowrank = "lowrank"  # Gaussian with covariance W W^T + diag
     full_rank = "full_rank"  # Gaussian with a full lower-triangular scale
+    iaf = "iaf"  # diagonal Gaussian pushed through inverse autoregressive affine steps
+    iaf_spline = "iaf_spline"  # the same with rational-quadratic spline steps
+
+
+class FlowKind(str, Enum):
+    maf = "maf"  # masked affine autoregressive (Papamakarios et al. 2017)
+    realnvp = "realnvp"  # affine coupling (Dinh et al. 2017)
+    nsf = "nsf"  # rational-quadratic spline coupling (Durkan et al. 2019)
+    nsf_ar = "nsf_ar"  # rational-quadratic spline, autoregressive (Durkan et al. 2019)
+
+
+class PermutationKind(str, Enum):
+    reverse = "reverse"  # reverse the coordinates after each layer (the lecture's Permute)
+    random = "random"  # a fixed random permutation per layer, drawn from the seed
+    none = "none"
+
+
+class FileTask(str, Enum):
+    regression = "regression"
+    classification = "classification"
 
 
 class Architecture(str, Enum):
@@ -83,16 +103,22 @@ class Binarize(str, Enum):
 
 
 @dataclass
-class DataConfig:
-    """Tabular data (wine quality): seeded fraction splits or a benchmark split folder."""
+class FractionSplits:
+    """Rows cut into seeded train/validation/test fractions; standardised on training rows."""
 
-    name: str = "wine_white"
     train_fraction: float = 0.75
     val_fraction: float = 0.10
     test_fraction: float = 0.15
     # Fraction of the training split actually used (the lecture's small-data experiment).
     train_subset: float = 1.0
     standardize: bool = True
+
+
+@dataclass
+class DataConfig(FractionSplits):
+    """Tabular data (wine quality): seeded fraction splits or a benchmark split folder."""
+
+    name: str = "wine_white"
     # A standard benchmark split: folder with data.txt, index_features.txt,
     # index_target.txt, index_train_<k>.txt and index_test_<k>.txt.
     split_dir: str | None = None
@@ -130,6 +156,24 @@ class ToyDataConfig:
 
 
 @dataclass
+class FileDataConfig(FractionSplits):
+    """Your own table: a CSV file with a header row, or a .npy / .npz array."""
+
+    name: str = "file"
+    # The file to read (required): .csv (header row), .npy, or .npz (one array, or data.key).
+    path: str | None = None
+    # Array inside an .npz file holding several.
+    key: str | None = None
+    # Input columns (CSV header names, or 0-based indices as strings for arrays); null: all
+    # columns but the target.
+    columns: list[str] | None = None
+    # Target column for model=bnn; null: no target (density estimation with model=flow).
+    target: str | None = None
+    # What the target is; null: classification for text labels, regression for numbers.
+    task: FileTask | None = None
+
+
+@dataclass
 class BnnConfig:
     family: str = "bnn"
     hidden: list[int] = field(default_factory=lambda: [50])
@@ -144,6 +188,10 @@ class BnnConfig:
     rank: int = 10
     # Fixed observation noise (standardised units) for likelihood=regression; null learns it.
     noise_scale: float | None = None
+    # posterior=iaf / iaf_spline: flow steps on top of the diagonal Gaussian, and the
+    # hidden widths of each step's MADE.
+    flow_steps: int = 2
+    flow_hidden: list[int] = field(default_factory=lambda: [256])
 
 
 @dataclass
@@ -160,6 +208,28 @@ class VaeConfig:
     beta_warmup_epochs: int = 0
     # Importance samples of the training objective (1: the ELBO; K > 1: the IWAE bound).
     iw_samples: int = 1
+    # Inverse autoregressive flow steps on q(z | x) (Kingma et al. 2016); 0: Gaussian q.
+    # With steps the KL term is estimated by Monte Carlo.
+    posterior_flow: int = 0
+    posterior_flow_hidden: list[int] = field(default_factory=lambda: [256])
+
+
+@dataclass
+class FlowConfig:
+    family: str = "flow"
+    flow: FlowKind = FlowKind.maf
+    # Number of flow layers (each followed by a permutation unless permutation=none).
+    depth: int = 5
+    # Hidden widths of each layer's conditioner (MADE or coupling MLP).
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    activation: Activation = Activation.relu
+    permutation: PermutationKind = PermutationKind.reverse
+    # Rational-quadratic splines (nsf, nsf_ar): bins on [-tail_bound, tail_bound],
+    # identity (linear tails) outside.
+    bins: int = 8
+    tail_bound: float = 5.0
+    # Images: dequantised intensities s in (0, 1) are modelled as logit(a + (1 - 2a) s).
+    logit_alpha: float = 1e-6
 
 
 @dataclass
@@ -196,6 +266,8 @@ class TrainerConfig:
 class EvalConfig:
     # Posterior draws per test point (BNN predictive).
     num_samples: int = 200
+    # Flows: points drawn for samples.npz and plots/samples.png.
+    flow_samples: int = 5000
     # Importance samples per test image for the VAE's log-likelihood bound.
     iw_samples: int = 1000
 
@@ -212,7 +284,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-MODEL_SCHEMAS = {"bnn": BnnConfig, "vae": VaeConfig}
+MODEL_SCHEMAS = {"bnn": BnnConfig, "vae": VaeConfig, "flow": FlowConfig}
 
 
 def register() -> None:
@@ -224,6 +296,7 @@ def register() -> None:
     store.store(group="schema/data", name="data", node=DataConfig)
     store.store(group="schema/data", name="images", node=ImageDataConfig)
     store.store(group="schema/data", name="toy", node=ToyDataConfig)
+    store.store(group="schema/data", name="file", node=FileDataConfig)
     for name, schema in MODEL_SCHEMAS.items():
         store.store(group="schema/model", name=name, node=schema)
     store.store(group="schema/optim", name="optim", node=OptimConfig)
@@ -250,19 +323,33 @@ def _fraction(key: str, value: float, *, open_low: bool = False) -> None:
         raise ConfigError(f"{key}={value} must lie in {interval}")
 
 
-def _check_data(d: DataConfig) -> None:
+def _check_fractions(d: FractionSplits, fixed_split: bool = False) -> None:
     _fraction("data.train_fraction", d.train_fraction, open_low=True)
     _fraction("data.val_fraction", d.val_fraction)
     _fraction("data.test_fraction", d.test_fraction)
     total = d.train_fraction + d.val_fraction + d.test_fraction
-    if d.split_dir is None and abs(total - 1.0) > 1e-6:
+    if not fixed_split and abs(total - 1.0) > 1e-6:
         raise ConfigError(
             f"data.train_fraction + data.val_fraction + data.test_fraction = {total:g}; "
             "they must sum to 1"
         )
     _fraction("data.train_subset", d.train_subset, open_low=True)
+
+
+def _check_data(d: DataConfig) -> None:
+    _check_fractions(d, fixed_split=d.split_dir is not None)
     if d.split < 0:
         raise ConfigError(f"data.split={d.split} must be a split index >= 0")
+
+
+def _check_file(d: FileDataConfig) -> None:
+    if not d.path:
+        raise ConfigError("data=file needs a file: add data.path=<your .csv, .npy or .npz>")
+    if d.test_fraction <= 0:
+        raise ConfigError(f"data.test_fraction={d.test_fraction} must be above 0 for data=file")
+    _check_fractions(d)
+    if d.task is not None and d.target is None:
+        raise ConfigError(f"data.task={FileTask(d.task).value} needs data.target=<column>")
 
 
 def _check_images(d: ImageDataConfig) -> None:
@@ -287,6 +374,7 @@ DATA_CHECKS = {
     DataConfig: _check_data,
     ImageDataConfig: _check_images,
     ToyDataConfig: _check_toy,
+    FileDataConfig: _check_file,
 }
 
 
@@ -298,6 +386,9 @@ def _check_vae(m: VaeConfig) -> None:
             raise ConfigError(f"model.{key}={getattr(m, key)} must be a positive integer")
     if m.beta_warmup_epochs < 0:
         raise ConfigError(f"model.beta_warmup_epochs={m.beta_warmup_epochs} must be >= 0")
+    if m.posterior_flow < 0:
+        raise ConfigError(f"model.posterior_flow={m.posterior_flow} must be zero (off) or positive")
+    _widths("model.posterior_flow_hidden", m.posterior_flow_hidden)
     if m.iw_samples > 1 and Architecture(m.architecture) is Architecture.conv:
         raise ConfigError(
             "model.iw_samples > 1 is not available with model.architecture=conv (NumPyro's "
@@ -306,24 +397,59 @@ def _check_vae(m: VaeConfig) -> None:
         )
 
 
+def _widths(key: str, widths) -> None:
+    if not widths or any(h <= 0 for h in widths):
+        raise ConfigError(f"{key}={list(widths or [])} must list positive layer widths")
+
+
+def _check_flow(m: FlowConfig) -> None:
+    _widths("model.hidden", m.hidden)
+    if m.depth < 1:
+        raise ConfigError(f"model.depth={m.depth} must be a positive integer")
+    if m.bins < 2:
+        raise ConfigError(f"model.bins={m.bins} must be at least 2")
+    _positive("model.tail_bound", m.tail_bound)
+    if not 0 < m.logit_alpha < 0.5:
+        raise ConfigError(f"model.logit_alpha={m.logit_alpha} must lie in (0, 0.5)")
+
+
 def natural_likelihood(task: str) -> Likelihood:
     """The BNN likelihood a data set's targets call for."""
     return Likelihood.classification if task == "classification" else Likelihood.regression
 
 
-def resolve_defaults(cfg: Config) -> None:
-    """Fill the null "natural choice" values that depend on the model-data pairing."""
+def data_task(d) -> str | None:
+    """"regression", "classification" or "density" (no target), as far as the config tells;
+    None when only the file's contents can tell (data=file with data.target and no data.task)."""
     from bslrun.data import TASKS
 
+    if isinstance(d, FileDataConfig):
+        if d.target is None:
+            return "density"
+        return FileTask(d.task).value if d.task is not None else None
+    return TASKS[d.name]
+
+
+def resolve_defaults(cfg: Config) -> None:
+    """Fill the null "natural choice" values that depend on the model-data pairing."""
     family = getattr(cfg.model, "family", None)
-    if family == "bnn" and cfg.model.likelihood is None:
-        cfg.model.likelihood = natural_likelihood(TASKS[cfg.data.name])
+    task = data_task(cfg.data)
+    if family == "bnn" and cfg.model.likelihood is None and task in TASKS_WITH_TARGETS:
+        cfg.model.likelihood = natural_likelihood(task)
     if isinstance(cfg.data, ImageDataConfig) and cfg.data.binarize is None:
         cfg.data.binarize = Binarize.dynamic if family == "vae" else Binarize.none
 
 
-def check_likelihood_fits(m: BnnConfig, task: str, data_name: str) -> None:
-    if m.likelihood is None:
+TASKS_WITH_TARGETS = ("regression", "classification")
+
+
+def check_likelihood_fits(m: BnnConfig, task: str | None, data_name: str) -> None:
+    if task == "density":
+        raise ConfigError(
+            f"model=bnn needs targets but data={data_name} has none; "
+            "add data.target=<column> (or use model=flow to fit the density)"
+        )
+    if m.likelihood is None or task is None:
         return
     classifies = Likelihood(m.likelihood) is Likelihood.classification
     if classifies != (task == "classification"):
@@ -335,8 +461,10 @@ def check_likelihood_fits(m: BnnConfig, task: str, data_name: str) -> None:
 
 
 def _check_bnn(m: BnnConfig) -> None:
-    if any(h <= 0 for h in m.hidden):
-        raise ConfigError(f"model.hidden={list(m.hidden)} must list positive layer widths")
+    _widths("model.hidden", m.hidden)
+    _widths("model.flow_hidden", m.flow_hidden)
+    if m.flow_steps < 1:
+        raise ConfigError(f"model.flow_steps={m.flow_steps} must be a positive integer")
     _positive("model.prior_scale", m.prior_scale)
     _positive("model.init_scale", m.init_scale)
     if m.rank < 1:
@@ -368,7 +496,7 @@ def _check_trainer(t: TrainerConfig) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check ranges and cross-field rules; raise ConfigError naming the key."""
-    from bslrun.data import DATASETS, TASKS
+    from bslrun.data import DATASETS
     from bslrun.models import FAMILIES
 
     if type(cfg.data) not in DATA_CHECKS:
@@ -386,9 +514,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"seed={cfg.seed} must be zero or positive")
     resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)
-    {"bnn": _check_bnn, "vae": _check_vae}[family](cfg.model)
+    {"bnn": _check_bnn, "vae": _check_vae, "flow": _check_flow}[family](cfg.model)
     if family == "bnn":
-        check_likelihood_fits(cfg.model, TASKS[cfg.data.name], cfg.data.name)
+        check_likelihood_fits(cfg.model, data_task(cfg.data), cfg.data.name)
+    if (
+        family == "flow"
+        and isinstance(cfg.data, ImageDataConfig)
+        and Binarize(cfg.data.binarize) is not Binarize.none
+    ):
+        raise ConfigError(
+            "model=flow models dequantised 8-bit intensities; use data.binarize=none "
+            f"(not {Binarize(cfg.data.binarize).value})"
+        )
     if (
         family == "vae"
         and Architecture(cfg.model.architecture) is Architecture.conv

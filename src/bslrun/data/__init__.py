@@ -22,6 +22,7 @@ DATASETS = {
     "pinwheel": "bslrun.data.toy2d:load",
     "2spirals": "bslrun.data.toy2d:load",
     "rings": "bslrun.data.toy2d:load",
+    "file": "bslrun.data.files:load",
 }
 
 # name -> the kind of target it provides, so that configs are checked before loading
@@ -37,6 +38,7 @@ TASKS = {
     "pinwheel": "classification",
     "2spirals": "classification",
     "rings": "classification",
+    "file": None,  # the config (data.target, data.task) or the file's contents tell
 }
 
 

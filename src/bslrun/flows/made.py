@@ -6,7 +6,7 @@ inputs that come before i in ``order`` only: d out_i / d x_j = 0 unless j preced
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -53,16 +53,53 @@ class MaskedDense(nn.Module):
     """x (..., n_in) -> (..., features) = x @ (kernel * mask) + bias."""
 
     features: int
+    kernel_init: Callable | None = None  # default: LeCun normal
 
     @nn.compact
     def __call__(self, x, mask):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        init = self.kernel_init or nn.initializers.lecun_normal()
+        kernel = self.param("kernel", init, (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return x @ (kernel * jnp.asarray(mask, kernel.dtype)) + bias
 
 
+class MaskedMLP(nn.Module):
+    """x (..., dim) -> (..., dim, outputs): ``outputs`` numbers per coordinate, each a
+    function of the coordinates before it in ``order`` only (and of ``context``, if any).
+
+    ``context`` (..., c), e.g. an encoder's features for an amortised flow, enters the
+    first hidden layer through an unmasked dense map: it may inform every output.
+    ``zero_output`` starts the output layer at zero weights and biases, so a flow begins
+    at a known map (see the transforms that use it).
+    """
+
+    dim: int
+    hidden: Sequence[int] = (32, 32)
+    outputs: int = 2
+    order: Sequence[int] | None = None
+    activation: str = "relu"
+    zero_output: bool = False
+
+    @nn.compact
+    def __call__(self, x, context=None):
+        hidden_masks, out_mask = masks(self.dim, self.hidden, self.order)
+        act = getattr(nn, self.activation)
+        h = x
+        for layer, (width, mask) in enumerate(zip(self.hidden, hidden_masks, strict=True)):
+            h = MaskedDense(width)(h, mask)
+            if layer == 0 and context is not None:
+                h = h + nn.Dense(width, use_bias=False, name="context")(context)
+            h = act(h)
+        # Output unit (i, k) sits in column i * outputs + k and inherits coordinate i's mask.
+        init = nn.initializers.zeros_init() if self.zero_output else None
+        out = MaskedDense(self.dim * self.outputs, kernel_init=init, name="out")(
+            h, np.repeat(out_mask, self.outputs, axis=1)
+        )
+        return out.reshape(*out.shape[:-1], self.dim, self.outputs)
+
+
 class MADE(nn.Module):
-    """x (..., dim) -> (shift, log_scale), each (..., dim); ReLU hidden layers.
+    """x (..., dim) -> (shift, log_scale), each (..., dim); the affine MAF conditioner.
 
     ``order`` (a permutation of 0..dim-1, default identity) gives the autoregressive
     order: output i depends on x_j only when j comes before i in ``order``.
@@ -72,13 +109,12 @@ class MADE(nn.Module):
     dim: int
     hidden: Sequence[int] = (32, 32)
     order: Sequence[int] | None = None
+    activation: str = "relu"
+    zero_output: bool = False
 
     @nn.compact
-    def __call__(self, x):
-        hidden_masks, out_mask = masks(self.dim, self.hidden, self.order)
-        h = x
-        for width, mask in zip(self.hidden, hidden_masks, strict=True):
-            h = nn.relu(MaskedDense(width)(h, mask))
-        shift = MaskedDense(self.dim, name="shift")(h, out_mask)
-        raw = MaskedDense(self.dim, name="raw_scale")(h, out_mask)
-        return shift, stable_log_scale(raw)
+    def __call__(self, x, context=None):
+        out = MaskedMLP(
+            self.dim, self.hidden, 2, self.order, self.activation, self.zero_output, name="net"
+        )(x, context)
+        return out[..., 0], stable_log_scale(out[..., 1])

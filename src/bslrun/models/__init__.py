@@ -14,6 +14,7 @@ from typing import Any, Protocol
 FAMILIES = {
     "bnn": "bslrun.models.bnn:BnnFamily",
     "vae": "bslrun.models.vae:VaeFamily",
+    "flow": "bslrun.models.flow:FlowFamily",
 }
 
 

@@ -6,7 +6,7 @@ With a = x[..., :split] (kept) and b = x[..., split:] (transformed):
   log|det dy/dx| = sum log sigma(x_a)
 Both directions are one parallel pass of the conditioner, a Flax net mapping
 (..., split) -> (..., 2 * (D - split)) split into (mu, raw scale); sigma =
-softplus(raw) + 1e-3 as in ``made.stable_log_scale``.
+softplus(raw + c) + 1e-3 as in ``made.stable_log_scale`` (sigma = 1 at raw = 0).
 """
 
 from __future__ import annotations

@@ -14,16 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 
 MIN_SCALE = 1e-3
+IDENTITY_OFFSET = float(np.log(np.expm1(1.0 - MIN_SCALE)))  # softplus^-1(1 - 1e-3)
 
 
 def stable_log_scale(raw: jax.Array) -> jax.Array:
-    """log sigma with sigma = softplus(raw) + 1e-3.
+    """log sigma with sigma = softplus(raw + c) + 1e-3, c chosen so that raw = 0 gives 1.
 
     The floor keeps 1 / sigma (used by the data -> base direction) below 1e3, and
     softplus grows linearly rather than exponentially, so one large raw output
-    cannot overflow the inverse or the log-determinant.
+    cannot overflow the inverse or the log-determinant. The offset makes a
+    conditioner with a zero output layer the identity map.
     """
-    return jnp.log(nn.softplus(raw) + MIN_SCALE)
+    return jnp.log(nn.softplus(raw + IDENTITY_OFFSET) + MIN_SCALE)
 
 
 def degrees(dim: int, hidden: Sequence[int], order: Sequence[int] | None = None):

@@ -6,14 +6,25 @@ of (params, x) and a pytree (params are leaves; modules and permutations static)
 
 from bslrun.flows.affine_autoregressive import MaskedAffineAutoregressive
 from bslrun.flows.affine_coupling import AffineCoupling, coupling_net
-from bslrun.flows.made import MADE, stable_log_scale
+from bslrun.flows.made import MADE, MaskedMLP, stable_log_scale
 from bslrun.flows.permutation import Permutation
+from bslrun.flows.spline import (
+    MaskedSplineAutoregressive,
+    SplineCoupling,
+    rational_quadratic_spline,
+    spline_coupling_net,
+)
 
 __all__ = [
     "MADE",
     "AffineCoupling",
     "MaskedAffineAutoregressive",
+    "MaskedMLP",
+    "MaskedSplineAutoregressive",
     "Permutation",
+    "SplineCoupling",
     "coupling_net",
+    "rational_quadratic_spline",
+    "spline_coupling_net",
     "stable_log_scale",
 ]

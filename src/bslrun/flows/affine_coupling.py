@@ -23,9 +23,11 @@ from bslrun.flows.made import stable_log_scale
 from bslrun.models.nets import MLP
 
 
-def coupling_net(dim: int, split: int, hidden: Sequence[int] = (32, 32)) -> nn.Module:
+def coupling_net(
+    dim: int, split: int, hidden: Sequence[int] = (32, 32), activation: str = "relu"
+) -> nn.Module:
     """The conditioner: an MLP from the kept ``split`` coordinates to 2 * (dim - split)."""
-    return MLP(tuple(hidden), 2 * (dim - split))
+    return MLP(tuple(hidden), 2 * (dim - split), activation)
 
 
 class AffineCoupling(Transform):

@@ -350,6 +350,18 @@ def _check_file(d: FileDataConfig) -> None:
     _check_fractions(d)
     if d.task is not None and d.target is None:
         raise ConfigError(f"data.task={FileTask(d.task).value} needs data.target=<column>")
+    if d.key is not None and not d.path.lower().endswith(".npz"):
+        raise ConfigError(f"data.key={d.key} names an array in an .npz file, not in {d.path}")
+    if d.columns is None:
+        return
+    columns = [str(c).strip() for c in d.columns]
+    if not columns:
+        raise ConfigError("data.columns=[] selects no inputs; list columns, or null for all")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"data.columns lists {', '.join(repeated)} more than once")
+    if d.target is not None and str(d.target).strip() in columns:
+        raise ConfigError(f"data.target={d.target} is also in data.columns; remove it there")
 
 
 def _check_images(d: ImageDataConfig) -> None:
@@ -419,7 +431,7 @@ def natural_likelihood(task: str) -> Likelihood:
 
 
 def data_task(d) -> str | None:
-    """"regression", "classification" or "density" (no target), as far as the config tells;
+    """ "regression", "classification" or "density" (no target), as far as the config tells;
     None when only the file's contents can tell (data=file with data.target and no data.task)."""
     from bslrun.data import TASKS
 

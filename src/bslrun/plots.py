@@ -132,3 +132,64 @@ def uncertainty_plane(grid_x, grid_y, grid_probs, grid_entropy, x, labels, path:
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
     return _save(fig, path)
+
+
+def density_plane(grid_x, grid_y, log_prob, true_log_prob, path: Path) -> Path:
+    """exp(log density) on a grid, as in the lecture's heatmaps; the true one beside it if known."""
+    grid_x, grid_y = np.asarray(grid_x), np.asarray(grid_y)
+    shape = (len(grid_y), len(grid_x))
+    panels = [(np.exp(np.asarray(log_prob)).reshape(shape), "learned density")]
+    if true_log_prob is not None:
+        panels.append((np.exp(np.asarray(true_log_prob)).reshape(shape), "true density"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.5), squeeze=False)
+    vmax = max(float(np.nanmax(values)) for values, _ in panels)
+    for ax, (values, title) in zip(axes[0], panels, strict=True):
+        image = ax.pcolormesh(grid_x, grid_y, values, cmap="magma", shading="auto", vmax=vmax)
+        fig.colorbar(image, ax=ax)
+        ax.set_title(title)
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+        ax.set_aspect("equal")
+    return _save(fig, path)
+
+
+def samples_beside_data(data, samples, path: Path) -> Path:
+    """Data and model samples side by side (first two coordinates), on shared axes."""
+    data, samples = np.asarray(data), np.asarray(samples)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True, sharey=True)
+    for ax, (points, title, colour) in zip(
+        axes, [(data, "data", "C0"), (samples, "flow samples", "C1")], strict=True
+    ):
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, c=colour, linewidths=0)
+        ax.set_title(f"{title} ({len(points)} points)")
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+    lo = np.minimum(data[:, :2].min(axis=0), np.percentile(samples[:, :2], 0.5, axis=0))
+    hi = np.maximum(data[:, :2].max(axis=0), np.percentile(samples[:, :2], 99.5, axis=0))
+    pad = 0.05 * (hi - lo)
+    axes[0].set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+    axes[0].set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    return _save(fig, path)
+
+
+def base_to_data(base_lines, pushed_lines, data, path: Path) -> Path:
+    """A grid of lines in base space (left) and its image under the flow (right)."""
+    base_lines, pushed_lines = np.asarray(base_lines), np.asarray(pushed_lines)
+    data = np.asarray(data)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    colours = plt.cm.viridis(np.linspace(0, 1, len(base_lines)))
+    axes[1].scatter(data[:, 0], data[:, 1], s=1, c="0.8", linewidths=0, zorder=0)
+    for lines, ax in ((base_lines, axes[0]), (pushed_lines, axes[1])):
+        for line, colour in zip(lines, colours, strict=True):
+            ax.plot(line[:, 0], line[:, 1], lw=0.8, color=colour)
+        ax.set_xlabel("1st coordinate")
+        ax.set_ylabel("2nd coordinate")
+    axes[0].set_title("base space: grid in [-3, 3]^2")
+    axes[1].set_title("data space: the grid pushed through the flow")
+    finite = pushed_lines[np.all(np.isfinite(pushed_lines), axis=-1)]
+    if len(data):
+        lo = np.minimum(data.min(axis=0), np.percentile(finite, 1, axis=0))
+        hi = np.maximum(data.max(axis=0), np.percentile(finite, 99, axis=0))
+        axes[1].set_xlim(lo[0], hi[0])
+        axes[1].set_ylim(lo[1], hi[1])
+    return _save(fig, path)

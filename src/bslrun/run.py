@@ -59,7 +59,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
         len(data.val) if data.val is not None else 0,
         len(data.test),
     )
-    family = build_family(cfg.model, data.spec, len(data.train))
+    family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
     log.info("model %s", as_dict(cfg.model))
     try:
         val_samples = getattr(family, "val_samples", VAL_SAMPLES)

@@ -18,6 +18,7 @@ class Streams(NamedTuple):
     train: jax.Array  # minibatch order and Monte Carlo draws of the ELBO
     eval: jax.Array  # posterior predictive draws
     sample: jax.Array  # samples written to the experiment folder
+    structure: jax.Array  # fixed choices of a model's structure (a flow's random permutations)
 
 
 @jax.jit

@@ -6,7 +6,7 @@ data (``DataSpec``) so that metrics can be reported in original units.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,9 @@ class DataSpec:
     image_shape: tuple | None = None  # (height, width, channels) when x holds flattened images
     # Training images are intensities to be binarised afresh in every step (see engine).
     dynamic_binarize: bool = False
+    # The true log-density of x (n, d) -> (n,) in original units, where the data is
+    # synthetic and it is known (2D toys); flows report their KL to it.
+    log_density: Callable | None = None
 
 
 @dataclass(frozen=True)

@@ -303,6 +303,7 @@ def load_toy(name: str, cfg, key) -> Dataset:
         feature_names=("x1", "x2"),
         target_name="label",
         n_total=cfg.n_train + cfg.n_val + cfg.n_test,
+        log_density=log_density(name, cfg.noise),
     )
     return Dataset(train=parts["train"], val=parts.get("val"), test=parts["test"], spec=spec)
 

@@ -1,0 +1,285 @@
+"""Normalising flows: density estimation by maximum likelihood, trained as SVI.
+
+The model is x = T(u), u ~ N(0, I_D), with T a stack of bijections from
+``bslrun.flows`` (Papamakarios et al. 2021, "Normalizing flows for
+probabilistic modeling and inference"):
+
+  log p(x) = log N(T^-1(x); 0, I) + log |det d T^-1(x) / dx|.
+
+The guide is empty, so the ELBO is exactly the log-likelihood per datum and
+the shared engine maximises it. ``model.flow`` picks the layers, each
+followed by a permutation (not after the last):
+
+- maf:     masked affine autoregressive (Papamakarios et al. 2017); density
+           in one MADE pass per layer, sampling sequential
+- realnvp: affine coupling (Dinh et al. 2017); both directions parallel
+- nsf:     rational-quadratic spline coupling (Durkan et al. 2019)
+- nsf_ar:  rational-quadratic spline, autoregressive (Durkan et al. 2019)
+
+Data enter in the coordinates the data module gives (standardised tables,
+natural toy coordinates) and every reported density is in original units:
+the standardiser's log-Jacobian -sum log std is added. Images (8-bit
+intensities k / 255) are dequantised, s = (255 x + u) / 256 with
+u ~ U[0, 1)^D (Theis et al. 2016), and modelled in logit space
+y = logit(a + (1 - 2a) s) (Dinh et al. 2017), so the reported NLL is in nats
+per image on the 256-level scale and bounds the discrete NLL from above.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+from bslrun import metrics, plots
+from bslrun.config import Activation, FlowKind, PermutationKind
+from bslrun.errors import ConfigError
+from bslrun.flows import (
+    MADE,
+    AffineCoupling,
+    MaskedAffineAutoregressive,
+    MaskedMLP,
+    MaskedSplineAutoregressive,
+    Permutation,
+    SplineCoupling,
+    coupling_net,
+    spline_coupling_net,
+)
+from bslrun.models.batching import chunked_map
+
+EVAL_CHUNK = 4096  # points per log-density pass at evaluation: bounds memory for images
+GRID_SIDE = 200  # plots/density.png: a GRID_SIDE x GRID_SIDE grid over the data's range
+BASE_LINES, LINE_POINTS = 13, 200  # plots/base_to_data.png: lines of the grid u in [-3, 3]^2
+IMAGE_SAMPLES = 64  # sampling an image flow is sequential over 784 pixels: keep it small
+COUPLING_KINDS = ("realnvp", "nsf")
+
+
+class FlowFamily:
+    artifact_name = "samples.npz"
+    val_samples = 1  # evaluate() draws no posterior samples; one dequantisation draw
+
+    def __init__(self, cfg, spec, n_train: int, key=None):
+        self.cfg = cfg
+        self.spec = spec
+        self.n_train = n_train
+        self.dim = spec.input_dim
+        self.kind = FlowKind(cfg.flow).value
+        self.images = spec.image_shape is not None
+        permutation = PermutationKind(cfg.permutation).value
+        if self.kind in COUPLING_KINDS and self.dim < 2:
+            raise ConfigError(
+                f"model.flow={self.kind} splits the coordinates in two, but data={spec.name} "
+                "has one column; use model.flow=maf or nsf_ar"
+            )
+        if self.kind in COUPLING_KINDS and permutation == "none" and cfg.depth > 1:
+            raise ConfigError(
+                f"model.flow={self.kind} with model.permutation=none would leave half the "
+                "coordinates untouched by every layer; use model.permutation=reverse or random"
+            )
+        if permutation == "random" and key is None:
+            raise ValueError("a random permutation needs a key")
+        self.permutations = make_permutations(permutation, self.dim, cfg.depth, key)
+        self.conditioners = [self._conditioner() for _ in range(cfg.depth)]
+        # Standardised tables: x = a z + b in original units, so log p(x) = log p(z) - sum log a.
+        self.log_jacobian_to_original = -float(jnp.sum(jnp.log(jnp.asarray(spec.x_scaler.std))))
+        if spec.x_scaler.std.ndim == 0:
+            self.log_jacobian_to_original *= self.dim
+
+    # --------------------------------------------------------------- layers
+
+    def _conditioner(self):
+        cfg, hidden = self.cfg, tuple(self.cfg.hidden)
+        activation = Activation(cfg.activation).value
+        split = self.dim // 2
+        if self.kind == "maf":
+            return MADE(self.dim, hidden, activation=activation)
+        if self.kind == "nsf_ar":
+            return MaskedMLP(self.dim, hidden, 3 * cfg.bins - 1, activation=activation)
+        if self.kind == "realnvp":
+            return coupling_net(self.dim, split, hidden, activation)
+        return spline_coupling_net(self.dim, split, hidden, cfg.bins, activation)
+
+    def _input_width(self) -> int:
+        return self.dim // 2 if self.kind in COUPLING_KINDS else self.dim
+
+    def _layer(self, net, params):
+        cfg, split = self.cfg, self.dim // 2
+        if self.kind == "maf":
+            return MaskedAffineAutoregressive(net, params)
+        if self.kind == "nsf_ar":
+            return MaskedSplineAutoregressive(net, params, cfg.bins, cfg.tail_bound)
+        if self.kind == "realnvp":
+            return AffineCoupling(net, params, split)
+        return SplineCoupling(net, params, split, cfg.bins, cfg.tail_bound)
+
+    def _declare(self) -> list:
+        """numpyro.param for each layer's conditioner, initialised lazily from SVI's key."""
+        width = self._input_width()
+        return [
+            numpyro.param(f"layer_{k}", lambda key, net=net: net.init(key, jnp.zeros((1, width))))
+            for k, net in enumerate(self.conditioners)
+        ]
+
+    def distribution(self, layer_params) -> dist.TransformedDistribution:
+        """The flow x = T(u), u ~ N(0, I_D), from one parameter pytree per layer."""
+        transforms = []
+        for k, (net, params) in enumerate(zip(self.conditioners, layer_params, strict=True)):
+            transforms.append(self._layer(net, params))
+            if k < len(self.conditioners) - 1 and self.permutations[k] is not None:
+                transforms.append(self.permutations[k])
+        base = dist.Normal(jnp.zeros(self.dim), 1.0).to_event(1)
+        return dist.TransformedDistribution(base, transforms)
+
+    def _layer_params(self, params: dict) -> list:
+        return [params[f"layer_{k}"] for k in range(len(self.conditioners))]
+
+    # ------------------------------------------------------------ data space
+
+    def to_flow_space(self, x, key):
+        """Data (n, D) -> (flow coordinates (n, D), log |d flow coords / d original x| (n,)).
+
+        Tables: the data module's standardised values, with the standardiser's Jacobian.
+        Images: dequantise with uniform noise from ``key``, then the logit transform;
+        the Jacobian also maps s in [0, 1) to the 256-level scale v = 256 s.
+        """
+        if not self.images:
+            return x, jnp.full(x.shape[:1], self.log_jacobian_to_original)
+        alpha = self.cfg.logit_alpha
+        s = (255.0 * x + jax.random.uniform(key, x.shape)) / 256.0
+        p = alpha + (1.0 - 2.0 * alpha) * s
+        y = jnp.log(p) - jnp.log1p(-p)
+        log_dy_ds = math.log(1.0 - 2.0 * alpha) - jnp.log(p) - jnp.log1p(-p)
+        return y, jnp.sum(log_dy_ds, axis=-1) - self.dim * math.log(256.0)
+
+    def from_flow_space(self, y):
+        """Flow coordinates -> original units (images: intensities in [0, 1])."""
+        if not self.images:
+            return self.spec.x_scaler.inverse(y)
+        alpha = self.cfg.logit_alpha
+        return jnp.clip((jax.nn.sigmoid(y) - alpha) / (1.0 - 2.0 * alpha), 0.0, 1.0)
+
+    # ------------------------------------------------------------- training
+
+    def model(self, x, y=None):
+        flow = self.distribution(self._declare())
+        key = numpyro.prng_key() if self.images else None
+        coords, log_jacobian = self.to_flow_space(x, key)
+        batch = x.shape[0]
+        # N / B: the engine's 1 / N then makes the loss the mean NLL per datum.
+        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self.n_train / batch):
+            numpyro.sample("x", flow, obs=coords)
+            numpyro.factor("jacobian", log_jacobian)
+
+    def guide(self, x, y=None):
+        """Nothing is latent: the ELBO is the log-likelihood."""
+
+    # ----------------------------------------------------------- evaluation
+
+    def log_prob(self, params, x, key):
+        """log p(x) per point (n,), in original units; chunked to bound memory."""
+        flow = self.distribution(self._layer_params(params))
+
+        def chunk(xc, kc):
+            coords, log_jacobian = self.to_flow_space(xc, kc)
+            return {"log_prob": flow.log_prob(coords) + log_jacobian}
+
+        size = min(x.shape[0], EVAL_CHUNK)
+        return chunked_map(chunk, x, key, size)["log_prob"]
+
+    def evaluate(self, params, x, y, key, num_samples: int) -> dict:
+        """Mean NLL (nats per point); KL to the true density where it is known;
+        bits per dimension for images. ``num_samples`` is not used (nothing is latent)."""
+        nll = -jnp.mean(self.log_prob(params, x, key))
+        out = {"nll": nll}
+        if self.spec.log_density is not None:
+            true_log_p = self.spec.log_density(self.spec.x_scaler.inverse(x))
+            # KL(p || q) = E_p[log p - log q], estimated on the same test points.
+            out["kl_to_true"] = nll + jnp.mean(true_log_p)
+            out["true_entropy"] = -jnp.mean(true_log_p)
+        if self.images:
+            out["bits_per_dim"] = metrics.bits_per_dim(nll, self.dim)
+        return out
+
+    def eval_samples(self, eval_cfg) -> int:
+        """How many points ``artifacts`` draws from the flow."""
+        return IMAGE_SAMPLES if self.images else eval_cfg.flow_samples
+
+    # ------------------------------------------------------------ artifacts
+
+    def artifacts(self, params, x, y, key, num_samples: int) -> dict:
+        """Samples beside the data; for 2D data, the density on a grid and a pushed base grid."""
+        flow = self.distribution(self._layer_params(params))
+        sample_key, grid_key = jax.random.split(key)
+        samples = self.from_flow_space(flow.sample(sample_key, (num_samples,)))
+        out = {"samples": samples, "data": self.spec.x_scaler.inverse(x[: max(num_samples, 1)])}
+        if self.dim == 2 and not self.images:
+            out.update(self._plane(params, flow, out["data"], grid_key))
+        return out
+
+    def _plane(self, params, flow, data, key) -> dict:
+        low, high = jnp.min(data, axis=0), jnp.max(data, axis=0)
+        margin = 0.1 * (high - low)
+        axes = [jnp.linspace(low[i] - margin[i], high[i] + margin[i], GRID_SIDE) for i in (0, 1)]
+        grid = jnp.stack(jnp.meshgrid(*axes), axis=-1).reshape(-1, 2)
+        scaled = self.spec.x_scaler.forward(grid)
+        out = {"grid_x": axes[0], "grid_y": axes[1]}
+        out["grid_log_prob"] = self.log_prob(params, scaled, key)
+        if self.spec.log_density is not None:
+            out["grid_true_log_prob"] = self.spec.log_density(grid)
+        ticks = jnp.linspace(-3.0, 3.0, BASE_LINES)
+        along = jnp.linspace(-3.0, 3.0, LINE_POINTS)
+        rows = jnp.stack(jnp.broadcast_arrays(along[None, :], ticks[:, None]), axis=-1)
+        lines = jnp.concatenate([rows, rows[..., ::-1]])  # (2 * BASE_LINES, LINE_POINTS, 2)
+        pushed = self.from_flow_space(_push(flow, lines.reshape(-1, 2)))
+        out["base_lines"] = lines
+        out["pushed_lines"] = pushed.reshape(lines.shape)
+        return out
+
+    def plot(self, arrays: dict, plots_dir: Path) -> list:
+        plots_dir = Path(plots_dir)
+        if self.images:
+            shape = tuple(self.spec.image_shape)[:2]
+            images = arrays["samples"].reshape(-1, *shape)
+            return [plots.image_grid(images, 8, plots_dir / "samples.png", "flow samples")]
+        paths = [
+            plots.samples_beside_data(arrays["data"], arrays["samples"], plots_dir / "samples.png")
+        ]
+        if "grid_log_prob" in arrays:
+            paths.append(
+                plots.density_plane(
+                    arrays["grid_x"],
+                    arrays["grid_y"],
+                    arrays["grid_log_prob"],
+                    arrays.get("grid_true_log_prob"),
+                    plots_dir / "density.png",
+                )
+            )
+            paths.append(
+                plots.base_to_data(
+                    arrays["base_lines"],
+                    arrays["pushed_lines"],
+                    arrays["data"],
+                    plots_dir / "base_to_data.png",
+                )
+            )
+        return paths
+
+
+def _push(flow: dist.TransformedDistribution, u):
+    """Base points u (n, D) through every transform: T(u)."""
+    for transform in flow.transforms:
+        u = transform(u)
+    return u
+
+
+def make_permutations(kind: str, dim: int, depth: int, key) -> list:
+    """The permutation after each layer but the last (None: no permutation)."""
+    if kind == "none" or dim < 2:
+        return [None] * depth
+    if kind == "reverse":
+        return [Permutation.reverse(dim)] * depth
+    return [Permutation.random(k, dim) for k in jax.random.split(key, depth)]

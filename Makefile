@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench lint clean
+.PHONY: help install run test test-full bench flow-toys lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ test-full: $(STAMP)  ## every test, the slow statistical ones included
 
 bench: $(STAMP)  ## throughput benchmarks; writes benchmarks/results/*.json
 	$(BIN)/python -m benchmarks.run
+
+FLOW_TOYS := flow_toys_benchmark/8gaussians,flow_toys_benchmark/checkerboard,flow_toys_benchmark/rings
+flow-toys: $(STAMP)  ## the flow benchmark on 8gaussians, checkerboard and rings (test.kl_to_true)
+	$(BIN)/bslrun -m experiment=$(FLOW_TOYS) $(ARGS)
 
 lint: $(STAMP)  ## ruff (installed on demand)
 	$(BIN)/pip install --quiet ruff

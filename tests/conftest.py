@@ -66,3 +66,16 @@ def linear_regression_data(rng: np.random.Generator, n: int, d: int, sigma: floa
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def compose(*overrides: str):
+    """The validated Config for command-line ``overrides``, composed in-process (no JAX)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from bslrun import cli
+    from bslrun.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):
+        return cli.to_config(hydra_compose("config", overrides=list(overrides)))

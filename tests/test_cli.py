@@ -14,9 +14,10 @@ import pytest
 
 from bslrun import artifacts, cli
 
-PRESETS = sorted(p.stem for p in (cli.CONFIG_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = cli.CONFIG_DIR / "experiment"
+PRESETS = sorted(cli.option_name(EXPERIMENTS, p) for p in EXPERIMENTS.rglob("*.yaml"))
 MNIST_PRESETS = ["bnn_mnist", "lecture_vae_mnist", "vae_mnist_benchmark"]
-WINE_PRESETS = [p for p in PRESETS if p not in MNIST_PRESETS]
+OFFLINE_PRESETS = [p for p in PRESETS if p not in MNIST_PRESETS]  # wine and toy data
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MNIST_DIR = SHARED / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST copy not present")
@@ -129,9 +130,15 @@ def run_presets(tmp_path, presets, *overrides):
     return found
 
 
-def test_every_wine_preset_runs_one_tiny_epoch(tmp_path):
-    for _, metrics in run_presets(tmp_path, WINE_PRESETS).values():
-        assert np.isfinite(metrics["test"]["rmse"])
+def test_every_offline_preset_runs_one_tiny_epoch(tmp_path):
+    runs = run_presets(tmp_path, OFFLINE_PRESETS)
+    for _, metrics in runs.values():
+        assert np.isfinite(metrics["test"]["nll"])
+    job, maf = runs["lecture_maf_moons"]
+    assert np.isfinite(maf["test"]["kl_to_true"])
+    for plot in ("density", "samples", "base_to_data"):
+        assert (job / "plots" / f"{plot}.png").is_file()
+    assert (runs["bnn_moons"][0] / "plots" / "uncertainty.png").is_file()
 
 
 @needs_mnist

@@ -4,27 +4,17 @@ with one message naming the key (checked in-process: no JAX compilation)."""
 from __future__ import annotations
 
 import pytest
+from conftest import compose
 
 from bslrun import cli
 from bslrun.config import Binarize, BnnConfig, Config, DataConfig, Likelihood, Posterior
 from bslrun.errors import ConfigError
 
 GROUPS = {
-    group.name: sorted(p.stem for p in group.glob("*.yaml"))
+    group.name: sorted(cli.option_name(group, p) for p in group.rglob("*.yaml"))
     for group in cli.CONFIG_DIR.iterdir()
     if group.is_dir() and group.name != "hydra"
 }
-
-
-def compose(*overrides: str) -> Config:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from bslrun.config import register
-
-    register()
-    with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):
-        return cli.to_config(hydra_compose("config", overrides=list(overrides)))
 
 
 def test_default_composes_to_typed_config():
@@ -36,9 +26,11 @@ def test_default_composes_to_typed_config():
 
 
 # Options that need a partner to form a valid run (the default model is a BNN
-# regressor on wine, the default data tabular).
+# regressor on wine, the default data tabular). data=file needs a path (its existence is
+# checked when loading, not when composing) and, for the default BNN, a target column.
 PARTNERS = {
     "model=vae": ["data=mnist"],
+    "data=file": ["data.path=table.csv", "data.target=y"],
 }
 
 
@@ -149,6 +141,44 @@ def test_bad_values_are_refused_naming_the_key(override, message):
     text = str(info.value)
     assert message in text
     assert "\n" not in text
+
+
+BAD_COMBINATIONS = [
+    (["model=flow", "model.depth=0"], "model.depth=0 must be a positive integer"),
+    (["model=flow", "model.bins=1"], "model.bins=1 must be at least 2"),
+    (["model=flow", "model.tail_bound=-1"], "model.tail_bound=-1.0 must be a positive number"),
+    (["model=flow", "model.flow=glow"], "model.flow"),
+    (["model=flow", "model.hidden=[]"], "model.hidden=[] must list positive layer widths"),
+    (["model=flow", "data=mnist", "data.binarize=static"], "use data.binarize=none"),
+    (["data=file"], "data=file needs a file: add data.path="),
+    (["data=file", "data.path=t.csv"], "model=bnn needs targets but data=file has none"),
+    (["model=flow", "data=file", "data.path=t.csv", "data.key=x"], "data.key=x names an array"),
+    (["model=flow", "data=file", "data.path=t.csv", "data.task=regression"], "needs data.target"),
+    (["data=file", "data.path=t.csv", "data.target=y", "data.columns=[y]"], "also in data.columns"),
+    (["model=vae", "data=mnist", "model.posterior_flow=-1"], "model.posterior_flow=-1"),
+    (["model.posterior=iaf", "model.flow_steps=0"], "model.flow_steps=0"),
+    (["model.posterior=iaf", "model.flow_hidden=[0]"], "model.flow_hidden"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_COMBINATIONS)
+def test_bad_combinations_are_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        cli.prevalidate(overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_lecture_maf_preset_matches_the_notebook_setup():
+    cfg = compose("experiment=lecture_maf_moons")
+    assert (cfg.data.name, cfg.data.n_train, cfg.data.noise) == ("moons", 10000, 0.05)
+    assert (cfg.model.family, cfg.model.flow.value, cfg.model.depth) == ("flow", "maf", 3)
+    assert list(cfg.model.hidden) == [128, 128] and cfg.model.activation.value == "relu"
+    assert cfg.model.permutation.value == "reverse"
+    assert (cfg.optim.name.value, cfg.optim.lr, cfg.optim.schedule.value) == (
+        "adam",
+        1e-3,
+        "constant",
+    )
 
 
 def test_allowed_values_are_listed():

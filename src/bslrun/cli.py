@@ -154,6 +154,11 @@ def describe_option(path: Path) -> str:
     return ""
 
 
+def option_name(group: Path, path: Path) -> str:
+    """A group option as it is written on the command line (``a/b`` for nested files)."""
+    return path.relative_to(group).with_suffix("").as_posix()
+
+
 def help_text() -> str:
     lines = [
         f"{PROG}: Bayesian deep learning experiments from one command.",
@@ -166,16 +171,17 @@ def help_text() -> str:
         "examples:",
         f"  {PROG}                                     BNN on white wine (the default)",
         f"  {PROG} experiment=lecture_bnn_wine         a named preset",
+        f"  {PROG} model=flow data=moons              a normalising flow on a 2D toy density",
         f"  {PROG} model=bnn data=wine_red model.posterior=lowrank optim=adamw optim.lr=3e-3 seed=3",
         "",
         "config groups (group=option):",
     ]
     for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
         lines.append(f"  {group.name}:")
-        options = sorted(group.glob("*.yaml"))
-        width = max((len(o.stem) for o in options), default=0)
-        for option in options:
-            lines.append(f"    {option.stem.ljust(width)}  {describe_option(option)}")
+        options = {option_name(group, o): o for o in sorted(group.rglob("*.yaml"))}
+        width = max((len(name) for name in options), default=0)
+        for name, option in options.items():
+            lines.append(f"    {name.ljust(width)}  {describe_option(option)}")
     lines += [
         "",
         f"Every key can be overridden (key=value); '{PROG} --cfg job' lists them with their",

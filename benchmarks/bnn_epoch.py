@@ -18,13 +18,10 @@ both share the machine's noise.
 
 from __future__ import annotations
 
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from benchmarks.common import Options, Race, environment, sanity, spread
+from benchmarks.common import Fused, Loop, Options, Race, environment, sanity
 from bslrun import seeding
 from bslrun.config import BnnConfig, DataConfig, OptimConfig, Posterior, as_dict
 from bslrun.data import load as load_data
@@ -38,55 +35,6 @@ EPOCHS = 30  # timed epochs per repetition (a fused rep then lasts ~0.25 s on 2 
 REPS = 5
 WARMUP_EPOCHS = 1  # untimed, after compiling: warms dispatch caches of the eager gathers
 LOSS_TOLERANCE = 0.1  # |fused - loop| final loss, per datum, relative to max(1, |loss|)
-
-
-class Fused:
-    """The engine's epoch: one compiled program per epoch."""
-
-    name = "fused"
-
-    def __init__(self, svi, x, y, batch_size, num_batches, state, key):
-        self.x, self.y, self.key = x, y, key
-        tick = time.perf_counter()
-        fn = jax.jit(engine.epoch_fn(svi, batch_size, num_batches))
-        self.run_epoch = fn.lower(state, key, x, y).compile()  # exactly as engine.fit does
-        self.compile_s = time.perf_counter() - tick
-
-    def epoch(self, state, index):
-        state, loss, _finite = self.run_epoch(
-            state, jax.random.fold_in(self.key, index), self.x, self.y
-        )
-        return state, loss
-
-
-class Loop:
-    """Host loop of jitted ``svi.update`` steps; batches gathered per step."""
-
-    name = "loop"
-
-    def __init__(self, svi, x, y, batch_size, num_batches, state, key):
-        self.x, self.y = x, y
-        self.batch_size, self.num_batches = batch_size, num_batches
-        self.rng = seeding.numpy_rng(key)
-        self.update = jax.jit(svi.update)
-        # Compile time: trace + compile + one step of the first call (plus the gathers').
-        tick = time.perf_counter()
-        idx = np.arange(batch_size)
-        jax.block_until_ready(self.update(state, x[idx], y[idx]))
-        self.compile_s = time.perf_counter() - tick
-
-    def epoch(self, state, index):
-        perm = self.rng.permutation(self.x.shape[0])
-        losses = []
-        for b in range(self.num_batches):
-            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-            state, loss = self.update(state, self.x[idx], self.y[idx])
-            losses.append(loss)
-        return state, jnp.mean(jnp.stack(losses))
-
-    def compilations(self):
-        size = getattr(self.update, "_cache_size", None)
-        return size() if size is not None else None
 
 
 def setup(seed: int, epochs_total: int):
@@ -116,45 +64,21 @@ def setup(seed: int, epochs_total: int):
         "examples_per_epoch": batch_size * num_batches,
         "num_particles": 1,
     }
-    return svi, x, y, batch_size, num_batches, state, keys.train, config
+    return family, svi, x, y, batch_size, num_batches, state, keys.train, config
 
 
 def run(opts: Options) -> dict:
     epochs = opts.epochs or EPOCHS
     reps = opts.reps or REPS
-    svi, x, y, batch_size, num_batches, state0, key, config = setup(
+    family, svi, x, y, batch_size, num_batches, state0, key, config = setup(
         opts.seed, WARMUP_EPOCHS + epochs * reps
     )
-    methods = [cls(svi, x, y, batch_size, num_batches, state0, key) for cls in (Fused, Loop)]
+    methods = [
+        cls(family, svi, x, y, batch_size, num_batches, state0, key) for cls in (Fused, Loop)
+    ]
     race = Race(methods, state0)
-    train, done, last_loss = race.train, race.done, race.last_loss
-
-    for method in methods:
-        train(method, WARMUP_EPOCHS)
-    seconds = {m.name: [] for m in methods}
-    for rep in range(reps):
-        for method in methods if rep % 2 == 0 else methods[::-1]:
-            tick = time.perf_counter()
-            train(method, epochs)
-            seconds[method.name].append(time.perf_counter() - tick)
-
-    examples = epochs * batch_size * num_batches
-    per_method = {}
-    for m in methods:
-        rates = [examples / s for s in seconds[m.name]]
-        per_method[m.name] = {
-            "examples_per_sec": spread(rates),
-            "seconds_per_rep": seconds[m.name],
-            "compile_s": m.compile_s,
-            "final_loss": last_loss[m.name],
-        }
-    ratio = (
-        per_method["fused"]["examples_per_sec"]["median"]
-        / per_method["loop"]["examples_per_sec"]["median"]
-    )
-    paired = [loop / fused for fused, loop in zip(seconds["fused"], seconds["loop"], strict=False)]
-    fused_loss, loop_loss = last_loss["fused"], last_loss["loop"]
-    loop_compilations = methods[1].compilations()
+    race.time(epochs, reps, WARMUP_EPOCHS)
+    ratio, paired = race.ratio()
     return {
         "description": "BNN training throughput: fused lax.scan epoch vs per-step jitted SVI.update loop",
         "config": {
@@ -164,12 +88,19 @@ def run(opts: Options) -> dict:
             "warmup_epochs": WARMUP_EPOCHS,
         },
         "environment": environment(),
-        "methods": per_method,
+        "methods": race.summary(epochs * batch_size * num_batches),
         "ratio": ratio,
         "ratio_paired_reps": paired,
         "target": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
-        "sanity": sanity(done["fused"], fused_loss, loop_loss, LOSS_TOLERANCE, loop_compilations),
+        "sanity": sanity(
+            race.done["fused"],
+            race.last_loss["fused"],
+            race.last_loss["loop"],
+            LOSS_TOLERANCE,
+            methods[1].compilations(),
+            params_finite=methods[0].finite,
+        ),
     }
 
 

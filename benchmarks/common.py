@@ -11,6 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bslrun import seeding
+from bslrun.inference import engine
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -30,8 +37,6 @@ def spread(values: list) -> dict:
 
 def environment() -> dict:
     """Package versions, operating system and the JAX device that ran the benchmark."""
-    import jax
-
     from bslrun.run import versions
 
     found = versions()
@@ -80,9 +85,11 @@ class Race:
     """Each method's training state, epoch count and last loss, advanced epoch by epoch."""
 
     def __init__(self, methods, state0):
+        self.methods = list(methods)
         self.states = {m.name: state0 for m in methods}
         self.done = {m.name: 0 for m in methods}
         self.last_loss: dict = {}
+        self.seconds = {m.name: [] for m in methods}
 
     def train(self, method, epochs: int) -> None:
         for _ in range(epochs):
@@ -90,3 +97,99 @@ class Race:
             state, loss = method.epoch(self.states[method.name], self.done[method.name])
             self.states[method.name] = state
             self.last_loss[method.name] = float(loss)  # the one host sync per epoch
+
+    def time(self, epochs: int, reps: int, warmup: int, after_rep=None) -> None:
+        """``warmup`` untimed epochs each, then ``reps`` timed repetitions of ``epochs``.
+
+        Repetitions alternate the methods' order so that both share the machine's noise;
+        ``after_rep()`` runs after each repetition (e.g. a matmul probe).
+        """
+        for method in self.methods:
+            self.train(method, warmup)
+        for rep in range(reps):
+            for method in self.methods if rep % 2 == 0 else self.methods[::-1]:
+                tick = time.perf_counter()
+                self.train(method, epochs)
+                self.seconds[method.name].append(time.perf_counter() - tick)
+            if after_rep is not None:
+                after_rep()
+
+    def summary(self, examples_per_rep: int) -> dict:
+        """Per method: examples per second (median and reps), compile time, final loss."""
+        out = {}
+        for m in self.methods:
+            rates = [examples_per_rep / s for s in self.seconds[m.name]]
+            out[m.name] = {
+                "examples_per_sec": spread(rates),
+                "min_over_max_rep": min(rates) / max(rates),
+                "seconds_per_rep": self.seconds[m.name],
+                "compile_s": m.compile_s,
+                "final_loss": self.last_loss[m.name],
+            }
+        return out
+
+    def ratio(self, fast: str = "fused", slow: str = "loop") -> tuple[float, list]:
+        """Median throughput ratio, and each repetition's paired ratio."""
+        medians = {m: self.summary(1)[m]["examples_per_sec"]["median"] for m in (fast, slow)}
+        paired = [s / f for f, s in zip(self.seconds[fast], self.seconds[slow], strict=True)]
+        return medians[fast] / medians[slow], paired
+
+
+class Fused:
+    """The engine's epoch: one compiled program per epoch, called as ``engine.fit`` calls it."""
+
+    name = "fused"
+
+    def __init__(self, family, svi, x, y, batch_size, num_batches, state, key):
+        self.family, self.x, self.y, self.key = family, x, y, key
+        self.finite = True
+        tick = time.perf_counter()
+        fn = jax.jit(engine.epoch_fn(svi, batch_size, num_batches))
+        kwargs = engine.epoch_kwargs(family, 1)
+        self.run_epoch = fn.lower(state, key, x, y, kwargs).compile()
+        self.compile_s = time.perf_counter() - tick
+
+    def epoch(self, state, index):
+        state, loss, finite = self.run_epoch(
+            state,
+            jax.random.fold_in(self.key, index),
+            self.x,
+            self.y,
+            engine.epoch_kwargs(self.family, index),
+        )
+        loss, finite = jax.device_get((loss, finite))  # the one host sync per epoch
+        self.finite = self.finite and bool(finite)
+        return state, loss
+
+
+class Loop:
+    """The usual NumPyro pattern: a host loop of jitted ``svi.update`` steps, batches
+    gathered per step from the device arrays with a host-side numpy permutation."""
+
+    name = "loop"
+
+    def __init__(self, family, svi, x, y, batch_size, num_batches, state, key):
+        self.family, self.x, self.y = family, x, y
+        self.batch_size, self.num_batches = batch_size, num_batches
+        self.rng = seeding.numpy_rng(key)
+        self.update = jax.jit(svi.update)
+        # Compile time: trace + compile + one step of the first call (plus the gathers').
+        tick = time.perf_counter()
+        idx = np.arange(batch_size)
+        kwargs = engine.epoch_kwargs(family, 1)
+        jax.block_until_ready(self.update(state, x[idx], y[idx], **kwargs))
+        self.compile_s = time.perf_counter() - tick
+
+    def epoch(self, state, index):
+        kwargs = engine.epoch_kwargs(self.family, index)
+        perm = self.rng.permutation(self.x.shape[0])
+        losses = []
+        for b in range(self.num_batches):
+            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            state, loss = self.update(state, self.x[idx], self.y[idx], **kwargs)
+            losses.append(loss)
+        return state, float(jnp.mean(jnp.stack(losses)))  # the one host sync per epoch
+
+    def compilations(self):
+        size = getattr(self.update, "_cache_size", None)
+        return size() if size is not None else None

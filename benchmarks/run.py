@@ -21,6 +21,7 @@ from benchmarks.common import RESULTS_DIR, Options, write
 BENCHMARKS = {
     "bnn_epoch": "benchmarks.bnn_epoch",
     "vae_epoch": "benchmarks.vae_epoch",
+    "maf_epoch": "benchmarks.maf_epoch",
     "matmul_peak": "benchmarks.matmul_peak",
 }
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import matmul_peak
-from benchmarks.common import Options, Race, environment, sanity, spread
+from benchmarks.common import Fused, Loop, Options, Race, environment, sanity
 from bslrun import seeding
 from bslrun.config import ImageDataConfig, OptimConfig, VaeConfig, as_dict
 from bslrun.data import load as load_data
@@ -176,65 +176,6 @@ def setup(seed: int, epochs_total: int):
     return family, svi, x, y, batch_size, num_batches, state, keys.train, config
 
 
-class Fused:
-    """The engine's epoch: one compiled program per epoch, called as ``engine.fit`` calls it."""
-
-    name = "fused"
-
-    def __init__(self, family, svi, x, y, batch_size, num_batches, state, key):
-        self.family, self.x, self.y, self.key = family, x, y, key
-        self.finite = True
-        tick = time.perf_counter()
-        fn = jax.jit(engine.epoch_fn(svi, batch_size, num_batches))
-        kwargs = engine.epoch_kwargs(family, 1)
-        self.run_epoch = fn.lower(state, key, x, y, kwargs).compile()
-        self.compile_s = time.perf_counter() - tick
-
-    def epoch(self, state, index):
-        state, loss, finite = self.run_epoch(
-            state,
-            jax.random.fold_in(self.key, index),
-            self.x,
-            self.y,
-            engine.epoch_kwargs(self.family, index),
-        )
-        loss, finite = jax.device_get((loss, finite))  # the one host sync per epoch
-        self.finite = self.finite and bool(finite)
-        return state, loss
-
-
-class Loop:
-    """Host loop of jitted ``svi.update`` steps; batches gathered per step from device arrays."""
-
-    name = "loop"
-
-    def __init__(self, family, svi, x, y, batch_size, num_batches, state, key):
-        self.family, self.x, self.y = family, x, y
-        self.batch_size, self.num_batches = batch_size, num_batches
-        self.rng = seeding.numpy_rng(key)
-        self.update = jax.jit(svi.update)
-        # Compile time: trace + compile + one step of the first call (plus the gathers').
-        tick = time.perf_counter()
-        idx = np.arange(batch_size)
-        kwargs = engine.epoch_kwargs(family, 1)
-        jax.block_until_ready(self.update(state, x[idx], y[idx], **kwargs))
-        self.compile_s = time.perf_counter() - tick
-
-    def epoch(self, state, index):
-        kwargs = engine.epoch_kwargs(self.family, index)
-        perm = self.rng.permutation(self.x.shape[0])
-        losses = []
-        for b in range(self.num_batches):
-            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-            state, loss = self.update(state, self.x[idx], self.y[idx], **kwargs)
-            losses.append(loss)
-        return state, float(jnp.mean(jnp.stack(losses)))  # the one host sync per epoch
-
-    def compilations(self):
-        size = getattr(self.update, "_cache_size", None)
-        return size() if size is not None else None
-
-
 class CpuLoad:
     """CPU time other processes used while the epochs were timed (Linux /proc/stat).
 
@@ -304,33 +245,17 @@ def run(opts: Options) -> dict:
     ]
     probe = Probe(peak_before["peak_size"], opts.seed)
     race = Race(methods, state0)
-    train, done, last_loss = race.train, race.done, race.last_loss
-
-    for method in methods:
-        train(method, WARMUP_EPOCHS)
-    seconds = {m.name: [] for m in methods}
     load = CpuLoad()
-    for rep in range(reps):
-        for method in methods if rep % 2 == 0 else methods[::-1]:
-            tick = time.perf_counter()
-            train(method, epochs)
-            seconds[method.name].append(time.perf_counter() - tick)
-        probe.measure()
+    race.time(epochs, reps, WARMUP_EPOCHS, after_rep=probe.measure)
     cpu_load = load.stop()
     peak_after = matmul_peak.measure(seed=opts.seed)
     peak = max(peak_before["peak_flops"], peak_after["peak_flops"], *probe.rates)
 
-    examples = epochs * batch_size * num_batches
-    per_method = {}
-    for m in methods:
-        rates = [examples / s for s in seconds[m.name]]
-        median = spread(rates)["median"]
-        per_method[m.name] = {
-            "examples_per_sec": spread(rates),
-            "min_over_max_rep": min(rates) / max(rates),
-            "seconds_per_rep": seconds[m.name],
-            "compile_s": m.compile_s,
-            "final_loss": last_loss[m.name],
+    per_method = race.summary(epochs * batch_size * num_batches)
+    for name, stats in per_method.items():
+        median = stats["examples_per_sec"]["median"]
+        rates = [epochs * batch_size * num_batches / s for s in race.seconds[name]]
+        stats |= {
             "model_flops_per_sec": median * flops["total"],
             "fraction_of_peak": median * flops["total"] / peak,
             "fraction_of_peak_without_first_input_grad": (
@@ -341,12 +266,9 @@ def run(opts: Options) -> dict:
                 r * flops["total"] / p for r, p in zip(rates, probe.rates, strict=True)
             ],
         }
-    ratio = (
-        per_method["fused"]["examples_per_sec"]["median"]
-        / per_method["loop"]["examples_per_sec"]["median"]
-    )
-    paired = [loop / fused for fused, loop in zip(seconds["fused"], seconds["loop"], strict=True)]
+    ratio, paired = race.ratio()
     fraction = per_method["fused"]["fraction_of_peak"]
+    done, last_loss = race.done, race.last_loss
     fused_loss, loop_loss = last_loss["fused"], last_loss["loop"]
     loop_compilations = methods[1].compilations()
     targets = {

@@ -24,10 +24,15 @@ from bslrun.models.nets import MLP
 
 
 def coupling_net(
-    dim: int, split: int, hidden: Sequence[int] = (32, 32), activation: str = "relu"
+    dim: int,
+    split: int,
+    hidden: Sequence[int] = (32, 32),
+    activation: str = "relu",
+    zero_output: bool = False,
 ) -> nn.Module:
-    """The conditioner: an MLP from the kept ``split`` coordinates to 2 * (dim - split)."""
-    return MLP(tuple(hidden), 2 * (dim - split), activation)
+    """The conditioner: an MLP from the kept ``split`` coordinates to 2 * (dim - split);
+    with ``zero_output`` the layer starts as the identity."""
+    return MLP(tuple(hidden), 2 * (dim - split), activation, zero_output)
 
 
 class AffineCoupling(Transform):

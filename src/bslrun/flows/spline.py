@@ -145,9 +145,11 @@ def spline_coupling_net(
     hidden: Sequence[int] = (32, 32),
     bins: int = 8,
     activation: str = "relu",
+    zero_output: bool = False,
 ) -> nn.Module:
-    """The conditioner: an MLP from the kept ``split`` coordinates to (dim - split)(3K - 1)."""
-    return MLP(tuple(hidden), (dim - split) * (3 * bins - 1), activation)
+    """The conditioner: an MLP from the kept ``split`` coordinates to (dim - split)(3K - 1);
+    with ``zero_output`` the layer starts as the identity."""
+    return MLP(tuple(hidden), (dim - split) * (3 * bins - 1), activation, zero_output)
 
 
 class SplineCoupling(Transform):

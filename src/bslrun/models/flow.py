@@ -92,16 +92,19 @@ class FlowFamily:
     # --------------------------------------------------------------- layers
 
     def _conditioner(self):
+        """Each layer's network; its output layer starts at zero, so every layer starts
+        as the identity and training starts from the base density, free of the spikes
+        that random spline knots put in it."""
         cfg, hidden = self.cfg, tuple(self.cfg.hidden)
-        activation = Activation(cfg.activation).value
+        act = Activation(cfg.activation).value
         split = self.dim // 2
         if self.kind == "maf":
-            return MADE(self.dim, hidden, activation=activation)
+            return MADE(self.dim, hidden, activation=act, zero_output=True)
         if self.kind == "nsf_ar":
-            return MaskedMLP(self.dim, hidden, 3 * cfg.bins - 1, activation=activation)
+            return MaskedMLP(self.dim, hidden, 3 * cfg.bins - 1, activation=act, zero_output=True)
         if self.kind == "realnvp":
-            return coupling_net(self.dim, split, hidden, activation)
-        return spline_coupling_net(self.dim, split, hidden, cfg.bins, activation)
+            return coupling_net(self.dim, split, hidden, act, zero_output=True)
+        return spline_coupling_net(self.dim, split, hidden, cfg.bins, act, zero_output=True)
 
     def _input_width(self) -> int:
         return self.dim // 2 if self.kind in COUPLING_KINDS else self.dim
@@ -143,17 +146,12 @@ class FlowFamily:
         """Data (n, D) -> (flow coordinates (n, D), log |d flow coords / d original x| (n,)).
 
         Tables: the data module's standardised values, with the standardiser's Jacobian.
-        Images: dequantise with uniform noise from ``key``, then the logit transform;
-        the Jacobian also maps s in [0, 1) to the 256-level scale v = 256 s.
+        Images: 8-bit levels plus uniform noise from ``key``, v = 255 x + u in [0, 256)^D,
+        then ``logit_coordinates`` (so densities are per unit volume of v).
         """
         if not self.images:
             return x, jnp.full(x.shape[:1], self.log_jacobian_to_original)
-        alpha = self.cfg.logit_alpha
-        s = (255.0 * x + jax.random.uniform(key, x.shape)) / 256.0
-        p = alpha + (1.0 - 2.0 * alpha) * s
-        y = jnp.log(p) - jnp.log1p(-p)
-        log_dy_ds = math.log(1.0 - 2.0 * alpha) - jnp.log(p) - jnp.log1p(-p)
-        return y, jnp.sum(log_dy_ds, axis=-1) - self.dim * math.log(256.0)
+        return logit_coordinates(255.0 * x + jax.random.uniform(key, x.shape), self.cfg.logit_alpha)
 
     def from_flow_space(self, y):
         """Flow coordinates -> original units (images: intensities in [0, 1])."""
@@ -267,6 +265,19 @@ class FlowFamily:
                 )
             )
         return paths
+
+
+def logit_coordinates(v, alpha: float):
+    """Dequantised levels v in [0, 256)^D -> y = logit(a + (1 - 2a) v / 256) and
+    log |det dy/dv| = sum_i [log(1 - 2a) - log 256 - log p_i - log(1 - p_i)], p = a + (1 - 2a) v / 256.
+
+    The logit spreads [0, 1] over the real line for the flow's Gaussian base; a keeps
+    it finite at the ends (Dinh et al. 2017 use a = 0.05, Papamakarios et al. 2017 1e-6).
+    """
+    p = alpha + (1.0 - 2.0 * alpha) * v / 256.0
+    log_p, log_q = jnp.log(p), jnp.log1p(-p)
+    log_dy_dv = math.log(1.0 - 2.0 * alpha) - math.log(256.0) - log_p - log_q
+    return log_p - log_q, jnp.sum(log_dy_dv, axis=-1)
 
 
 def _push(flow: dist.TransformedDistribution, u):

@@ -22,18 +22,24 @@ ACTIVATIONS = {
 
 
 class MLP(nn.Module):
-    """x (..., d) -> (..., out_dim) through Dense layers of widths ``hidden``."""
+    """x (..., d) -> (..., out_dim) through Dense layers of widths ``hidden``.
+
+    ``zero_output`` starts the output layer at zero (a flow conditioner then starts
+    its layer at the identity map).
+    """
 
     hidden: Sequence[int]
     out_dim: int
     activation: str = "relu"
+    zero_output: bool = False
 
     @nn.compact
     def __call__(self, x):
         act = ACTIVATIONS[self.activation]
         for width in self.hidden:
             x = act(nn.Dense(width)(x))
-        return nn.Dense(self.out_dim)(x)
+        init = nn.initializers.zeros_init() if self.zero_output else nn.initializers.lecun_normal()
+        return nn.Dense(self.out_dim, kernel_init=init)(x)
 
 
 class FlatView:

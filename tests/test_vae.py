@@ -34,7 +34,7 @@ from bslrun.data.splits import Dataset, DataSpec, Split
 from conftest import make_spec
 from bslrun.inference import engine
 from bslrun.inference.objectives import ScaledLoss
-from bslrun.models import vae
+from bslrun.models import batching
 from bslrun.models.vae import VaeFamily
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -399,7 +399,7 @@ def test_chunked_map_matches_direct_computation(rng, chunk):
         noise = jax.random.normal(kc, (xc.shape[0],))
         return {"sum": jnp.sum(xc**2, axis=-1), "row": 2.0 * xc, "noise": noise}
 
-    out = vae.chunked_map(fn, x, key, chunk)
+    out = batching.chunked_map(fn, x, key, chunk)
     assert out["sum"].shape == (n,) and out["row"].shape == (n, 3)
     np.testing.assert_allclose(np.asarray(out["sum"]), np.sum(np.asarray(x) ** 2, -1), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(out["row"]), 2.0 * np.asarray(x))

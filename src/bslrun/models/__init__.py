@@ -44,7 +44,4 @@ def build(cfg, spec, n_train: int, key=None) -> Family:
     """Instantiate the family named by ``cfg.family`` for data described by ``spec``;
     ``key`` draws its fixed structural choices (e.g. a flow's random permutations)."""
     module, cls = FAMILIES[cfg.family].split(":")
-    family = getattr(importlib.import_module(module), cls)
-    if cfg.family == "flow":  # TODO(after posterior work lands): every family takes key
-        return family(cfg, spec, n_train, key=key)
-    return family(cfg, spec, n_train)
+    return getattr(importlib.import_module(module), cls)(cfg, spec, n_train, key=key)

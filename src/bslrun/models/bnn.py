@@ -41,7 +41,7 @@ PLANE_SIDE = 100  # grid points per axis of plots/uncertainty.png (2D inputs)
 
 
 class BnnFamily:
-    def __init__(self, cfg, spec, n_train: int):
+    def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         # Enum(value) accepts members and plain strings alike (handy in library use).
         likelihood = Likelihood(cfg.likelihood or natural_likelihood(spec.task)).value
         check_likelihood_fits(cfg, spec.task, spec.name)
@@ -57,16 +57,34 @@ class BnnFamily:
         shapes = jax.eval_shape(self.net.init, abstract_key, jnp.zeros((1, spec.input_dim)))
         self.flat = FlatView(shapes["params"])
         self.num_weights = self.flat.size
-        if self.posterior == "full_rank" and self.num_weights > guides.FULL_RANK_MAX_DIM:
+        self._check_size()
+        self.flow = guides.FlowShape(cfg.flow_steps, tuple(cfg.flow_hidden))
+        self.prior = dist.Normal(0.0, cfg.prior_scale).expand([self.num_weights]).to_event(1)
+        self.guide = guides.make_guide(
+            self.posterior,
+            SITE,
+            self._initial_weights,
+            self.num_weights,
+            cfg.init_scale,
+            cfg.rank,
+            self.flow,
+        )
+
+    def _check_size(self):
+        """Refuse, before anything compiles, posteriors whose size grows too fast with D."""
+        d = self.num_weights
+        if self.posterior == "full_rank" and d > guides.FULL_RANK_MAX_DIM:
             raise ConfigError(
-                f"model.posterior=full_rank needs a {self.num_weights}x{self.num_weights} "
+                f"model.posterior=full_rank needs a {d}x{d} "
                 f"scale matrix for this network; use model.posterior=lowrank or mean_field, "
                 f"or fewer than {guides.FULL_RANK_MAX_DIM} weights"
             )
-        self.prior = dist.Normal(0.0, cfg.prior_scale).expand([self.num_weights]).to_event(1)
-        self.guide = guides.make_guide(
-            self.posterior, SITE, self._initial_weights, self.num_weights, cfg.init_scale, cfg.rank
-        )
+        if self.posterior in guides.FLOW_BINS and d > guides.FLOW_MAX_DIM:
+            raise ConfigError(
+                f"model.posterior={self.posterior} puts a MADE over all {d} weights of this "
+                f"network (at most {guides.FLOW_MAX_DIM}); use model.posterior=mean_field or "
+                "lowrank, or a smaller network (model.hidden)"
+            )
 
     def _initial_weights(self, key):
         """The network's own initialisation (LeCun normal weights), as a flat vector."""
@@ -105,17 +123,18 @@ class BnnFamily:
     # ------------------------------------------------------------- posterior
 
     def posterior_distribution(self, params):
-        return guides.distribution(self.posterior, guides.site_params(SITE, params))
+        return guides.distribution(self.posterior, guides.site_params(SITE, params), self.flow)
 
     def _draws(self, params, x, key, num_samples):
-        """Weights w_s ~ q and per-draw predictive distributions for x (batch shape (S, n))."""
+        """Weights w_s ~ q, their log q(w_s) (S,) and per-draw predictive distributions
+        for x (batch shape (S, n))."""
         q = self.posterior_distribution(params)
-        weights = q.sample(key, (num_samples,))
+        weights, log_q = guides.sample_and_log_prob(q, key, (num_samples,))
         outputs = jax.lax.map(
             lambda w: self.forward(w, x), weights, batch_size=min(num_samples, EVAL_CHUNK)
         )
         noise = self._noise(params) if self.likelihood == "regression" else None
-        return q, weights, self._observation(outputs, noise)
+        return weights, log_q, self._observation(outputs, noise)
 
     def _original_units(self, predictive):
         """Normal predictive (S, n) mapped back through the target standardiser."""
@@ -124,7 +143,7 @@ class BnnFamily:
         sigma = predictive.scale * scaler.std
         return mu, jnp.broadcast_to(sigma, mu.shape)
 
-    def elbo(self, q, weights, predictive, y):
+    def elbo(self, weights, log_q, predictive, y):
         """Per-datum ELBO on (x, y), in nats per datum of the original target units.
 
         ELBO/n = mean_i E_q[log p(y_i | x_i, w)] - KL(q || p) / N_train, with the
@@ -132,20 +151,20 @@ class BnnFamily:
         bound is the log joint, as in MAP training.
         """
         loglik = jnp.mean(predictive.log_prob(y[None, :]))
-        kl = jnp.mean(q.log_prob(weights) - self.prior.log_prob(weights))
+        kl = jnp.mean(log_q - self.prior.log_prob(weights))
         elbo = loglik - kl / self.n_train
         if self.spec.task == "regression":
             elbo = elbo - jnp.log(self.spec.y_scaler.std)  # change of variables y = a z + b
         return elbo
 
     def evaluate(self, params, x, y, key, num_samples):
-        q, weights, predictive = self._draws(params, x, key, num_samples)
+        weights, log_q, predictive = self._draws(params, x, key, num_samples)
         if self.spec.task == "classification":
             out = metrics.classification_summary(y, jax.nn.log_softmax(predictive.logits))
         else:
             mu, sigma = self._original_units(predictive)
             out = metrics.regression_summary(self.spec.y_scaler.inverse(y), mu, sigma)
-        out["elbo"] = self.elbo(q, weights, predictive, y)
+        out["elbo"] = self.elbo(weights, log_q, predictive, y)
         return out
 
     def eval_samples(self, eval_cfg) -> int:

@@ -2,7 +2,11 @@
 
 Generative model p(z) = N(0, I), p(x | z) = Bernoulli(logits = f(z)) or
 Normal(f(z), sigma^2) per pixel; amortised Gaussian guide
-q(z | x) = N(mu(x), diag(s(x)^2)), reparameterised. Encoder and decoder are
+q(z | x) = N(mu(x), diag(s(x)^2)), reparameterised, optionally pushed through
+K inverse autoregressive affine steps (``model.posterior_flow``; Kingma et al.
+2016): z = T_x(z0), z0 ~ N(mu(x), s(x)^2), each step's MADE reading the context
+h(x) = (mu(x), log s(x)); then log q(z | x) = log N(z0) - log|det dz/dz0|, the KL
+term is a Monte Carlo estimate. Encoder and decoder are
 Flax modules registered through NumPyro's ``flax_module``; the convolutional
 architecture's batch-norm statistics are NumPyro mutable state (batch
 statistics while training, running averages at evaluation).
@@ -28,7 +32,9 @@ from numpyro.infer import RenyiELBO, Trace_ELBO
 from bslrun import metrics, plots
 from bslrun.config import Activation, Architecture, ImageLikelihood, KLEstimate
 from bslrun.errors import ConfigError
+from bslrun.flows.inverse_autoregressive import InverseAutoregressive, iaf_conditioner
 from bslrun.inference.objectives import ScaledLoss
+from bslrun.models.batching import chunked_map
 from bslrun.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 # Importance-weighted evaluation decodes at most this many latent samples at once
@@ -43,7 +49,7 @@ MANIFOLD_SIDE = 20  # the lecture's 2D latent map: a 20 x 20 grid of decoded ima
 class VaeFamily:
     artifact_name = "samples.npz"
 
-    def __init__(self, cfg, spec, n_train: int):
+    def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         if spec.image_shape is None:
             raise ConfigError(f"model=vae needs image data; data={spec.name} has no image shape")
         self.cfg = cfg
@@ -62,6 +68,11 @@ class VaeFamily:
             self.encoder = MLPEncoder(tuple(cfg.hidden), cfg.latent_dim, act)
             self.decoder = MLPDecoder(tuple(reversed(cfg.hidden)), self.dim, act)
             self.mutable = None
+        # The IAF steps' MADEs (zero outputs: training starts from the Gaussian encoder).
+        self.flow = [
+            iaf_conditioner(cfg.latent_dim, cfg.posterior_flow_hidden, k)
+            for k in range(cfg.posterior_flow)
+        ]
 
     # ------------------------------------------------------------- training
 
@@ -84,7 +95,9 @@ class VaeFamily:
 
     @property
     def analytic_kl(self) -> bool:
-        return KLEstimate(self.cfg.kl) is KLEstimate.analytic and not self.importance_weighted
+        """The closed-form KL needs a Gaussian q: off with the IWAE bound or a flow."""
+        analytic = KLEstimate(self.cfg.kl) is KLEstimate.analytic
+        return analytic and not self.importance_weighted and not self.flow
 
     def epoch_kwargs(self, epoch: int) -> dict:
         """KL weight beta: linear from 1/W to 1 over the first W epochs."""
@@ -117,13 +130,37 @@ class VaeFamily:
                 z = numpyro.sample("z", prior)
             numpyro.sample("x", self._observation(decoder(z, train=True), pixel_scale_raw), obs=x)
 
+    def _flow_params(self) -> list:
+        """numpyro.param of each IAF step's MADE, named ``iaf_<k>`` (Flax variables)."""
+        latent, context = jnp.zeros((1, self.latent_dim)), jnp.zeros((1, 2 * self.latent_dim))
+        return [
+            numpyro.param(f"iaf_{k}", lambda key, made=made: made.init(key, latent, context))
+            for k, made in enumerate(self.flow)
+        ]
+
+    def _flow_steps(self, loc, scale, flow_params) -> list:
+        """The IAF steps T_x for encoder outputs loc, scale (..., L); context (mu, log s)."""
+        context = jnp.concatenate([loc, jnp.log(scale)], axis=-1)
+        return [
+            InverseAutoregressive(made, params, context=context)
+            for made, params in zip(self.flow, flow_params, strict=True)
+        ]
+
+    def posterior(self, loc, scale, flow_params=()):
+        """q(z | x): N(loc, scale^2) (batch shape loc.shape[:-1]), pushed through the flow."""
+        q = dist.Normal(loc, scale).to_event(1)
+        if not self.flow:
+            return q
+        return dist.TransformedDistribution(q, self._flow_steps(loc, scale, flow_params))
+
     def guide(self, x, y=None, beta=1.0):
         encoder = flax_module(
             "encoder", self.encoder, input_shape=(1, self.dim), mutable=self.mutable, train=True
         )
         loc, scale = encoder(x, train=True)
         batch = x.shape[0]
-        q = dist.Normal(loc, scale).to_event(1)
+        # Sampled with intermediates, so the ELBOs score log q(z | x) without inverting T_x.
+        q = self.posterior(loc, scale, self._flow_params())
         with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self._batch_scale(batch)):
             with numpyro.handlers.scale(scale=beta):
                 z = numpyro.sample("z", q)
@@ -152,21 +189,38 @@ class VaeFamily:
         out = self._decode(variables, z)
         return jax.nn.sigmoid(out) if self.likelihood == "bernoulli" else out
 
+    def _draw(self, variables, loc, scale, eps):
+        """z ~ q(z | x) from eps (K, c, L) and log q(z | x) (K, c).
+
+        z0 = loc + scale * eps; z = T_x(z0); log q = log N(z0; loc, scale^2) - log|det dz/dz0|
+        (change of variables; the steps' log-determinants come from their sampling pass).
+        """
+        z = loc + scale * eps
+        log_q = jnp.sum(dist.Normal(loc, scale).log_prob(z), axis=-1)
+        flow_params = [variables[f"iaf_{k}"] for k in range(len(self.flow))]
+        for step in self._flow_steps(loc, scale, flow_params):
+            z_in = z
+            z, intermediates = step.call_with_intermediates(z_in)
+            log_q = log_q - step.log_abs_det_jacobian(z_in, z, intermediates)
+        return z, log_q
+
     def _image_scores(self, variables, x, key, num_samples: int) -> dict:
         """Per-image bounds for a chunk of images x (c, D) with K = num_samples draws."""
         loc, scale = self._apply("encoder", variables, x)
-        z = loc + scale * jax.random.normal(key, (num_samples, *loc.shape))
+        eps = jax.random.normal(key, (num_samples, *loc.shape))
+        z, log_qz = self._draw(variables, loc, scale, eps)
         out = self._decode(variables, z.reshape(-1, self.latent_dim))
         out = out.reshape(num_samples, x.shape[0], self.dim)
         log_px = self._observation(out, variables.get("pixel_scale_raw")).log_prob(x)
         log_pz = jnp.sum(dist.Normal(0.0, 1.0).log_prob(z), axis=-1)
-        log_qz = jnp.sum(dist.Normal(loc, scale).log_prob(z), axis=-1)
         log_weights = log_px + log_pz - log_qz  # (K, c)
+        # With a flow the KL has no closed form: the Monte Carlo estimate on the same draws.
+        kl = jnp.mean(log_qz - log_pz, axis=0) if self.flow else None
         return {
             "bound": metrics.importance_weighted_bound(log_weights),
             "elbo": jnp.mean(log_weights, axis=0),
             "recon": jnp.mean(log_px, axis=0),
-            "kl": metrics.gaussian_kl_to_standard(loc, scale),
+            "kl": metrics.gaussian_kl_to_standard(loc, scale) if kl is None else kl,
             "code": loc,
         }
 
@@ -267,17 +321,3 @@ def project_2d(codes):
     centred = codes - jnp.mean(codes, axis=0)
     _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
     return centred @ vt[:2].T
-
-
-def chunked_map(fn, x, key, chunk: int) -> dict:
-    """fn(x_chunk, key_chunk) -> dict of per-row arrays, over x in chunks of ``chunk`` rows.
-
-    Rows are padded to a whole number of chunks (padding rows are dropped from
-    the result); ``lax.map`` keeps one chunk's intermediates alive at a time.
-    """
-    n = x.shape[0]
-    num_chunks = -(-n // chunk)
-    padded = jnp.pad(x, ((0, num_chunks * chunk - n), (0, 0)))
-    keys = jax.random.split(key, num_chunks)
-    out = jax.lax.map(lambda args: fn(*args), (padded.reshape(num_chunks, chunk, -1), keys))
-    return jax.tree.map(lambda a: a.reshape(num_chunks * chunk, *a.shape[2:])[:n], out)

@@ -193,3 +193,62 @@ class Loop:
     def compilations(self):
         size = getattr(self.update, "_cache_size", None)
         return size() if size is not None else None
+
+
+def fused_against_loop(setup, opts: Options, description: str, defaults: dict) -> dict:
+    """The standard benchmark: the engine's fused epoch against the per-step loop.
+
+    ``setup(seed, epochs_total)`` returns (family, svi, x, y, batch_size, num_batches,
+    state, key, config); ``defaults`` holds epochs, reps, warmup, target and tolerance.
+    """
+    epochs = opts.epochs or defaults["epochs"]
+    reps = opts.reps or defaults["reps"]
+    warmup = defaults["warmup"]
+    family, svi, x, y, batch_size, num_batches, state0, key, config = setup(
+        opts.seed, warmup + epochs * reps
+    )
+    methods = [
+        cls(family, svi, x, y, batch_size, num_batches, state0, key) for cls in (Fused, Loop)
+    ]
+    race = Race(methods, state0)
+    race.time(epochs, reps, warmup)
+    ratio, paired = race.ratio()
+    return {
+        "description": description,
+        "config": {**config, "epochs_per_rep": epochs, "reps": reps, "warmup_epochs": warmup},
+        "environment": environment(),
+        "methods": race.summary(epochs * batch_size * num_batches),
+        "ratio": ratio,
+        "ratio_paired_reps": paired,
+        "target": defaults["target"],
+        "meets_target": ratio >= defaults["target"],
+        "sanity": sanity(
+            race.done["fused"],
+            race.last_loss["fused"],
+            race.last_loss["loop"],
+            defaults["tolerance"],
+            methods[1].compilations(),
+            params_finite=methods[0].finite,
+        ),
+    }
+
+
+def summarise_race(result: dict, title: str) -> str:
+    """A few lines: each method's throughput and the fused/loop ratio against its target."""
+    cfg, check = result["config"], result["sanity"]
+    lines = [
+        f"{title}, batch {cfg['batch_size']}, {cfg['reps']} reps x {cfg['epochs_per_rep']}"
+        f" epochs, {result['environment']['device']}"
+    ]
+    for name in ("fused", "loop"):
+        method = result["methods"][name]
+        lines.append(
+            f"  {name:<6} {method['examples_per_sec']['median']:>10,.0f} examples/s (median)"
+            f"  compile {method['compile_s']:.2f} s  final loss {method['final_loss']:.4f}"
+        )
+    lines.append(
+        f"  ratio fused/loop {result['ratio']:.2f}x (target {result['target']:.1f}x:"
+        f" {'met' if result['meets_target'] else 'NOT met'});"
+        f" sanity {'passed' if check['passed'] else 'FAILED'}"
+    )
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax
 
-from benchmarks.common import Fused, Loop, Options, Race, environment, sanity
+from benchmarks.common import Options, fused_against_loop, summarise_race
 from bslrun import seeding
 from bslrun.config import FlowConfig, OptimConfig, ToyDataConfig, as_dict
 from bslrun.data import load as load_data
@@ -54,59 +54,23 @@ def setup(seed: int, epochs_total: int):
     return family, svi, x, y, batch_size, num_batches, state, keys.train, config
 
 
+DEFAULTS = dict(
+    epochs=EPOCHS, reps=REPS, warmup=WARMUP_EPOCHS, target=TARGET_RATIO, tolerance=LOSS_TOLERANCE
+)
+
+
 def run(opts: Options) -> dict:
-    epochs = opts.epochs or EPOCHS
-    reps = opts.reps or REPS
-    family, svi, x, y, batch_size, num_batches, state0, key, config = setup(
-        opts.seed, WARMUP_EPOCHS + epochs * reps
+    return fused_against_loop(
+        setup,
+        opts,
+        "Lecture MAF on two moons: fused lax.scan epoch vs per-step jitted loop",
+        DEFAULTS,
     )
-    methods = [
-        cls(family, svi, x, y, batch_size, num_batches, state0, key) for cls in (Fused, Loop)
-    ]
-    race = Race(methods, state0)
-    race.time(epochs, reps, WARMUP_EPOCHS)
-    ratio, paired = race.ratio()
-    return {
-        "description": "Lecture MAF on two moons: fused lax.scan epoch vs per-step jitted loop",
-        "config": {
-            **config,
-            "epochs_per_rep": epochs,
-            "reps": reps,
-            "warmup_epochs": WARMUP_EPOCHS,
-        },
-        "environment": environment(),
-        "methods": race.summary(epochs * batch_size * num_batches),
-        "ratio": ratio,
-        "ratio_paired_reps": paired,
-        "target": TARGET_RATIO,
-        "meets_target": ratio >= TARGET_RATIO,
-        "sanity": sanity(
-            race.done["fused"],
-            race.last_loss["fused"],
-            race.last_loss["loop"],
-            LOSS_TOLERANCE,
-            methods[1].compilations(),
-            params_finite=methods[0].finite,
-        ),
-    }
 
 
 def summarise(result: dict) -> str:
-    fused, loop = result["methods"]["fused"], result["methods"]["loop"]
-    cfg, check = result["config"], result["sanity"]
-    lines = [
-        f"{NAME}: MAF 3 x MADE [128, 128] on moons (n={cfg['n_train']}), batch "
-        f"{cfg['batch_size']}, {cfg['reps']} reps x {cfg['epochs_per_rep']} epochs, "
-        f"{result['environment']['device']}"
-    ]
-    for name, method in (("fused", fused), ("loop", loop)):
-        lines.append(
-            f"  {name:<6} {method['examples_per_sec']['median']:>10,.0f} examples/s (median)"
-            f"  compile {method['compile_s']:.2f} s  final loss {method['final_loss']:.4f}"
-        )
-    lines.append(
-        f"  ratio fused/loop {result['ratio']:.2f}x (target {result['target']:.1f}x:"
-        f" {'met' if result['meets_target'] else 'NOT met'});"
-        f" sanity {'passed' if check['passed'] else 'FAILED'}"
+    cfg = result["config"]
+    return summarise_race(
+        result,
+        f"{NAME}: MAF 3 x MADE [128, 128] on moons (n={cfg['n_train']})",
     )
-    return "\n".join(lines)

@@ -79,3 +79,16 @@ def compose(*overrides: str):
     register()
     with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):
         return cli.to_config(hydra_compose("config", overrides=list(overrides)))
+
+
+def perturb(params, key, scale: float = 0.3):
+    """params + scale * N(0, 1) leafwise: moves zero-initialised flow outputs off the identity."""
+    import jax
+
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [
+        leaf + scale * jax.random.normal(k, leaf.shape)
+        for leaf, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree.unflatten(tree, noisy)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_dataset, make_spec
+from conftest import make_dataset, make_spec, perturb
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import Adam
 
@@ -36,17 +36,6 @@ def initial_params(fam: FlowFamily, x) -> dict:
     return svi.get_params(svi.init(KEY, x, jnp.zeros(len(x), jnp.int32)))
 
 
-def perturbed(params: dict, key, scale: float = 0.1) -> dict:
-    """Random parameters away from the near-identity initialisation."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [
-        leaf + scale * jax.random.normal(k, leaf.shape)
-        for leaf, k in zip(leaves, keys, strict=True)
-    ]
-    return jax.tree.unflatten(tree, noisy)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_density_in_original_units_integrates_to_one(kind):
     """x = 2 z + (1, -0.5): the reported density includes the standardiser's Jacobian."""
@@ -55,7 +44,7 @@ def test_density_in_original_units_integrates_to_one(kind):
         x_scaler=Standardiser(np.float32([1.0, -0.5]), np.float32([2.0, 0.5])),
     )
     fam = family(kind, spec)
-    params = perturbed(initial_params(fam, jnp.zeros((4, 2))), jax.random.PRNGKey(2))
+    params = perturb(initial_params(fam, jnp.zeros((4, 2))), jax.random.PRNGKey(2), 0.1)
     ticks_x = np.linspace(-23.0, 25.0, 561)  # +-12 standard units around the mean
     ticks_y = np.linspace(-6.5, 5.5, 561)
     grid = np.stack(np.meshgrid(ticks_x, ticks_y, indexing="ij"), -1).reshape(-1, 2)

@@ -18,7 +18,7 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 import pytest
-from conftest import make_dataset, make_spec
+from conftest import make_dataset, make_spec, perturb
 from numpyro import handlers
 from scipy import stats
 from scipy.special import logsumexp
@@ -53,17 +53,6 @@ from bslrun.models.bnn import BnnFamily
 from bslrun.models.vae import VaeFamily
 
 FLOW_KINDS = ("iaf", "iaf_spline")
-
-
-def perturb(params, key, scale=0.3):
-    """params + scale * N(0, 1) leafwise: moves zero-initialised outputs off the identity."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [
-        leaf + scale * jax.random.normal(k, leaf.shape)
-        for leaf, k in zip(leaves, keys, strict=True)
-    ]
-    return jax.tree.unflatten(tree, noisy)
 
 
 def float64(tree):

@@ -82,6 +82,8 @@ def test_default_run_writes_the_experiment_folder(default_run):
     ]:
         assert (folder / name).is_file(), name
     assert not list(folder.rglob("*.tmp")), "a temporary file was left behind"
+    # Written files get the usual permissions (umask), not mkstemp's private 0600.
+    assert (folder / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~artifacts.CURRENT_UMASK
     metrics = json.loads((folder / "metrics.json").read_text())
     for key in REQUIRED:
         assert lookup(metrics, key) is not None, key

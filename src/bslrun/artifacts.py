@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+CURRENT_UMASK = os.umask(0)  # os.umask can only be read by setting it: restore at once
+os.umask(CURRENT_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -36,6 +39,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); give it the permissions of any new file,
+        # so that collaborators on a shared cluster can read the run folder.
+        os.chmod(tmp, 0o666 & ~CURRENT_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

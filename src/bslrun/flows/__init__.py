@@ -6,6 +6,7 @@ of (params, x) and a pytree (params are leaves; modules and permutations static)
 
 from bslrun.flows.affine_autoregressive import MaskedAffineAutoregressive
 from bslrun.flows.affine_coupling import AffineCoupling, coupling_net
+from bslrun.flows.distribution import Flow
 from bslrun.flows.inverse_autoregressive import InverseAutoregressive, iaf_conditioner
 from bslrun.flows.made import MADE, MaskedMLP, stable_log_scale
 from bslrun.flows.permutation import Permutation
@@ -19,6 +20,7 @@ from bslrun.flows.spline import (
 __all__ = [
     "MADE",
     "AffineCoupling",
+    "Flow",
     "InverseAutoregressive",
     "MaskedAffineAutoregressive",
     "MaskedMLP",

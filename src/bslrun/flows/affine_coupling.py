@@ -63,6 +63,13 @@ class AffineCoupling(Transform):
         shift, log_scale = self._shift_log_scale(kept)
         return jnp.concatenate([kept, (rest - shift) * jnp.exp(-log_scale)], -1)
 
+    def inverse_and_log_det(self, y):
+        """(x, log|det dy/dx|) from one conditioner pass."""
+        kept, rest = y[..., : self.split], y[..., self.split :]
+        shift, log_scale = self._shift_log_scale(kept)
+        x = jnp.concatenate([kept, (rest - shift) * jnp.exp(-log_scale)], -1)
+        return x, jnp.sum(log_scale, axis=-1)
+
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         if intermediates is None:
             intermediates = self._shift_log_scale(x[..., : self.split])[1]

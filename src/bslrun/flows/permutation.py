@@ -37,6 +37,10 @@ class Permutation(Transform):
     def _inverse(self, y):
         return y[..., np.argsort(self.perm)]
 
+    def inverse_and_log_det(self, y):
+        x = self._inverse(y)
+        return x, jnp.zeros(jnp.shape(y)[:-1], jnp.result_type(y))
+
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         return jnp.zeros(jnp.shape(x)[:-1], jnp.result_type(x))
 

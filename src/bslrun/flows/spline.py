@@ -192,6 +192,12 @@ class SplineCoupling(Transform):
         kept, rest = y[..., : self.split], y[..., self.split :]
         return jnp.concatenate([kept, self._spline(kept, rest, inverse=True)[0]], -1)
 
+    def inverse_and_log_det(self, y):
+        """(x, log|det dy/dx|) from one conditioner pass."""
+        kept, rest = y[..., : self.split], y[..., self.split :]
+        out, log_det_inverse = self._spline(kept, rest, inverse=True)
+        return jnp.concatenate([kept, out], -1), -jnp.sum(log_det_inverse, axis=-1)
+
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         if intermediates is None:
             intermediates = self._spline(x[..., : self.split], x[..., self.split :], False)[1]
@@ -256,6 +262,11 @@ class MaskedSplineAutoregressive(Transform):
 
     def _inverse(self, x):
         return self._spline(x, x, inverse=False)[0]
+
+    def inverse_and_log_det(self, x):
+        """(z, log|det dx/dz|) from one conditioner pass."""
+        z, log_slope = self._spline(x, x, inverse=False)
+        return z, -jnp.sum(log_slope, axis=-1)
 
     def log_abs_det_jacobian(self, z, x, intermediates=None):
         if intermediates is None:

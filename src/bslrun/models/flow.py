@@ -41,6 +41,7 @@ from bslrun.errors import ConfigError
 from bslrun.flows import (
     MADE,
     AffineCoupling,
+    Flow,
     MaskedAffineAutoregressive,
     MaskedMLP,
     MaskedSplineAutoregressive,
@@ -127,7 +128,7 @@ class FlowFamily:
             for k, net in enumerate(self.conditioners)
         ]
 
-    def distribution(self, layer_params) -> dist.TransformedDistribution:
+    def distribution(self, layer_params) -> Flow:
         """The flow x = T(u), u ~ N(0, I_D), from one parameter pytree per layer."""
         transforms = []
         for k, (net, params) in enumerate(zip(self.conditioners, layer_params, strict=True)):
@@ -135,7 +136,7 @@ class FlowFamily:
             if k < len(self.conditioners) - 1 and self.permutations[k] is not None:
                 transforms.append(self.permutations[k])
         base = dist.Normal(jnp.zeros(self.dim), 1.0).to_event(1)
-        return dist.TransformedDistribution(base, transforms)
+        return Flow(base, transforms)
 
     def _layer_params(self, params: dict) -> list:
         return [params[f"layer_{k}"] for k in range(len(self.conditioners))]

@@ -31,7 +31,8 @@ bench: $(STAMP)  ## throughput benchmarks; writes benchmarks/results/*.json
 
 FLOW_TOYS := flow_toys_benchmark/8gaussians,flow_toys_benchmark/checkerboard,flow_toys_benchmark/rings
 flow-toys: $(STAMP)  ## the flow benchmark on 8gaussians, checkerboard and rings (test.kl_to_true)
-	$(BIN)/bslrun -m experiment=$(FLOW_TOYS) $(ARGS)
+	$(BIN)/bslrun -m experiment=$(FLOW_TOYS) $(ARGS) \
+	  'hydra.sweep.dir=$${oc.env:BSLRUN_OUTPUT_DIR,experiments}/flow_toys_benchmark/multirun/$${now:%Y-%m-%d_%H-%M-%S}' 
 
 lint: $(STAMP)  ## ruff (installed on demand)
 	$(BIN)/pip install --quiet ruff

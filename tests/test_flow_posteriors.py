@@ -248,6 +248,14 @@ def test_flow_posterior_refused_for_large_networks(kind):
     assert bnn("mean_field", hidden=(150, 150)).num_weights == weights
 
 
+def test_flow_posterior_refused_when_its_made_would_be_huge():
+    # Bayesian linear regression has 4 weights, but a 2-step spline MADE of 600,000
+    # hidden units over them has 115 million parameters.
+    with pytest.raises(ConfigError, match=r"million flow parameters .* model.flow_hidden"):
+        bnn("iaf_spline", hidden=(), flow_hidden=(600_000,))
+    assert bnn("iaf_spline", hidden=(), flow_hidden=(16,)).num_weights == IN_DIM + 1
+
+
 # ----------------------------------------------------------------- conjugate regression
 
 CONJ_N = 100

@@ -31,13 +31,17 @@ from bslrun.config import (
     natural_likelihood,
 )
 from bslrun.errors import ConfigError
+from bslrun.flows.inverse_autoregressive import outputs_per_coordinate
 from bslrun.inference import guides
 from bslrun.models.nets import MLP, FlatView
 
 SITE = "w"
 MIN_SCALE = 1e-3  # keeps heteroscedastic scales away from 0 (and the NLL finite)
 EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large nets
-PLANE_SIDE = 100  # grid points per axis of plots/uncertainty.png (2D inputs)
+PLANE_SIDE = 100
+# A MADE's weights and masks (constants in the compiled program), with Adam's two moments:
+# beyond this many parameters a flow posterior needs gigabytes.
+FLOW_MAX_PARAMETERS = 50_000_000  # grid points per axis of plots/uncertainty.png (2D inputs)
 
 
 class BnnFamily:
@@ -85,6 +89,15 @@ class BnnFamily:
                 f"network (at most {guides.FLOW_MAX_DIM}); use model.posterior=mean_field or "
                 "lowrank, or a smaller network (model.hidden)"
             )
+        if self.posterior in guides.FLOW_BINS:
+            size = flow_parameters(d, self.cfg.flow_hidden, guides.FLOW_BINS[self.posterior])
+            if self.cfg.flow_steps * size > FLOW_MAX_PARAMETERS:
+                raise ConfigError(
+                    f"model.posterior={self.posterior} would need "
+                    f"{self.cfg.flow_steps * size / 1e6:.0f} million flow parameters for "
+                    f"{d} weights (at most {FLOW_MAX_PARAMETERS / 1e6:.0f} million); lower "
+                    "model.flow_hidden or model.flow_steps, or use a smaller network"
+                )
 
     def _initial_weights(self, key):
         """The network's own initialisation (LeCun normal weights), as a flat vector."""
@@ -228,3 +241,13 @@ class BnnFamily:
                 target=self.spec.target_name,
             )
         ]
+
+
+def flow_parameters(dim: int, hidden, bins: int) -> int:
+    """Weights of one MADE step over ``dim`` weights: dim -> hidden... -> dim x outputs."""
+    outputs = outputs_per_coordinate(bins)
+    widths = [dim, *hidden]
+    return (
+        sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+        + widths[-1] * dim * outputs
+    )

@@ -18,10 +18,26 @@ MAKERS = {
     "permutation": lambda dim, key: test_flows.make("permutation", dim, key),
     "spline coupling": lambda dim, key: test_spline.make("coupling", dim, key),
     "spline autoregressive": lambda dim, key: test_spline.make("mas", dim, key),
+    "spline autoregressive with context": lambda dim, key: test_spline.make("iaf", dim, key),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(MAKERS))
+def test_transforms_are_pytrees_under_jit(kind):
+    t = MAKERS[kind](3, jax.random.PRNGKey(0))
+    x = 1.5 * jax.random.normal(jax.random.PRNGKey(1), (6, 3))
+    leaves, treedef = jax.tree.flatten(t)
+    assert jax.tree.unflatten(treedef, leaves) == t
+    if leaves:  # parameters are leaves: changed parameters make another transform
+        assert jax.tree.unflatten(treedef, [2.0 * leaf for leaf in leaves]) != t
+    np.testing.assert_allclose(jax.jit(lambda t, x: t.inv(t(x)))(t, x), x, atol=1e-4)
+
+
+# The layers a Flow stacks (the context one is used inverted, as a posterior's IAF step).
+LAYERS = sorted(k for k in MAKERS if not k.endswith("with context"))
+
+
+@pytest.mark.parametrize("kind", LAYERS)
 def test_inverse_and_log_det_agree_with_the_transform(kind):
     t = MAKERS[kind](3, jax.random.PRNGKey(0))
     y = 1.5 * jax.random.normal(jax.random.PRNGKey(1), (16, 3))

@@ -263,18 +263,6 @@ def test_log_prob_and_iaf_sampling_are_one_conditioner_pass():
     assert count_matmuls(draw_and_score, t, jax.random.PRNGKey(5)) == one_pass
 
 
-def test_transforms_are_pytrees_under_jit():
-    key = jax.random.PRNGKey(0)
-    x = points(key, 3)
-    for kind in KINDS:
-        t = make(kind, 3, key)
-        leaves, treedef = jax.tree.flatten(t)
-        rebuilt = jax.tree.unflatten(treedef, leaves)
-        assert rebuilt == t
-        assert jax.tree.unflatten(treedef, [2.0 * leaf for leaf in leaves]) != t
-        np.testing.assert_allclose(jax.jit(lambda t, x: t.inv(t(x)))(t, x), x, atol=1e-4)
-
-
 GRID_HALF, GRID_N = 9.0, 361
 
 

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench flow-toys lint clean
+.PHONY: help install run test test-full bench flow-toys report lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ FLOW_TOYS := flow_toys_benchmark/8gaussians,flow_toys_benchmark/checkerboard,flo
 flow-toys: $(STAMP)  ## the flow benchmark on 8gaussians, checkerboard and rings (test.kl_to_true)
 	$(BIN)/bslrun -m experiment=$(FLOW_TOYS) $(ARGS) \
 	  'hydra.sweep.dir=$${oc.env:BSLRUN_OUTPUT_DIR,experiments}/flow_toys_benchmark/multirun/$${now:%Y-%m-%d_%H-%M-%S}' 
+
+report: $(STAMP)  ## summarise run folders: DIR=experiments/<name> (default: experiments)
+	$(BIN)/bslrun-report $(or $(DIR),experiments) $(ARGS)
 
 lint: $(STAMP)  ## ruff (installed on demand)
 	$(BIN)/pip install --quiet ruff

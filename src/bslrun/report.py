@@ -1,0 +1,436 @@
+"""``bslrun-report``: summarise run folders (e.g. a sweep) as one table and a few plots.
+
+A run folder is any folder holding ``.hydra/config.yaml``. Completed runs (those with
+``metrics.json``) are grouped by the command-line overrides that differ between runs
+(``seed`` excluded); each cell is the mean and standard error over the group's runs.
+Runs without metrics are listed as failed or running and stay out of the statistics.
+Nothing is re-run and JAX is never imported, so the report starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bslrun.artifacts import write_bytes
+from bslrun.errors import BslrunError, ConfigError
+
+PROG = "bslrun-report"
+SECTIONS = ("test", "val", "train", "data", "timing")
+PREFERRED = ("accuracy", "bits_per_dim", "coverage_95", "ece", "elbo", "kl_to_true", "nll", "rmse")
+MAX_DEFAULT_METRICS = 6
+EXCLUDED_KEYS = ("seed",)
+MISSING = "(default)"
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: dict
+    status: str  # "completed", "failed" or "running"
+    metrics: dict = field(default_factory=dict)  # flat: "test.rmse" -> float
+    seed: object = None
+    message: str = ""
+
+
+@dataclass
+class Row:
+    values: tuple  # the group keys' values, in key order
+    runs: list
+    stats: dict  # metric -> (mean, se, n_values)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Every folder under ``paths`` (recursively) holding ``.hydra/config.yaml``, sorted."""
+    found = set()
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path} does not exist; give a run folder or a folder of runs")
+        if (path / ".hydra" / "config.yaml").is_file():
+            found.add(path.resolve())
+        found.update(p.parent.parent.resolve() for p in path.rglob(".hydra/config.yaml"))
+    return sorted(found)
+
+
+def parse_overrides(lines: list) -> dict:
+    """``["seed=3", "+a.b=1", "hydra.x=y"]`` -> ``{"seed": "3", "a.b": "1"}`` (no hydra.*)."""
+    out = {}
+    for line in lines or []:
+        key, sep, value = str(line).partition("=")
+        key = key.lstrip("+~")
+        if sep and not key.startswith(("hydra.", "hydra/")):
+            out[key] = value
+    return out
+
+
+def load_yaml(path: Path):
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(path.read_text(), Loader=loader)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def flatten_metrics(metrics: dict) -> dict:
+    """Numeric leaves of the metric sections as ``section.name`` -> float (None -> nan)."""
+    flat = {}
+    for section in SECTIONS:
+        for key, value in (metrics.get(section) or {}).items():
+            if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                flat[f"{section}.{key}"] = math.nan if value is None else float(value)
+    return flat
+
+
+def error_line(log_text: str) -> str:
+    """The last line of a run.log that records an error (the CLI logs it at ERROR level)."""
+    hits = [
+        line.strip()
+        for line in log_text.splitlines()
+        if "[ERROR]" in line or "error:" in line.lower() or "Traceback" in line
+    ]
+    return hits[-1] if hits else ""
+
+
+def classify(run_dir: Path) -> tuple[str, str]:
+    """("failed", the error line) or ("running", why) for a folder without metrics.json."""
+    log = run_dir / "run.log"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    line = error_line(text)
+    if line:
+        return "failed", line
+    if (run_dir / "history.csv").is_file() and "diverged" in text:
+        return "failed", "training diverged (see run.log)"
+    return "running", "no metrics.json and no error in run.log (still running, or killed)"
+
+
+def load_run(run_dir: Path) -> Run:
+    overrides = parse_overrides(load_yaml(run_dir / ".hydra" / "overrides.yaml"))
+    seed = overrides.get("seed")
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        status, message = classify(run_dir)
+        return Run(run_dir, overrides, status, seed=seed, message=message)
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as error:
+        return Run(
+            run_dir, overrides, "failed", seed=seed, message=f"unreadable metrics.json: {error}"
+        )
+    seed = metrics.get("seed", seed)
+    return Run(run_dir, overrides, "completed", flatten_metrics(metrics), seed)
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def config_value(run_dir: Path, key: str) -> str:
+    """A key missing from a run's overrides: the config group chosen, else the config value."""
+    hydra = load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+    choices = (hydra.get("hydra") or {}).get("runtime", {}).get("choices") or {}
+    if key in choices:
+        return str(choices[key])
+    node = load_yaml(run_dir / ".hydra" / "config.yaml")
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return MISSING if node is None or isinstance(node, (dict, list)) else str(node)
+
+
+def group_value(run: Run, key: str) -> str:
+    return run.overrides[key] if key in run.overrides else config_value(run.path, key)
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """Override keys (seed excluded) whose values are not the same in every run, sorted."""
+    keys = sorted({k for run in runs for k in run.overrides if k not in EXCLUDED_KEYS})
+    return [k for k in keys if len({run.overrides.get(k, MISSING) for run in runs}) > 1]
+
+
+def sort_key(value: str):
+    """Numbers in numeric order, before words in alphabetical order."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> dict:
+    """``{values tuple: [runs]}`` in the order of the values (numbers numerically)."""
+    groups: dict = {}
+    for run in runs:
+        groups.setdefault(tuple(group_value(run, k) for k in keys), []).append(run)
+    return dict(sorted(groups.items(), key=lambda item: [sort_key(v) for v in item[0]]))
+
+
+def mean_se(values) -> tuple[float, float, int]:
+    """Mean and standard error (sample sd / sqrt(n)) of the finite values; se is nan for n < 2."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, 0
+    se = float(np.std(x, ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+    return float(np.mean(x)), se, int(x.size)
+
+
+def summarise(runs: list[Run], keys: list[str], metrics: list[str]) -> list[Row]:
+    rows = []
+    for values, members in group_runs(runs, keys).items():
+        stats = {m: mean_se([r.metrics.get(m, math.nan) for r in members]) for m in metrics}
+        rows.append(Row(values, members, stats))
+    return rows
+
+
+# ----------------------------------------------------------------- metrics
+
+
+def available_metrics(runs: list[Run]) -> list[str]:
+    return sorted({m for run in runs for m in run.metrics})
+
+
+def default_metrics(runs: list[Run]) -> list[str]:
+    """Numeric test.* metrics present in every run; the well-known ones if there are many."""
+    common = set.intersection(*(set(run.metrics) for run in runs))
+    test = sorted(m for m in common if m.startswith("test."))
+    if len(test) <= MAX_DEFAULT_METRICS:
+        return test
+    preferred = [m for m in test if m.split(".", 1)[1] in PREFERRED]
+    return preferred or test[:MAX_DEFAULT_METRICS]
+
+
+def choose_metrics(runs: list[Run], requested: list[str] | None) -> list[str]:
+    if not requested:
+        return default_metrics(runs)
+    known = available_metrics(runs)
+    unknown = [m for m in requested if m not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown metric {', '.join(unknown)}; available: {', '.join(known) or 'none'}"
+        )
+    return requested
+
+
+# -------------------------------------------------------------- formatting
+
+
+def format_cell(mean: float, se: float, n: int) -> str:
+    """``mean ± se`` rounded to the standard error's second significant digit."""
+    if n == 0 or not math.isfinite(mean):
+        return "–"
+    if n < 2 or not math.isfinite(se) or se == 0:
+        return f"{mean:.4g}"
+    decimals = min(max(1 - math.floor(math.log10(se)), 0), 8)
+    return f"{mean:.{decimals}f} ± {se:.{decimals}f}"
+
+
+def seeds_text(runs: list[Run]) -> str:
+    return ",".join(str(s) for s in sorted((r.seed for r in runs), key=lambda s: sort_key(str(s))))
+
+
+def table_cells(rows: list[Row], keys: list[str], metrics: list[str]) -> list[list[str]]:
+    """Header row then one row of strings per group."""
+    cells = [[*keys, "n", "seeds", *metrics]]
+    for row in rows:
+        stats = [format_cell(*row.stats[m]) for m in metrics]
+        cells.append([*row.values, str(len(row.runs)), seeds_text(row.runs), *stats])
+    return cells
+
+
+def markdown_table(cells: list[list[str]]) -> str:
+    def line(items):
+        return "| " + " | ".join(s.replace("|", "\\|") for s in items) + " |"
+
+    return "\n".join([line(cells[0]), line(["---"] * len(cells[0])), *map(line, cells[1:])])
+
+
+def others_lines(others: list[Run], base: Path) -> list[str]:
+    return [f"- {r.status}: `{relative(r.path, base)}`: {r.message}" for r in others]
+
+
+def relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def markdown_report(cells: list, others: list[Run], base: Path) -> str:
+    text = "# bslrun report\n\n" + markdown_table(cells) + "\n"
+    text += "\nCells: mean ± standard error over the group's completed runs.\n"
+    if others:
+        text += "\n## Failed or unfinished runs\n\n" + "\n".join(others_lines(others, base)) + "\n"
+    return text
+
+
+def csv_report(rows: list[Row], keys: list[str], metrics: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    stat_columns = [f"{m}_{s}" for m in metrics for s in ("mean", "se")]
+    writer.writerow([*keys, "n", "seeds", *stat_columns])
+    for row in rows:
+        stats = [repr(v) if math.isfinite(v) else "" for m in metrics for v in row.stats[m][:2]]
+        writer.writerow([*row.values, len(row.runs), seeds_text(row.runs), *stats])
+    return buffer.getvalue()
+
+
+CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    "th{background:#f3f3f3}img{max-width:100%;margin:1em 0}code{background:#f6f6f6}"
+)
+
+
+def html_report(cells: list, others: list[Run], base: Path, plots: dict) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in cells[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in cells[1:]
+    )
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{PROG}</title>",
+        f"<style>{CSS}</style></head><body><h1>bslrun report</h1>",
+        f"<table><tr>{head}</tr>{body}</table>",
+        "<p>Cells: mean ± standard error over the group's completed runs.</p>",
+    ]
+    if others:
+        items = "".join(
+            f"<li>{esc(r.status)}: <code>{esc(relative(r.path, base))}</code>: {esc(r.message)}</li>"
+            for r in others
+        )
+        parts.append(f"<h2>Failed or unfinished runs</h2><ul>{items}</ul>")
+    for metric, png in plots.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f"<h2>{esc(metric)}</h2><img alt='{esc(metric)}' src='data:image/png;base64,{data}'>"
+        )
+    return "".join(parts) + "</body></html>\n"
+
+
+# ------------------------------------------------------------------- plots
+
+
+def group_label(keys: list[str], values: tuple) -> str:
+    if len(keys) == 1:
+        return values[0]
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "all runs"
+
+
+def plot_metric(rows: list[Row], keys: list[str], metric: str) -> bytes:
+    """Mean ± standard error per group, each run as a faint dot; PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.0, 1.2 * len(rows) + 2), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    jitter = np.random.default_rng(0)
+    for i, row in enumerate(rows):
+        values = [r.metrics.get(metric, math.nan) for r in row.runs]
+        ax.scatter(
+            i + jitter.uniform(-0.15, 0.15, len(values)), values, color="C0", alpha=0.3, s=14
+        )
+        mean, se, _ = row.stats[metric]
+        ax.errorbar(
+            i, mean, yerr=0 if not math.isfinite(se) else se, fmt="o", color="C3", capsize=4
+        )
+    labels = [group_label(keys, row.values) for row in rows]
+    rotate = len(rows) > 3 or max(map(len, labels)) > 16
+    ax.set_xticks(
+        range(len(rows)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center"
+    )
+    ax.set_xlabel(keys[0] if len(keys) == 1 else "")
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean ± standard error (dots: runs)")
+    ax.grid(alpha=0.3, axis="y")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+# -------------------------------------------------------------------- main
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like bslrun's own errors
+        raise ConfigError(message)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run folders or folders of runs")
+    parser.add_argument("--metrics", help="comma-separated, e.g. test.rmse,test.nll")
+    parser.add_argument("--out", type=Path, help="output folder (default: the first PATH)")
+    parser.add_argument("--group-by", help="comma-separated override keys ('' for one group)")
+    return parser.parse_args(argv)
+
+
+def split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def check_group_keys(runs: list[Run], keys: list[str]) -> None:
+    unknown = [k for k in keys if all(group_value(r, k) == MISSING for r in runs)]
+    if unknown:
+        known = sorted({k for r in runs for k in r.overrides})
+        raise ConfigError(
+            f"unknown group key {', '.join(unknown)}; overrides seen: {', '.join(known) or 'none'}"
+        )
+
+
+def write_outputs(out: Path, rows, keys, metrics, others) -> Path:
+    plots = {m: plot_metric(rows, keys, m) for m in metrics}
+    for metric, png in plots.items():
+        write_bytes(out / "plots" / f"report_{metric.replace('.', '_')}.png", png)
+    cells = table_cells(rows, keys, metrics)
+    write_bytes(out / "report.md", markdown_report(cells, others, out).encode())
+    write_bytes(out / "report.csv", csv_report(rows, keys, metrics).encode())
+    write_bytes(out / "report.html", html_report(cells, others, out, plots).encode())
+    return out
+
+
+def report(args: argparse.Namespace) -> int:
+    run_dirs = find_run_dirs(args.paths)
+    if not run_dirs:
+        raise ConfigError(f"no run folders (with .hydra/config.yaml) under {args.paths[0]}")
+    runs = [load_run(d) for d in run_dirs]
+    done = [r for r in runs if r.status == "completed"]
+    others = [r for r in runs if r.status != "completed"]
+    out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent)
+    if not done:
+        print("\n".join(others_lines(others, out)))
+        raise BslrunError(f"no completed runs among {len(runs)} run folders (listed above)")
+    metrics = choose_metrics(done, split_list(args.metrics))
+    keys = split_list(args.group_by)
+    keys = differing_keys(runs) if keys is None else keys
+    check_group_keys(done, keys)
+    rows = summarise(done, keys, metrics)
+    write_outputs(out, rows, keys, metrics, others)
+    print(markdown_report(table_cells(rows, keys, metrics), others, out), end="")
+    print(f"\nwrote {out / 'report.md'}, report.csv, report.html and plots/", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return report(parse_args(argv))
+    except BslrunError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

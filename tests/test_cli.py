@@ -17,9 +17,13 @@ from bslrun import artifacts, cli
 EXPERIMENTS = cli.CONFIG_DIR / "experiment"
 PRESETS = sorted(cli.option_name(EXPERIMENTS, p) for p in EXPERIMENTS.rglob("*.yaml"))
 MNIST_PRESETS = ["bnn_mnist", "lecture_vae_mnist", "vae_mnist_benchmark"]
-OFFLINE_PRESETS = [p for p in PRESETS if p not in MNIST_PRESETS]  # wine and toy data
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MNIST_DIR = SHARED / "data" / "mnist"
+UCI_SPLITS = SHARED / "data" / "uci_wine_red_splits"
+# Wine and toy data; the UCI benchmark preset reads the shared split folder.
+OFFLINE_PRESETS = [
+    p for p in PRESETS if p not in MNIST_PRESETS and (p != "uci_wine_red" or UCI_SPLITS.is_dir())
+]
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST copy not present")
 REQUIRED = [
     "test.rmse",
@@ -35,7 +39,12 @@ REQUIRED = [
 
 
 def bslrun(*args: str, out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0")
+    env = dict(
+        os.environ,
+        BSLRUN_OUTPUT_DIR=str(out),
+        BSLRUN_UCI_SPLITS=str(UCI_SPLITS),
+        HYDRA_FULL_ERROR="0",
+    )
     return subprocess.run(
         [sys.executable, "-m", "bslrun", *args],
         capture_output=True,

@@ -118,6 +118,17 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
+def declared_sweeps(params, overrides: list[str]) -> list[str]:
+    """The sweeps a config declares in ``hydra.sweeper.params`` (``sweep=seeds``), as overrides.
+
+    As in Hydra's basic sweeper, a key also given on the command line keeps its value there.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = {o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides)}
+    return [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
+
+
 def prevalidate(argv: list[str]) -> None:
     """Compose and validate the config the command line asks for (ConfigError if bad)."""
     from hydra import compose, initialize_config_dir
@@ -137,7 +148,14 @@ def prevalidate(argv: list[str]) -> None:
         config_name = args.config_name or "config"
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=PROG):
             for variant in variants:
-                to_config(compose(config_name, overrides=variant))
+                hydra_cfg = compose(config_name, variant, return_hydra_config=True).hydra
+                declared = declared_sweeps(hydra_cfg.sweeper.params, variant)
+                if declared and not args.multirun:
+                    choice = hydra_cfg.runtime.choices.get("sweep")
+                    what = f"sweep={choice}" if choice else "hydra.sweeper.params"
+                    raise ConfigError(f"{what} runs several jobs: add -m")
+                for job in sweep_variants(declared + variant):
+                    to_config(compose(config_name, overrides=job))
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(describe_error(error)) from None
 

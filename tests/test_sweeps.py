@@ -1,0 +1,100 @@
+"""Sweep configs (``sweep=<name>``, Hydra's ``hydra.sweeper.params``) and the UCI red-wine
+preset: they compose, say what they sweep, and are validated before anything runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import compose
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from test_cli import SHARED, bslrun
+
+from bslrun import cli
+from bslrun.config import register
+from bslrun.errors import ConfigError
+
+SWEEPS = {
+    "seeds": {"seed": ["0", "1", "2", "3", "4"]},
+    "lr": {"optim.lr": ["0.0003", "0.001", "0.003", "0.01"]},
+    "prior_scale": {"model.prior_scale": ["0.1", "0.3", "1", "3"]},
+    "posteriors": {"model.posterior": ["map", "mean_field", "lowrank", "full_rank"]},
+    "uci_splits": {"data.split": [str(k) for k in range(20)]},
+}
+UCI_SPLITS = SHARED / "data" / "uci_wine_red_splits"
+
+
+def sweeper_params(*overrides: str) -> dict[str, list[str]]:
+    """{key: values} that Hydra's basic sweeper will run for ``overrides``."""
+    register()
+    with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", list(overrides), return_hydra_config=True)
+    lines = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    parsed = OverridesParser.create().parse_overrides(lines)
+    return {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed}
+
+
+def test_the_sweep_group_holds_exactly_these_sweeps():
+    assert sorted(p.stem for p in (cli.CONFIG_DIR / "sweep").glob("*.yaml")) == sorted(SWEEPS)
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_each_sweep_composes_and_sweeps_what_it_says(name):
+    assert sweeper_params(f"sweep={name}") == SWEEPS[name]
+    compose(f"sweep={name}")  # the job config itself is unchanged and valid
+    cli.prevalidate(["-m", f"sweep={name}"])  # every value composes with the default run
+
+
+def test_a_sweep_without_multirun_is_refused_in_one_line(tmp_path):
+    result = bslrun("sweep=seeds", "debug=tiny", out=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "bslrun: error: sweep=seeds runs several jobs: add -m"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_value_inside_a_sweep_file_is_refused(tmp_path, monkeypatch):
+    configs = tmp_path / "configs"
+    shutil.copytree(cli.CONFIG_DIR, configs)
+    (configs / "sweep" / "bad.yaml").write_text(
+        "# @package _global_\n# A grid with one bad value\n"
+        "hydra:\n  sweeper:\n    params:\n      optim.lr: 1e-3,-1\n"
+    )
+    monkeypatch.setattr(cli, "CONFIG_DIR", configs)
+    with pytest.raises(ConfigError, match="optim.lr=-1"):
+        cli.prevalidate(["-m", "sweep=bad"])
+    # A value given on the command line replaces the file's sweep, as in Hydra's sweeper.
+    cli.prevalidate(["-m", "sweep=bad", "optim.lr=0.01"])
+
+
+@pytest.mark.skipif(not UCI_SPLITS.is_dir(), reason="shared UCI red-wine splits not present")
+def test_uci_preset_reads_the_shared_splits(monkeypatch, tmp_path):
+    monkeypatch.setenv("BSLRUN_UCI_SPLITS", str(UCI_SPLITS))
+    cfg = compose("experiment=uci_wine_red")
+    assert cfg.data.split_dir == str(UCI_SPLITS) and cfg.data.name == "wine_red"
+    assert cfg.data.standardize and 0 < cfg.data.val_fraction < 1
+    assert list(cfg.model.hidden) == [50] and cfg.model.activation.value == "relu"
+    assert all((UCI_SPLITS / f"index_train_{k}.txt").is_file() for k in range(20))
+    # Without the variable: ../shared/data/... from the working directory (a checkout's root).
+    monkeypatch.delenv("BSLRUN_UCI_SPLITS")
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "uci_wine_red_splits").symlink_to(UCI_SPLITS)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    split_dir = Path(compose("experiment=uci_wine_red").data.split_dir)
+    assert not split_dir.is_absolute() and split_dir.resolve() == UCI_SPLITS.resolve()
+
+
+def test_sweep_seeds_runs_five_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = bslrun("-m", "sweep=seeds", "debug=tiny", f"hydra.sweep.dir={sweep}", out=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3", "4"]
+    seeds = [json.loads((job / "metrics.json").read_text())["seed"] for job in jobs]
+    assert seeds == [0, 1, 2, 3, 4]

@@ -19,13 +19,11 @@ both share the machine's noise.
 from __future__ import annotations
 
 
-import jax
-
 from benchmarks.common import Options, fused_against_loop, summarise_race
 from bslrun import seeding
 from bslrun.config import BnnConfig, DataConfig, OptimConfig, Posterior, as_dict
 from bslrun.data import load as load_data
-from bslrun.inference import engine, optim
+from bslrun.inference import engine
 from bslrun.models import build as build_family
 
 NAME = "bnn_epoch"
@@ -45,11 +43,9 @@ def setup(seed: int, epochs_total: int):
     optim_cfg = OptimConfig()  # Adam, constant lr
     data = load_data(data_cfg, keys.data)
     family = build_family(model_cfg, data.spec, len(data.train))
-    x, y = jax.device_put(data.train.x), jax.device_put(data.train.y)
-    batch_size, num_batches = engine.batch_plan(x.shape[0], BATCH_SIZE)
-    optimiser, _ = optim.build(optim_cfg, num_batches, epochs_total)
-    svi = engine.make_svi(family, optimiser, num_particles=1)
-    state = jax.block_until_ready(jax.jit(svi.init)(keys.init, x[:batch_size], y[:batch_size]))
+    s = engine.prepare(family, data.train, optim_cfg, BATCH_SIZE, epochs_total, 1, keys.init)
+    svi, x, y, state = s.svi, s.x, s.y, s.state
+    batch_size, num_batches = s.batch_size, s.num_batches
     config = {
         "data": data_cfg.name,
         "n_train": int(x.shape[0]),

@@ -11,13 +11,12 @@ pattern. Throughput is training examples per second, excluding compilation.
 
 from __future__ import annotations
 
-import jax
 
 from benchmarks.common import Options, fused_against_loop, summarise_race
 from bslrun import seeding
 from bslrun.config import FlowConfig, OptimConfig, ToyDataConfig, as_dict
 from bslrun.data import load as load_data
-from bslrun.inference import engine, optim
+from bslrun.inference import engine
 from bslrun.models import build as build_family
 
 NAME = "maf_epoch"
@@ -37,11 +36,9 @@ def setup(seed: int, epochs_total: int):
     optim_cfg = OptimConfig(lr=1e-3)
     data = load_data(data_cfg, keys.data)
     family = build_family(model_cfg, data.spec, len(data.train), keys.structure)
-    x, y = jax.device_put(data.train.x), jax.device_put(data.train.y)
-    batch_size, num_batches = engine.batch_plan(x.shape[0], BATCH_SIZE)
-    optimiser, _ = optim.build(optim_cfg, num_batches, epochs_total)
-    svi = engine.make_svi(family, optimiser, num_particles=1)
-    state = jax.block_until_ready(jax.jit(svi.init)(keys.init, x[:batch_size], y[:batch_size]))
+    s = engine.prepare(family, data.train, optim_cfg, BATCH_SIZE, epochs_total, 1, keys.init)
+    svi, x, y, state = s.svi, s.x, s.y, s.state
+    batch_size, num_batches = s.batch_size, s.num_batches
     config = {
         "data": as_dict(data_cfg),
         "model": as_dict(model_cfg),

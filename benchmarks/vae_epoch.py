@@ -44,9 +44,9 @@ from benchmarks.common import Fused, Loop, Options, Race, environment, sanity
 from bslrun import seeding
 from bslrun.config import ImageDataConfig, OptimConfig, VaeConfig, as_dict
 from bslrun.data import load as load_data
-from bslrun.data.splits import IDENTITY, DataSpec
+from bslrun.data.splits import IDENTITY, DataSpec, Split
 from bslrun.errors import DataError
-from bslrun.inference import engine, optim
+from bslrun.inference import engine
 from bslrun.models import build as build_family
 
 NAME = "vae_epoch"
@@ -151,14 +151,11 @@ def setup(seed: int, epochs_total: int):
     x_np, y_np, spec, data_info = load(seed)
     model_cfg, optim_cfg = model_config(), OptimConfig()  # Adam, lr 1e-3, constant
     family = build_family(model_cfg, spec, len(x_np))
-    x, y = jax.device_put(x_np), jax.device_put(y_np)
-    batch_size, num_batches = engine.batch_plan(x.shape[0], BATCH_SIZE)
-    optimiser, _ = optim.build(optim_cfg, num_batches, epochs_total)
-    svi = engine.make_svi(family, optimiser, num_particles=1)
+    train = Split(x_np, y_np)
+    s = engine.prepare(family, train, optim_cfg, BATCH_SIZE, epochs_total, 1, keys.init)
+    svi, x, y, state = s.svi, s.x, s.y, s.state
+    batch_size, num_batches = s.batch_size, s.num_batches
     kwargs = engine.epoch_kwargs(family, 1)
-    state = jax.block_until_ready(
-        jax.jit(svi.init)(keys.init, x[:batch_size], y[:batch_size], **kwargs)
-    )
     num_params = sum(int(np.size(p)) for p in jax.tree.leaves(svi.get_params(state)))
     config = {
         **data_info,

@@ -111,16 +111,48 @@ def epoch_fn(svi: SVI, batch_size: int, num_batches: int, dynamic_binarize: bool
     return epoch
 
 
+@dataclass
+class Setup:
+    """What training starts from: device data, the SVI object and its initial state."""
+
+    svi: SVI
+    x: jax.Array
+    y: jax.Array
+    batch_size: int
+    num_batches: int
+    state: object
+    lr_at: object  # the learning-rate schedule, step -> lr
+
+
+def prepare(family, train, optim_cfg, batch_size, epochs, num_particles, init_key) -> Setup:
+    """Put the training split on the device, build SVI and draw its initial state."""
+    x, y = jax.device_put(train.x), jax.device_put(train.y)
+    batch_size, num_batches = batch_plan(x.shape[0], batch_size)
+    optimiser, lr_at = optim.build(optim_cfg, num_batches, epochs)
+    svi = make_svi(family, optimiser, num_particles)
+    # Compiled, initialisation costs one small program instead of hundreds of eager ops.
+    state = jax.block_until_ready(
+        jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size], **epoch_kwargs(family, 1))
+    )
+    return Setup(svi, x, y, batch_size, num_batches, state, lr_at)
+
+
 def _is_better(value: float, best: float | None) -> bool:
     return math.isfinite(value) and (best is None or value < best)
 
 
 class Validator:
-    """Scores the validation split; compiled on first use, so training starts sooner."""
+    """Scores the validation split; compiled on first use, so training starts sooner.
+
+    A family may score validation epochs with a cheaper ``validate`` than its final
+    ``evaluate`` (same signature); what it returns must include what is monitored.
+    """
 
     def __init__(self, family, svi: SVI, split, key, num_samples: int):
+        validation_scores = getattr(family, "validate", family.evaluate)
+
         def score(state, x, y, key):
-            return family.evaluate(variables(svi, state), x, y, key, num_samples)
+            return validation_scores(variables(svi, state), x, y, key, num_samples)
 
         self.score = jax.jit(score)
         self.x, self.y = jax.device_put(split.x), jax.device_put(split.y)
@@ -170,18 +202,15 @@ def fit(
     the loss or the parameters become NaN or infinite.
     """
     epochs_key, val_key = jax.random.split(key)
-    x, y = jax.device_put(data.train.x), jax.device_put(data.train.y)
-    batch_size, num_batches = batch_plan(x.shape[0], trainer_cfg.batch_size)
-    optimiser, lr_at = optim.build(optim_cfg, num_batches, trainer_cfg.epochs)
-    svi = make_svi(family, optimiser, trainer_cfg.num_particles)
-
     timing, tick = {}, time.perf_counter()
-    first = epoch_kwargs(family, 1)
-    # Compiled, initialisation costs one small program instead of hundreds of eager ops.
-    state = jax.block_until_ready(
-        jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size], **first)
-    )
+    setup = prepare(
+        family, data.train, optim_cfg, trainer_cfg.batch_size, trainer_cfg.epochs,
+        trainer_cfg.num_particles, init_key,
+    )  # fmt: skip
+    svi, x, y, state = setup.svi, setup.x, setup.y, setup.state
+    batch_size, num_batches = setup.batch_size, setup.num_batches
     timing["init_s"], tick = time.perf_counter() - tick, time.perf_counter()
+    first = epoch_kwargs(family, 1)
     epoch_program = epoch_fn(svi, batch_size, num_batches, data.spec.dynamic_binarize)
     run_epoch = jax.jit(epoch_program).lower(state, epochs_key, x, y, first).compile()
     timing["compile_s"] = time.perf_counter() - tick
@@ -200,7 +229,11 @@ def fit(
         loss, finite = jax.device_get((loss, finite))  # the one host sync per epoch
         loss = float(loss)
         train_time += time.perf_counter() - tick
-        row = {"epoch": epoch, "train_loss": loss, "lr": float(lr_at(epoch * num_batches - 1))}
+        row = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "lr": float(setup.lr_at(epoch * num_batches - 1)),
+        }
         history.append(row)
         if not (math.isfinite(loss) and finite):
             raise _divergence(epoch, loss, history, variables(svi, state), timing)

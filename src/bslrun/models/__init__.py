@@ -30,6 +30,9 @@ class Family(Protocol):
     def evaluate(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
         """Scalar metrics of the posterior predictive on (x, y); jit-compatible."""
 
+    # Optional: ``validate`` (same signature) scores validation epochs more cheaply than
+    # ``evaluate``; the engine falls back to ``evaluate`` (see engine.Validator).
+
     def eval_samples(self, eval_cfg) -> int:
         """How many posterior draws ``evaluate`` uses on the test set (from the eval config)."""
 

@@ -43,7 +43,7 @@ def trainer(**kw):
     return TrainerConfig(**base)
 
 
-def run_fit(family, data, optim_cfg, trainer_cfg, seed=0):
+def run_fit(family, data, optim_cfg, trainer_cfg, seed=0, checkpoints=None):
     return engine.fit(
         family,
         data,
@@ -52,6 +52,7 @@ def run_fit(family, data, optim_cfg, trainer_cfg, seed=0):
         jax.random.PRNGKey(seed),
         jax.random.PRNGKey(seed + 1),
         8,
+        checkpoints=checkpoints,
     )
 
 

@@ -9,6 +9,7 @@ Layout of one run folder::
     history.csv            one row per epoch
     predictions.npz        test-set predictions
     checkpoint/params.msgpack   variational parameters (flax msgpack; never pickle)
+    checkpoint/train/      the last training checkpoint (orbax) and config.json, for resuming
     plots/*.png
 """
 

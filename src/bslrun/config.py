@@ -260,6 +260,13 @@ class TrainerConfig:
     # Keep the parameters of the best validation epoch (true) or of the last epoch.
     restore_best: bool = True
     progress: bool = True
+    # Save the training state (parameters, optimiser, keys, early-stopping bookkeeping) to
+    # <run>/checkpoint/train every this many epochs, and after the last; 0 disables it.
+    checkpoint_every: int = 10
+    # A run folder to continue from its last checkpoint (the same config is required).
+    resume: str | None = None
+    # Data-parallel training over this many devices (the batch is split between them).
+    devices: int = 1
 
 
 @dataclass
@@ -504,6 +511,17 @@ def _check_trainer(t: TrainerConfig) -> None:
             raise ConfigError(f"trainer.{key}={value} must be a positive integer")
     if t.patience < 0:
         raise ConfigError(f"trainer.patience={t.patience} must be zero (off) or positive")
+    if t.checkpoint_every < 0:
+        raise ConfigError(
+            f"trainer.checkpoint_every={t.checkpoint_every} must be zero (off) or positive"
+        )
+    if t.devices < 1:
+        raise ConfigError(f"trainer.devices={t.devices} must be a positive integer")
+    if t.batch_size % t.devices:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} must be a multiple of trainer.devices={t.devices}"
+            " (each device takes an equal share of every batch)"
+        )
 
 
 def validate(cfg: Config) -> Config:

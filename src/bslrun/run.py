@@ -13,8 +13,8 @@ import jax
 from bslrun import artifacts, plots, seeding
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
-from bslrun.errors import DivergenceError
-from bslrun.inference import engine
+from bslrun.errors import ConfigError, DivergenceError
+from bslrun.inference import checkpoint, engine
 from bslrun.models import build as build_family
 
 log = logging.getLogger("bslrun")
@@ -47,9 +47,31 @@ def write_training(run_dir: Path, result: engine.FitResult) -> None:
         plots.learning_curves(result.history, run_dir / "plots" / "learning_curves.png")
 
 
+def checkpoints_for(cfg: Config, run_dir: Path):
+    """The run's checkpoints (None when off), after checking any already in ``run_dir``.
+
+    A folder holding checkpoints is resumed: the one named by ``trainer.resume``, or a
+    run folder that a requeued cluster job starts again in.
+    """
+    config = as_dict(cfg)
+    resuming = checkpoint.check_config(run_dir, config)
+    if cfg.trainer.resume and not resuming:
+        raise ConfigError(
+            f"trainer.resume={cfg.trainer.resume}: no checkpoint there "
+            f"({checkpoint.folder(run_dir)} is missing); give a run folder that was "
+            "trained with trainer.checkpoint_every > 0"
+        )
+    if resuming:
+        log.info("resuming from the last checkpoint in %s", checkpoint.folder(run_dir))
+    elif cfg.trainer.checkpoint_every == 0:
+        return None
+    return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config)
+
+
 def run(cfg: Config, run_dir: Path) -> dict:
     """Train and evaluate ``cfg``; write the experiment folder; return metrics."""
     run_dir = Path(run_dir)
+    checkpoints = checkpoints_for(cfg, run_dir)
     keys = seeding.streams(cfg.seed)
     data = load_data(cfg.data, keys.data)
     log.info(
@@ -64,11 +86,15 @@ def run(cfg: Config, run_dir: Path) -> dict:
     try:
         val_samples = getattr(family, "val_samples", VAL_SAMPLES)
         result = engine.fit(
-            family, data, cfg.optim, cfg.trainer, keys.init, keys.train, val_samples, desc=cfg.name
-        )
+            family, data, cfg.optim, cfg.trainer, keys.init, keys.train, val_samples,
+            desc=cfg.name, checkpoints=checkpoints,
+        )  # fmt: skip
     except DivergenceError as error:
         write_training(run_dir, error.result)
         raise
+    finally:
+        if checkpoints:
+            checkpoints.close()
     write_training(run_dir, result)
 
     tick = time.perf_counter()

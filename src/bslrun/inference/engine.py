@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from bslrun import PROCESS_START
 from bslrun.config import Monitor
 from bslrun.errors import DivergenceError
 from bslrun.inference import optim
+from bslrun.inference.devices import Placement
 from bslrun.inference.objectives import ScaledLoss
 
 
@@ -81,15 +82,23 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def epoch_fn(svi: SVI, batch_size: int, num_batches: int, dynamic_binarize: bool = False):
+def epoch_fn(
+    svi: SVI,
+    batch_size: int,
+    num_batches: int,
+    dynamic_binarize: bool = False,
+    placement: Placement | None = None,
+):
     """state, key, x, y, kwargs -> (state, mean loss, finite): one pass over a fresh permutation.
 
     ``kwargs`` (a dict of scalars) goes to the model and guide of every step.
     With ``dynamic_binarize``, each batch of intensities in [0, 1] becomes a
     fresh Bernoulli draw (dynamically binarised MNIST). ``finite`` says whether
     the new parameters are all finite: a finite loss can precede an update that
-    overflows.
+    overflows. With a ``placement`` over several devices, each batch is split
+    between them (data parallelism).
     """
+    split_batch = placement.split_batch if placement else (lambda tree: tree)
 
     def epoch(state, key, x, y, kwargs=None):
         kwargs = kwargs or {}
@@ -99,10 +108,10 @@ def epoch_fn(svi: SVI, batch_size: int, num_batches: int, dynamic_binarize: bool
 
         def step(state, inputs):
             idx, pixel_key = inputs
-            xb = x[idx]
+            xb, yb = split_batch((x[idx], y[idx]))
             if dynamic_binarize:
                 xb = jax.random.bernoulli(pixel_key, xb).astype(xb.dtype)
-            return svi.update(state, xb, y[idx], **kwargs)
+            return svi.update(state, xb, yb, **kwargs)
 
         state, losses = jax.lax.scan(step, state, (batches, pixel_keys))
         finite = all_finite(svi.optim.get_params(state.optim_state))
@@ -122,19 +131,23 @@ class Setup:
     num_batches: int
     state: object
     lr_at: object  # the learning-rate schedule, step -> lr
+    placement: Placement
 
 
-def prepare(family, train, optim_cfg, batch_size, epochs, num_particles, init_key) -> Setup:
-    """Put the training split on the device, build SVI and draw its initial state."""
-    x, y = jax.device_put(train.x), jax.device_put(train.y)
+def prepare(
+    family, train, optim_cfg, batch_size, epochs, num_particles, init_key, placement=None
+) -> Setup:
+    """Put the training split on the device(s), build SVI and draw its initial state."""
+    placement = placement or Placement()
+    x, y = placement.replicate((train.x, train.y))
     batch_size, num_batches = batch_plan(x.shape[0], batch_size)
+    placement.check_batch(batch_size)
     optimiser, lr_at = optim.build(optim_cfg, num_batches, epochs)
     svi = make_svi(family, optimiser, num_particles)
     # Compiled, initialisation costs one small program instead of hundreds of eager ops.
-    state = jax.block_until_ready(
-        jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size], **epoch_kwargs(family, 1))
-    )
-    return Setup(svi, x, y, batch_size, num_batches, state, lr_at)
+    state = jax.jit(svi.init)(init_key, x[:batch_size], y[:batch_size], **epoch_kwargs(family, 1))
+    state = jax.block_until_ready(placement.replicate(state))
+    return Setup(svi, x, y, batch_size, num_batches, state, lr_at, placement)
 
 
 def _is_better(value: float, best: float | None) -> bool:
@@ -148,14 +161,14 @@ class Validator:
     ``evaluate`` (same signature); what it returns must include what is monitored.
     """
 
-    def __init__(self, family, svi: SVI, split, key, num_samples: int):
+    def __init__(self, family, svi: SVI, split, key, num_samples: int, placement: Placement):
         validation_scores = getattr(family, "validate", family.evaluate)
 
         def score(state, x, y, key):
             return validation_scores(variables(svi, state), x, y, key, num_samples)
 
         self.score = jax.jit(score)
-        self.x, self.y = jax.device_put(split.x), jax.device_put(split.y)
+        self.x, self.y = placement.replicate((split.x, split.y))
         self.key = key  # the same draws every time: scores differ only by the parameters
         self.compile_s = self.seconds = 0.0
 
@@ -171,6 +184,23 @@ class Validator:
         return {k: float(v) for k, v in scores.items()}
 
 
+@dataclass
+class Progress:
+    """The training loop's bookkeeping; saved as JSON in checkpoints, restored on resume."""
+
+    epoch: int = 0  # epochs completed
+    history: list = field(default_factory=list)  # one dict per epoch
+    best: float | None = None  # best monitored validation score
+    best_epoch: int = 0
+    bad_evals: int = 0  # validations since the best
+    stopped_early: bool = False
+    train_s: float = 0.0  # training time so far, over every resumption
+    val_s: float = 0.0
+
+    def finished(self, epochs: int) -> bool:
+        return self.stopped_early or self.epoch >= epochs
+
+
 def _divergence(epoch: int, loss: float, history: list, last: dict, timing: dict):
     what = f"loss {loss}" if not math.isfinite(loss) else "parameters overflowed"
     error = DivergenceError(
@@ -181,9 +211,10 @@ def _divergence(epoch: int, loss: float, history: list, last: dict, timing: dict
     return error
 
 
-def _progress(trainer_cfg, desc: str):
+def _progress_bar(trainer_cfg, desc: str, done: int):
     return tqdm(
-        range(1, trainer_cfg.epochs + 1),
+        total=trainer_cfg.epochs,
+        initial=done,
         desc=desc,
         unit="epoch",
         dynamic_ncols=True,
@@ -191,80 +222,125 @@ def _progress(trainer_cfg, desc: str):
     )
 
 
+def _track_best(progress: Progress, value: float, state, best_state):
+    """Early-stopping bookkeeping after validating ``progress.epoch``; returns the best state."""
+    if _is_better(value, progress.best):
+        progress.best, progress.best_epoch, progress.bad_evals = value, progress.epoch, 0
+        return state
+    progress.bad_evals += 1
+    return best_state
+
+
+def _resume(checkpoints, state):
+    """(state, best state, Progress) from the last checkpoint, else from ``state``."""
+    restored = checkpoints.latest({"state": state, "best": state}) if checkpoints else None
+    if restored is None:
+        return state, state, Progress()
+    arrays, progress = restored
+    return arrays["state"], arrays["best"], Progress(**progress)
+
+
 def fit(
-    family, data, optim_cfg, trainer_cfg, init_key, key, val_samples: int, desc: str = "train"
+    family,
+    data,
+    optim_cfg,
+    trainer_cfg,
+    init_key,
+    key,
+    val_samples: int,
+    desc: str = "train",
+    checkpoints=None,
 ) -> FitResult:
     """Train ``family`` on ``data.train`` by SVI; validate on ``data.val`` if present.
 
     ``init_key`` draws the initial parameters; ``key`` the batches and the
-    Monte Carlo samples of training and validation. Raises DivergenceError
-    (with ``.result`` holding the history and the last finite parameters) when
-    the loss or the parameters become NaN or infinite.
+    Monte Carlo samples of training and validation: epoch e's draws come from
+    ``fold_in(key, e)``, so a resumed run draws what an uninterrupted one would.
+    With ``checkpoints`` (see checkpoint.py), training continues from the last
+    checkpoint there and saves a new one every ``checkpoints.every`` epochs.
+    Raises DivergenceError (with ``.result`` holding the history and the last
+    finite parameters) when the loss or the parameters become NaN or infinite.
     """
     epochs_key, val_key = jax.random.split(key)
+    placement = Placement(trainer_cfg.devices)
     timing, tick = {}, time.perf_counter()
     setup = prepare(
         family, data.train, optim_cfg, trainer_cfg.batch_size, trainer_cfg.epochs,
-        trainer_cfg.num_particles, init_key,
+        trainer_cfg.num_particles, init_key, placement,
     )  # fmt: skip
-    svi, x, y, state = setup.svi, setup.x, setup.y, setup.state
-    batch_size, num_batches = setup.batch_size, setup.num_batches
+    svi, x, y, num_batches = setup.svi, setup.x, setup.y, setup.num_batches
     timing["init_s"], tick = time.perf_counter() - tick, time.perf_counter()
-    first = epoch_kwargs(family, 1)
-    epoch_program = epoch_fn(svi, batch_size, num_batches, data.spec.dynamic_binarize)
-    run_epoch = jax.jit(epoch_program).lower(state, epochs_key, x, y, first).compile()
+    epoch_program = epoch_fn(
+        svi, setup.batch_size, num_batches, data.spec.dynamic_binarize, placement
+    )
+    run_epoch = (
+        jax.jit(epoch_program)
+        .lower(setup.state, epochs_key, x, y, epoch_kwargs(family, 1))
+        .compile()
+    )
     timing["compile_s"] = time.perf_counter() - tick
     timing["startup_s"] = time.time() - PROCESS_START
-    validate = Validator(family, svi, data.val, val_key, val_samples) if data.val else None
+    validate = (
+        Validator(family, svi, data.val, val_key, val_samples, placement) if data.val else None
+    )
+    state, best_state, progress = _resume(checkpoints, setup.state)
+    timing["resumed_from_epoch"] = progress.epoch
+    val_s_before = progress.val_s
 
     monitor = Monitor(trainer_cfg.monitor).value
-    history, best, best_epoch, best_state, bad_evals = [], None, 0, state, 0
-    train_time, stopped_early = 0.0, False
-    bar = _progress(trainer_cfg, desc)
-    for epoch in bar:
+    bar = _progress_bar(trainer_cfg, desc, progress.epoch)
+    while not progress.finished(trainer_cfg.epochs):
+        epoch = progress.epoch + 1
         tick = time.perf_counter()
         new_state, loss, finite = run_epoch(
             state, jax.random.fold_in(epochs_key, epoch), x, y, epoch_kwargs(family, epoch)
         )
         loss, finite = jax.device_get((loss, finite))  # the one host sync per epoch
         loss = float(loss)
-        train_time += time.perf_counter() - tick
+        progress.train_s += time.perf_counter() - tick
         row = {
             "epoch": epoch,
             "train_loss": loss,
             "lr": float(setup.lr_at(epoch * num_batches - 1)),
         }
-        history.append(row)
+        progress.history.append(row)
         if not (math.isfinite(loss) and finite):
-            raise _divergence(epoch, loss, history, variables(svi, state), timing)
-        state = new_state
+            raise _divergence(epoch, loss, progress.history, variables(svi, state), timing)
+        state, progress.epoch = new_state, epoch
         postfix = {"loss": f"{loss:.4f}"}
         if validate and (epoch % trainer_cfg.eval_every == 0 or epoch == trainer_cfg.epochs):
             scores = validate(state)
+            progress.val_s = val_s_before + validate.seconds
             row.update({f"val_{k}": v for k, v in scores.items()})
             value = scores.get(monitor, scores["nll"])
             postfix[f"val_{monitor}"] = f"{value:.4f}"
-            if _is_better(value, best):
-                best, best_epoch, best_state, bad_evals = value, epoch, state, 0
-            else:
-                bad_evals += 1
+            best_state = _track_best(progress, value, state, best_state)
+        progress.stopped_early = bool(
+            trainer_cfg.patience and progress.bad_evals >= trainer_cfg.patience
+        )
+        if checkpoints and (checkpoints.due(epoch) or progress.finished(trainer_cfg.epochs)):
+            checkpoints.save(epoch, {"state": state, "best": best_state}, asdict(progress))
         bar.set_postfix(postfix, refresh=False)
-        if trainer_cfg.patience and bad_evals >= trainer_cfg.patience:
-            stopped_early = True
-            break
+        bar.update()
     bar.close()
+    return _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing)
+
+
+def _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing) -> FitResult:
+    best_epoch = progress.best_epoch
     if validate is None or not trainer_cfg.restore_best:
-        best_state, best_epoch = state, len(history)
+        best_state, best_epoch = state, len(progress.history)
     if validate:
         timing["compile_s"] += validate.compile_s
-    timing["train_s"], timing["val_s"] = train_time, validate.seconds if validate else 0.0
-    seen = len(history) * num_batches * batch_size
-    timing["train_examples_per_sec"] = seen / train_time if train_time > 0 else float("nan")
+    timing["train_s"] = progress.train_s
+    timing["val_s"] = progress.val_s
+    seen = len(progress.history) * setup.num_batches * setup.batch_size
+    timing["train_examples_per_sec"] = seen / progress.train_s if progress.train_s > 0 else math.nan
     return FitResult(
         params=variables(svi, best_state),
-        history=history,
+        history=progress.history,
         best_epoch=best_epoch,
-        epochs_run=len(history),
-        stopped_early=stopped_early,
+        epochs_run=len(progress.history),
+        stopped_early=progress.stopped_early,
         timing=timing,
     )

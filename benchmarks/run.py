@@ -23,6 +23,7 @@ BENCHMARKS = {
     "vae_epoch": "benchmarks.vae_epoch",
     "maf_epoch": "benchmarks.maf_epoch",
     "matmul_peak": "benchmarks.matmul_peak",
+    "joblib_sweep": "benchmarks.joblib_sweep",
 }
 
 

@@ -115,9 +115,9 @@ RUN = [
 ]
 
 
-def bslrun(run_dir: Path, *extra: str, wait: bool = True):
-    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(run_dir.parent))
-    command = [sys.executable, "-m", "bslrun", *RUN, f"hydra.run.dir={run_dir}", *extra]
+def bslrun(*overrides: str, output: Path, wait: bool = True):
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(output))
+    command = [sys.executable, "-m", "bslrun", *RUN, *overrides]
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -130,7 +130,7 @@ def saved_epochs(run_dir: Path) -> list[int]:
 
 def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(tmp_path):
     killed = tmp_path / "killed"
-    process = bslrun(killed, wait=False)
+    process = bslrun(f"hydra.run.dir={killed}", output=tmp_path, wait=False)
     deadline = time.monotonic() + 120
     while max(saved_epochs(killed), default=0) < 10 and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within two minutes"
@@ -140,8 +140,19 @@ def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(tmp_
     assert process.returncode == -signal.SIGKILL, process.stderr.read()
     assert not (killed / "metrics.json").exists(), "the run ended before it was killed"
 
-    resumed = bslrun(killed, f"trainer.resume={killed}")
+    overrides = (killed / ".hydra" / "overrides.yaml").read_text()
+    refused = bslrun("seed=1", f"trainer.resume={killed}", output=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"bslrun: error: cannot resume {killed}: its checkpoint was made with another config "
+        f"(seed: 0 -> 1); repeat the original overrides (see {killed}/.hydra/overrides.yaml) "
+        "or start a new run without trainer.resume"
+    )
+    assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides  # left as it was
+
+    resumed = bslrun(f"trainer.resume={killed}", output=tmp_path)  # continues in that folder
     assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]
     assert "resuming from the last checkpoint" in (killed / "run.log").read_text()
     from conftest import compose
 

@@ -25,21 +25,29 @@ SWEEPS = {
     "posteriors": {"model.posterior": ["map", "mean_field", "lowrank", "full_rank"]},
     "uci_splits": {"data.split": [str(k) for k in range(20)]},
 }
+# Optuna searches: {key: (low, high, log scale)} of their search spaces.
+SEARCHES = {"optuna_bnn": {"optim.lr": (1e-4, 3e-2, True), "model.prior_scale": (0.03, 3.0, True)}}
 UCI_SPLITS = SHARED / "data" / "uci_wine_red_splits"
+
+
+def sweeper_config(*overrides: str):
+    """Hydra's own config (``cfg.hydra``) for ``overrides``."""
+    register()
+    with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):
+        return hydra_compose("config", list(overrides), return_hydra_config=True).hydra
 
 
 def sweeper_params(*overrides: str) -> dict[str, list[str]]:
     """{key: values} that Hydra's basic sweeper will run for ``overrides``."""
-    register()
-    with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", list(overrides), return_hydra_config=True)
-    lines = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    params = sweeper_config(*overrides).sweeper.params
+    lines = [f"{key}={value}" for key, value in params.items()]
     parsed = OverridesParser.create().parse_overrides(lines)
     return {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed}
 
 
 def test_the_sweep_group_holds_exactly_these_sweeps():
-    assert sorted(p.stem for p in (cli.CONFIG_DIR / "sweep").glob("*.yaml")) == sorted(SWEEPS)
+    found = sorted(p.stem for p in (cli.CONFIG_DIR / "sweep").glob("*.yaml"))
+    assert found == sorted([*SWEEPS, *SEARCHES])
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
@@ -47,6 +55,21 @@ def test_each_sweep_composes_and_sweeps_what_it_says(name):
     assert sweeper_params(f"sweep={name}") == SWEEPS[name]
     compose(f"sweep={name}")  # the job config itself is unchanged and valid
     cli.prevalidate(["-m", f"sweep={name}"])  # every value composes with the default run
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+def test_each_optuna_search_composes_and_minimises(name):
+    hydra_cfg = sweeper_config(f"sweep={name}", "seed=5")
+    assert hydra_cfg.sweeper._target_.endswith("OptunaSweeper")
+    assert hydra_cfg.sweeper.direction == "minimize" and hydra_cfg.sweeper.n_trials > 0
+    assert hydra_cfg.sweeper.sampler.seed == 5  # the study is seeded by the run's seed
+    lines = [f"{key}={value}" for key, value in hydra_cfg.sweeper.params.items()]
+    space = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        interval = override.value()
+        space[override.get_key_element()] = (interval.start, interval.end, "log" in interval.tags)
+    assert space == SEARCHES[name]
+    cli.prevalidate(["-m", f"sweep={name}"])  # both ends of every interval are valid
 
 
 def test_a_sweep_without_multirun_is_refused_in_one_line(tmp_path):
@@ -96,5 +119,11 @@ def test_sweep_seeds_runs_five_jobs(tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3", "4"]
-    seeds = [json.loads((job / "metrics.json").read_text())["seed"] for job in jobs]
-    assert seeds == [0, 1, 2, 3, 4]
+    metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert [m["seed"] for m in metrics] == [0, 1, 2, 3, 4]
+    # The five jobs ran one after the other in one process; a later job's start-up time
+    # counts from its own start, not from the process start: it is shorter than the time
+    # since the first job started (when Hydra wrote that job's .hydra/config.yaml).
+    started = [(job / ".hydra" / "config.yaml").stat().st_mtime for job in jobs]
+    for k in range(1, 5):
+        assert metrics[k]["timing"]["startup_s"] < started[k] - started[0], k

@@ -24,7 +24,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
 
-from bslrun import PROCESS_START
+from bslrun import seconds_since_run_start
 from bslrun.config import Monitor
 from bslrun.errors import DivergenceError
 from bslrun.inference import optim
@@ -279,7 +279,7 @@ def fit(
         .compile()
     )
     timing["compile_s"] = time.perf_counter() - tick
-    timing["startup_s"] = time.time() - PROCESS_START
+    timing["startup_s"] = seconds_since_run_start()
     validate = (
         Validator(family, svi, data.val, val_key, val_samples, placement) if data.val else None
     )

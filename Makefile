@@ -4,10 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench flow-toys report lint clean
+.PHONY: help install run test test-full bench flow-toys uci-wine-red report lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,15 @@ bench: $(STAMP)  ## throughput benchmarks; writes benchmarks/results/*.json
 FLOW_TOYS := flow_toys_benchmark/8gaussians,flow_toys_benchmark/checkerboard,flow_toys_benchmark/rings
 flow-toys: $(STAMP)  ## the flow benchmark on 8gaussians, checkerboard and rings (test.kl_to_true)
 	$(BIN)/bslrun -m experiment=$(FLOW_TOYS) $(ARGS) \
-	  'hydra.sweep.dir=$${oc.env:BSLRUN_OUTPUT_DIR,experiments}/flow_toys_benchmark/multirun/$${now:%Y-%m-%d_%H-%M-%S}' 
+	  'hydra.sweep.dir=$${oc.env:BSLRUN_OUTPUT_DIR,experiments}/flow_toys_benchmark/multirun/$${now:%Y-%m-%d_%H-%M-%S_%f}' 
+
+# Each run of the benchmark gets its own timestamped sweep folder; the table is written there.
+UCI_RUNS := $${BSLRUN_OUTPUT_DIR:-experiments}/uci_wine_red/multirun
+uci-wine-red: $(STAMP)  ## UCI red wine, 20 splits, then the table beside the published results
+	@dir=$(UCI_RUNS)/$$(date +%Y-%m-%d_%H-%M-%S_%6N); set -x; \
+	$(BIN)/bslrun -m sweep=uci_splits experiment=uci_wine_red $(ARGS) "hydra.sweep.dir=$$dir"; \
+	status=$$?; \
+	$(BIN)/bslrun-report "$$dir" --published uci_wine_red && exit $$status
 
 report: $(STAMP)  ## summarise run folders: DIR=experiments/<name> (default: experiments)
 	$(BIN)/bslrun-report $(or $(DIR),experiments) $(ARGS)

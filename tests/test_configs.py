@@ -158,6 +158,11 @@ BAD_COMBINATIONS = [
     (["model=vae", "data=mnist", "model.posterior_flow=-1"], "model.posterior_flow=-1"),
     (["model.posterior=iaf", "model.flow_steps=0"], "model.flow_steps=0"),
     (["model.posterior=iaf", "model.flow_hidden=[0]"], "model.flow_hidden"),
+    (["model.likelihood=student_t", "model.df=2"], "model.df=2.0 must be above 2"),
+    (["model.df=5"], "add model.likelihood=student_t"),
+    (["model.likelihood=heteroscedastic", "model.noise=linear"], "model.noise=linear needs"),
+    (["data=mnist", "model.noise=linear"], "model.noise=linear needs"),
+    (["model.noise=quadratic"], "model.noise"),
 ]
 
 

@@ -141,6 +141,47 @@ def test_regression_summary(mixture):
         assert out[key] == pytest.approx(ref_coverage(y, mu, sigma, level), abs=1e-6)
 
 
+# ------------------------------------------------------------------ Student-t components
+
+DF = 3.5
+
+
+def test_student_t_cdf_matches_scipy():
+    z = np.linspace(-30, 30, 601, dtype=np.float32)
+    for df in (2.5, DF, 40.0):
+        got = np.asarray(metrics.student_t_cdf(z, np.float32(df)))
+        np.testing.assert_allclose(got, stats.t.cdf(z, df), atol=2e-6)
+
+
+def test_student_t_mixture_matches_scipy(mixture):
+    mu, sigma, y = mixture
+    mu64, sigma64, y64 = (a.astype(np.float64) for a in (mu, sigma, y))
+    log_p = special.logsumexp(stats.t.logpdf(y64[None, :], DF, mu64, sigma64), axis=0) - np.log(S)
+    got = np.asarray(metrics.mixture_log_density(y, mu, sigma, DF))
+    np.testing.assert_allclose(got, log_p, rtol=1e-5, atol=1e-5)
+    cdf = np.mean(stats.t.cdf(y64[None, :], DF, mu64, sigma64), axis=0)
+    np.testing.assert_allclose(np.asarray(metrics.mixture_cdf(y, mu, sigma, DF)), cdf, atol=2e-6)
+    out = {k: float(v) for k, v in metrics.regression_summary(y, mu, sigma, DF).items()}
+    assert out["nll"] == pytest.approx(-np.mean(log_p), rel=1e-5)
+    aleatoric = np.sqrt(np.mean(sigma64**2 * DF / (DF - 2), axis=0))  # Var t_df = df / (df - 2)
+    assert out["aleatoric_std"] == pytest.approx(np.mean(aleatoric), rel=1e-5)
+
+
+@pytest.mark.parametrize("q", [0.025, 0.5, 0.975])
+def test_student_t_mixture_quantile_matches_brentq(mixture, q):
+    mu, sigma, _ = mixture
+    mu, sigma = mu[:, :40], sigma[:, :40]
+
+    def cdf(t, i):
+        return float(np.mean(stats.t.cdf(t, DF, mu[:, i], sigma[:, i])))
+
+    expected = [
+        optimize.brentq(lambda t, i=i: cdf(t, i) - q, -100.0, 100.0, xtol=1e-12) for i in range(40)
+    ]
+    got = np.asarray(metrics.mixture_quantile(q, mu, sigma, np.float32(DF)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- classification
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bslrun import report
+from bslrun import published, report
 
 ERROR_LINE = (
     "[2025-01-01 10:00:00,000][ERROR] training diverged at epoch 3 (loss nan); lower optim.lr"
@@ -36,7 +36,7 @@ def make_run(
     if history:
         (run / "history.csv").write_text("epoch,train_loss\n1,nan\n")
     if test is not None:
-        seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
+        seed = int(next((o.split("=")[1] for o in overrides if o.startswith("seed=")), 0))
         metrics = {"name": "x", "seed": seed, "test": test, "val": {"nll": None}, "config": {}}
         metrics["timing"] = {"train_s": 1.0 + seed}
         (run / "metrics.json").write_text(json.dumps(metrics))
@@ -181,6 +181,9 @@ def test_pure_helpers():
     assert report.format_cell(1.23456, 0.0123, 3) == "1.235 ± 0.012"
     assert report.format_cell(float("nan"), float("nan"), 0) == "–"
     assert sorted(["10", "2", "b", "a"], key=report.sort_key) == ["2", "10", "a", "b"]
+    assert report.compact([3, 0, 1, 2, 2]) == "0-3" and report.compact([0, 1, 2]) == "0,1,2"
+    assert report.compact(["0", "2", "3", "4", "5"]) == "0,2,3,4,5"
+    assert report.compact(["b", "a", "a"]) == "a,b"
 
 
 def test_default_metrics_shortlist():
@@ -230,3 +233,99 @@ def test_real_runs(tmp_path):
     assert rows[0]["n"] == "2" and rows[0]["seeds"] == "0,1"
     assert float(rows[0]["test.rmse_se"]) >= 0
     assert report.default_metrics([report.load_run(p) for p in report.find_run_dirs([tmp_path])])
+
+
+SPLIT_RMSE = [0.60, 0.64, 0.62, 0.66, 0.63]
+SPLIT_NLL = [0.90, 0.97, 0.93, 1.01, 0.95]
+
+
+@pytest.fixture
+def split_sweep(tmp_path) -> Path:
+    """``bslrun -m sweep=uci_splits experiment=uci_wine_red 'data.split=range(5)'``, faked."""
+    root = tmp_path / "uci_wine_red" / "multirun" / "2025-01-01_10-00-00"
+    for k, (rmse, nll) in enumerate(zip(SPLIT_RMSE, SPLIT_NLL, strict=True)):
+        overrides = ["sweep=uci_splits", "experiment=uci_wine_red", f"data.split={k}"]
+        make_run(root, str(k), overrides, {"rmse": rmse, "nll": nll, "coverage_95": 0.95})
+    return root
+
+
+def test_published_table_beside_a_split_sweep(split_sweep, capsys):
+    assert report.main([str(split_sweep), "--published", "uci_wine_red"]) == 0
+    # Splits are replicates: one group, with the splits listed.
+    rows = read_csv(split_sweep / "report.csv")
+    assert len(rows) == 1 and (rows[0]["n"], rows[0]["seeds"], rows[0]["splits"]) == (
+        "5",
+        "0",
+        "0-4",
+    )
+    table = read_csv(split_sweep / "published.csv")
+    assert [r["method"] for r in table] == [
+        "bslrun (posterior=mean_field)",  # from .hydra/config.yaml; likelihood unset is left out
+        "VI (Graves 2011)",
+        "PBP",
+        "MC dropout",
+    ]
+    ours, vi, pbp, dropout = table
+    n = len(SPLIT_RMSE)
+    for column, values, sign in (
+        ("test_rmse", SPLIT_RMSE, 1),
+        ("test_log_likelihood", SPLIT_NLL, -1),
+    ):
+        x = np.array(values)
+        assert float(ours[f"{column}_mean"]) == pytest.approx(sign * x.mean(), rel=1e-12)
+        assert float(ours[f"{column}_se"]) == pytest.approx(x.std(ddof=1) / np.sqrt(n), rel=1e-12)
+    published_values = [
+        (r["n"], r["test_rmse_mean"], r["test_log_likelihood_mean"]) for r in table[1:]
+    ]
+    assert published_values == [
+        ("20", "0.646", "-0.98"),
+        ("20", "0.635", "-0.97"),
+        ("20", "0.62", "-0.93"),
+    ]
+    assert vi["source"] == pbp["source"] == "Hernández-Lobato & Adams 2015"
+    assert dropout["source"] == "Gal & Ghahramani 2016" and dropout["test_rmse_se"] == ""
+    out = capsys.readouterr().out
+    assert "| method | splits | test RMSE | test log-likelihood | source |" in out
+    assert (
+        "| bslrun (posterior=mean_field) | 5 | 0.630 ± 0.010 | -0.952 ± 0.019 | these runs |" in out
+    )
+    assert "| MC dropout | 20 | 0.62 | -0.93 | Gal & Ghahramani 2016 |" in out
+    section = (split_sweep / "published.md").read_text()
+    assert section.startswith("## Beside the published results: UCI red wine")
+    assert section in (split_sweep / "report.md").read_text()
+    assert "MC dropout" in (split_sweep / "report.html").read_text()
+
+
+def test_published_groups_by_the_swept_keys(split_sweep):
+    for k in range(2):
+        overrides = ["sweep=uci_splits", "experiment=uci_wine_red", f"data.split={k}"]
+        overrides.append("model.posterior=lowrank")
+        make_run(split_sweep.parent / "b", str(k), overrides, {"rmse": 0.6, "nll": 0.9})
+    assert report.main([str(split_sweep.parent), "--published", "uci_wine_red"]) == 0
+    methods = [r["method"] for r in read_csv(split_sweep.parent / "published.csv")][:2]
+    assert methods == ["bslrun (posterior=lowrank)", "bslrun (posterior=mean_field)"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--published", "nope"],
+            "unknown benchmark --published nope; choose one of: uci_wine_red",
+        ),
+        (["--published", "uci_wine_red"], "the runs' metrics.json lack test.nll"),
+    ],
+)
+def test_published_errors_exit_2(tmp_path, capsys, args, message):
+    make_run(tmp_path, "0", ["data.split=0"], {"rmse": 0.6})
+    assert report.main([str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "published.md").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_published_data_file_is_complete():
+    for name, bench in published.benchmarks().items():
+        names = {c["name"] for c in bench["columns"]}
+        assert bench["rows"] and all(names <= set(row) for row in bench["rows"]), name
+        assert {row["source"] for row in bench["rows"]} <= set(bench["references"]), name

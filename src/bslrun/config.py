@@ -31,7 +31,13 @@ class Activation(str, Enum):
 class Likelihood(str, Enum):
     regression = "regression"  # Normal(f(x), sigma) with one learned sigma
     heteroscedastic = "heteroscedastic"  # Normal(f(x), g(x)): the lecture's probabilistic BNN
+    student_t = "student_t"  # StudentT(df, f(x), sigma): heavy tails, df learned or fixed
     classification = "classification"  # Categorical(logits=f(x))
+
+
+class Noise(str, Enum):
+    constant = "constant"  # one noise scale sigma
+    linear = "linear"  # log sigma(x) = log sigma + c^T x: c learned with sigma
 
 
 class Posterior(str, Enum):
@@ -186,8 +192,13 @@ class BnnConfig:
     init_scale: float = 1e-3
     # Rank of the covariance factor for posterior=lowrank.
     rank: int = 10
-    # Fixed observation noise (standardised units) for likelihood=regression; null learns it.
+    # Fixed observation noise (standardised units) for likelihood=regression or student_t;
+    # null learns it.
     noise_scale: float | None = None
+    # How the noise scale of likelihood=regression or student_t depends on the inputs.
+    noise: Noise = Noise.constant
+    # Degrees of freedom of likelihood=student_t (above 2: finite variance); null learns them.
+    df: float | None = None
     # posterior=iaf / iaf_spline: flow steps on top of the diagonal Gaussian, and the
     # hidden widths of each step's MADE.
     flow_steps: int = 2
@@ -472,7 +483,11 @@ def check_likelihood_fits(m: BnnConfig, task: str | None, data_name: str) -> Non
         return
     classifies = Likelihood(m.likelihood) is Likelihood.classification
     if classifies != (task == "classification"):
-        fitting = "classification" if task == "classification" else "regression or heteroscedastic"
+        fitting = (
+            "classification"
+            if task == "classification"
+            else "regression, heteroscedastic or student_t"
+        )
         raise ConfigError(
             f"model.likelihood={Likelihood(m.likelihood).value} does not fit data={data_name}, "
             f"a {task} data set; use model.likelihood={fitting}"
@@ -490,6 +505,28 @@ def _check_bnn(m: BnnConfig) -> None:
         raise ConfigError(f"model.rank={m.rank} must be at least 1")
     if m.noise_scale is not None:
         _positive("model.noise_scale", m.noise_scale)
+    likelihood = None if m.likelihood is None else Likelihood(m.likelihood)
+    if m.df is not None:
+        if not (m.df > 2 and math.isfinite(m.df)):
+            raise ConfigError(f"model.df={m.df} must be above 2 (a Student-t with finite variance)")
+        if likelihood is not Likelihood.student_t:
+            raise ConfigError(
+                "model.df is the Student-t's degrees of freedom: add "
+                "model.likelihood=student_t, or set model.df=null"
+            )
+    check_noise_fits(m, likelihood)
+
+
+def check_noise_fits(m: BnnConfig, likelihood: Likelihood | None) -> None:
+    """model.noise=linear shapes the one noise scale of regression and student_t."""
+    if Noise(m.noise) is Noise.linear and likelihood in (
+        Likelihood.heteroscedastic,
+        Likelihood.classification,
+    ):
+        raise ConfigError(
+            f"model.noise=linear needs model.likelihood=regression or student_t "
+            f"(not {likelihood.value})"
+        )
 
 
 def _check_optim(o: OptimConfig) -> None:

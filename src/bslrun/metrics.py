@@ -2,7 +2,8 @@
 
 Conventions: ``mu`` and ``sigma`` have shape (S, n): S posterior draws of a
 Normal predictive for n points, so the predictive is the equal-weight mixture
-p(y | x) = (1/S) sum_s N(y; mu_s, sigma_s). ``probs`` has shape (S, n, C).
+p(y | x) = (1/S) sum_s N(y; mu_s, sigma_s). Where ``df`` is given the components
+are Student-t instead, t_df(y; mu_s, sigma_s). ``probs`` has shape (S, n, C).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 from jax.nn import logsumexp
-from jax.scipy.special import ndtr
-from jax.scipy.stats import norm
+from jax.scipy.special import betainc, ndtr
+from jax.scipy.stats import norm, t
 
 INTERVAL_LEVELS = (0.5, 0.9, 0.95)
 
@@ -26,19 +27,41 @@ def log_mean_exp(a, axis: int = 0):
     return logsumexp(a, axis=axis) - jnp.log(a.shape[axis])
 
 
-def mixture_log_density(y, mu, sigma):
-    """log p(y_i | x_i) under the mixture of S Normals: shape (n,)."""
-    return log_mean_exp(norm.logpdf(y[None, :], mu, sigma), axis=0)
+def student_t_cdf(z, df):
+    """Standard Student-t CDF from its tail P(T > |z|) = I_{df / (df + z^2)}(df/2, 1/2) / 2
+    (Abramowitz and Stegun 26.7.1 with 26.5.27). Near the centre (z^2 < df) the tail is
+    1/2 - I_{z^2 / (df + z^2)}(1/2, df/2) / 2, which keeps float32 precision there."""
+    z2 = z**2
+    centre = 0.5 - 0.5 * betainc(0.5, 0.5 * df, z2 / (df + z2))
+    tail = jnp.where(z2 < df, centre, 0.5 * betainc(0.5 * df, 0.5, df / (df + z2)))
+    return jnp.where(z >= 0, 1.0 - tail, tail)
 
 
-def mixture_nll(y, mu, sigma):
+def component_logpdf(y, mu, sigma, df=None):
+    """log N(y; mu, sigma), or log t_df(y; mu, sigma) when ``df`` is given."""
+    return norm.logpdf(y, mu, sigma) if df is None else t.logpdf(y, df, mu, sigma)
+
+
+def mixture_log_density(y, mu, sigma, df=None):
+    """log p(y_i | x_i) under the mixture of S Normals (Student-t with ``df``): shape (n,)."""
+    return log_mean_exp(component_logpdf(y[None, :], mu, sigma, df), axis=0)
+
+
+def mixture_nll(y, mu, sigma, df=None):
     """Negative log-likelihood per datum, -(1/n) sum_i log p(y_i | x_i)."""
-    return -jnp.mean(mixture_log_density(y, mu, sigma))
+    return -jnp.mean(mixture_log_density(y, mu, sigma, df))
 
 
-def mixture_cdf(y, mu, sigma):
-    """Predictive CDF F_i(y_i) = (1/S) sum_s Phi((y_i - mu_si) / sigma_si): shape (n,)."""
-    return jnp.mean(ndtr((y[None, :] - mu) / sigma), axis=0)
+def mixture_cdf(y, mu, sigma, df=None):
+    """Predictive CDF F_i(y_i) = (1/S) sum_s Phi((y_i - mu_si) / sigma_si): shape (n,)
+    (the Student-t CDF in place of Phi when ``df`` is given)."""
+    z = (y[None, :] - mu) / sigma
+    return jnp.mean(ndtr(z) if df is None else student_t_cdf(z, df), axis=0)
+
+
+def component_variance(sigma, df=None):
+    """Variance of each component: sigma^2, or sigma^2 df / (df - 2) for Student-t (df > 2)."""
+    return sigma**2 if df is None else sigma**2 * df / (df - 2.0)
 
 
 def interval_coverage(pit, level: float):
@@ -50,11 +73,13 @@ def interval_coverage(pit, level: float):
     return jnp.mean(jnp.abs(pit - 0.5) <= level / 2)
 
 
-def mixture_quantile(q: float, mu, sigma, iterations: int = 60):
+def mixture_quantile(q: float, mu, sigma, df=None, iterations: int = 60):
     """F_i^-1(q) for each point by bisection on the mixture CDF: shape (n,).
 
-    The quantile lies within [min_s mu - 10 sigma, max_s mu + 10 sigma]; 60
-    halvings shrink that bracket below float32 resolution.
+    The quantile lies within [min_s mu - 10 sigma, max_s mu + 10 sigma]: for any
+    practical q with Normal components, for q in [0.005, 0.995] with Student-t ones
+    (df > 2; t_2's 0.995 quantile is 9.92). 60 halvings shrink that bracket below
+    float32 resolution.
     """
     low = jnp.min(mu - 10 * sigma, axis=0)
     high = jnp.max(mu + 10 * sigma, axis=0)
@@ -62,27 +87,27 @@ def mixture_quantile(q: float, mu, sigma, iterations: int = 60):
     def body(_, bracket):
         low, high = bracket
         mid = 0.5 * (low + high)
-        below = mixture_cdf(mid, mu, sigma) < q
+        below = mixture_cdf(mid, mu, sigma, df) < q
         return jnp.where(below, mid, low), jnp.where(below, high, mid)
 
     low, high = lax.fori_loop(0, iterations, body, (low, high))
     return 0.5 * (low + high)
 
 
-def regression_summary(y, mu, sigma) -> dict:
+def regression_summary(y, mu, sigma, df=None) -> dict:
     """RMSE of the predictive mean, NLL, interval coverage and the variance split.
 
-    Total predictive variance = Var_s[mu_s] (epistemic) + E_s[sigma_s^2]
+    Total predictive variance = Var_s[mu_s] (epistemic) + E_s[Var component_s]
     (aleatoric), by the law of total variance; the reported figures are the
     means over points of the corresponding standard deviations.
     """
     mean = jnp.mean(mu, axis=0)
     epistemic = jnp.std(mu, axis=0)
-    aleatoric = jnp.sqrt(jnp.mean(sigma**2, axis=0))
-    pit = mixture_cdf(y, mu, sigma)
+    aleatoric = jnp.sqrt(jnp.mean(component_variance(sigma, df), axis=0))
+    pit = mixture_cdf(y, mu, sigma, df)
     out = {
         "rmse": rmse(mean, y),
-        "nll": mixture_nll(y, mu, sigma),
+        "nll": mixture_nll(y, mu, sigma, df),
         "epistemic_std": jnp.mean(epistemic),
         "aleatoric_std": jnp.mean(aleatoric),
         "predictive_std": jnp.mean(jnp.sqrt(epistemic**2 + aleatoric**2)),

@@ -2,9 +2,11 @@
 
 A run folder is any folder holding ``.hydra/config.yaml``. Completed runs (those with
 ``metrics.json``) are grouped by the command-line overrides that differ between runs
-(``seed`` excluded); each cell is the mean and standard error over the group's runs.
-Runs without metrics are listed as failed or running and stay out of the statistics.
-Nothing is re-run and JAX is never imported, so the report starts in well under a second.
+(the replicates ``seed`` and ``data.split`` excluded); each cell is the mean and standard
+error over the group's runs. Runs without metrics are listed as failed or running and stay
+out of the statistics. ``--published <benchmark>`` adds the groups beside published results
+(``bslrun.published``). Nothing is re-run and JAX is never imported, so the report starts
+in well under a second.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ PROG = "bslrun-report"
 SECTIONS = ("test", "val", "train", "data", "timing")
 PREFERRED = ("accuracy", "bits_per_dim", "coverage_95", "ece", "elbo", "kl_to_true", "nll", "rmse")
 MAX_DEFAULT_METRICS = 6
-EXCLUDED_KEYS = ("seed",)
+# Replicates, never group keys by default: column name -> override key.
+REPLICATES = {"seeds": "seed", "splits": "data.split"}
+EXCLUDED_KEYS = tuple(REPLICATES.values())
 MISSING = "(default)"
 
 
@@ -235,16 +239,36 @@ def format_cell(mean: float, se: float, n: int) -> str:
     return f"{mean:.{decimals}f} ± {se:.{decimals}f}"
 
 
-def seeds_text(runs: list[Run]) -> str:
-    return ",".join(str(s) for s in sorted((r.seed for r in runs), key=lambda s: sort_key(str(s))))
+def compact(values) -> str:
+    """Distinct values in order; four or more consecutive integers as one range (0-19)."""
+    distinct = sorted({str(v) for v in values}, key=sort_key)
+    ints = [int(v) for v in distinct if v.lstrip("-").isdigit()]
+    if len(ints) == len(distinct) >= 4 and ints[-1] - ints[0] == len(ints) - 1:
+        return f"{ints[0]}-{ints[-1]}"
+    return ",".join(distinct)
+
+
+def replicate_columns(rows: list[Row]) -> list[str]:
+    """``seeds``, and ``splits`` when some run chose data.split on the command line."""
+    split_key = REPLICATES["splits"]
+    swept = any(split_key in run.overrides for row in rows for run in row.runs)
+    return ["seeds", "splits"] if swept else ["seeds"]
+
+
+def replicates_text(runs: list[Run], column: str) -> str:
+    if column == "seeds":
+        return compact(r.seed for r in runs)
+    return compact(group_value(r, REPLICATES[column]) for r in runs)
 
 
 def table_cells(rows: list[Row], keys: list[str], metrics: list[str]) -> list[list[str]]:
     """Header row then one row of strings per group."""
-    cells = [[*keys, "n", "seeds", *metrics]]
+    replicates = replicate_columns(rows)
+    cells = [[*keys, "n", *replicates, *metrics]]
     for row in rows:
         stats = [format_cell(*row.stats[m]) for m in metrics]
-        cells.append([*row.values, str(len(row.runs)), seeds_text(row.runs), *stats])
+        counts = [replicates_text(row.runs, c) for c in replicates]
+        cells.append([*row.values, str(len(row.runs)), *counts, *stats])
     return cells
 
 
@@ -266,9 +290,12 @@ def relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def markdown_report(cells: list, others: list[Run], base: Path) -> str:
+def markdown_report(cells: list, others: list[Run], base: Path, extra: str = "") -> str:
+    """The table, then ``extra`` sections (Markdown), then the failed and unfinished runs."""
     text = "# bslrun report\n\n" + markdown_table(cells) + "\n"
     text += "\nCells: mean ± standard error over the group's completed runs.\n"
+    if extra:
+        text += "\n" + extra
     if others:
         text += "\n## Failed or unfinished runs\n\n" + "\n".join(others_lines(others, base)) + "\n"
     return text
@@ -278,10 +305,12 @@ def csv_report(rows: list[Row], keys: list[str], metrics: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     stat_columns = [f"{m}_{s}" for m in metrics for s in ("mean", "se")]
-    writer.writerow([*keys, "n", "seeds", *stat_columns])
+    replicates = replicate_columns(rows)
+    writer.writerow([*keys, "n", *replicates, *stat_columns])
     for row in rows:
         stats = [repr(v) if math.isfinite(v) else "" for m in metrics for v in row.stats[m][:2]]
-        writer.writerow([*row.values, len(row.runs), seeds_text(row.runs), *stats])
+        counts = [replicates_text(row.runs, c) for c in replicates]
+        writer.writerow([*row.values, len(row.runs), *counts, *stats])
     return buffer.getvalue()
 
 
@@ -293,18 +322,29 @@ CSS = (
 )
 
 
-def html_report(cells: list, others: list[Run], base: Path, plots: dict) -> str:
+def html_table(cells: list) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in cells[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in cells[1:]
     )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def html_report(
+    cells: list, others: list[Run], base: Path, plots: dict, sections: tuple = ()
+) -> str:
+    """``sections``: (title, cells, notes) tables shown after the main one."""
+    esc = html.escape
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{PROG}</title>",
         f"<style>{CSS}</style></head><body><h1>bslrun report</h1>",
-        f"<table><tr>{head}</tr>{body}</table>",
+        html_table(cells),
         "<p>Cells: mean ± standard error over the group's completed runs.</p>",
     ]
+    for title, section_cells, notes in sections:
+        items = "".join(f"<li>{esc(note)}</li>" for note in notes)
+        parts.append(f"<h2>{esc(title)}</h2>{html_table(section_cells)}<ul>{items}</ul>")
     if others:
         items = "".join(
             f"<li>{esc(r.status)}: <code>{esc(relative(r.path, base))}</code>: {esc(r.message)}</li>"
@@ -375,6 +415,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics", help="comma-separated, e.g. test.rmse,test.nll")
     parser.add_argument("--out", type=Path, help="output folder (default: the first PATH)")
     parser.add_argument("--group-by", help="comma-separated override keys ('' for one group)")
+    parser.add_argument(
+        "--published",
+        metavar="BENCHMARK",
+        help="also write the groups beside a benchmark's published results (e.g. uci_wine_red)",
+    )
     return parser.parse_args(argv)
 
 
@@ -391,15 +436,26 @@ def check_group_keys(runs: list[Run], keys: list[str]) -> None:
         )
 
 
-def write_outputs(out: Path, rows, keys, metrics, others) -> Path:
+def write_outputs(out: Path, rows, keys, metrics, others, comparison=None) -> str:
+    """Write report.md/.csv/.html and the plots (and published.md/.csv); return report.md."""
     plots = {m: plot_metric(rows, keys, m) for m in metrics}
     for metric, png in plots.items():
         write_bytes(out / "plots" / f"report_{metric.replace('.', '_')}.png", png)
     cells = table_cells(rows, keys, metrics)
-    write_bytes(out / "report.md", markdown_report(cells, others, out).encode())
+    extra, sections = "", ()
+    if comparison is not None:
+        from bslrun import published
+
+        bench, ours = comparison
+        extra = published.markdown(bench, ours)
+        sections = ((published.title(bench), published.cells(bench, ours), published.notes(bench)),)
+        write_bytes(out / "published.md", extra.encode())
+        write_bytes(out / "published.csv", published.csv_text(bench, ours).encode())
+    text = markdown_report(cells, others, out, extra)
+    write_bytes(out / "report.md", text.encode())
     write_bytes(out / "report.csv", csv_report(rows, keys, metrics).encode())
-    write_bytes(out / "report.html", html_report(cells, others, out, plots).encode())
-    return out
+    write_bytes(out / "report.html", html_report(cells, others, out, plots, sections).encode())
+    return text
 
 
 def report(args: argparse.Namespace) -> int:
@@ -418,9 +474,12 @@ def report(args: argparse.Namespace) -> int:
     keys = differing_keys(runs) if keys is None else keys
     check_group_keys(done, keys)
     rows = summarise(done, keys, metrics)
-    write_outputs(out, rows, keys, metrics, others)
-    print(markdown_report(table_cells(rows, keys, metrics), others, out), end="")
-    print(f"\nwrote {out / 'report.md'}, report.csv, report.html and plots/", file=sys.stderr)
+    from bslrun import published
+
+    comparison = published.compare(done, keys, args.published) if args.published else None
+    print(write_outputs(out, rows, keys, metrics, others, comparison), end="")
+    also = ", published.md, published.csv" if comparison else ""
+    print(f"\nwrote {out / 'report.md'}, report.csv, report.html{also} and plots/", file=sys.stderr)
     return 0
 
 

@@ -4,9 +4,14 @@ All weights and biases form one vector w ~ N(0, prior_scale^2 I) (Neal 1996;
 Blundell et al. 2015). The variational posterior q(w) is one of the families
 in ``bslrun.inference.guides``. Likelihoods, for network output f(x; w):
 
-- regression:      y ~ N(f(x), sigma^2), sigma learned (type-II maximum likelihood) or fixed
+- regression:      y ~ N(f(x), sigma(x)^2), sigma learned (type-II maximum likelihood) or fixed
+- student_t:       y ~ t_df(f(x), sigma(x)), df > 2 learned with sigma, or fixed
 - heteroscedastic: y ~ N(f_1(x), (softplus(f_2(x)) + 1e-3)^2)
 - classification:  y ~ Categorical(logits = f(x))
+
+with sigma(x) = sigma for noise=constant, and log sigma(x) = log sigma + c^T x for
+noise=linear (c learned with sigma: a heteroscedastic noise of d + 1 parameters, where
+the network head of ``heteroscedastic`` has hidden + 1 and overfits small data sets).
 
 Targets are standardised by the data module; predictions and metrics are
 mapped back to original units here.
@@ -26,8 +31,10 @@ from bslrun import metrics, plots
 from bslrun.config import (
     Activation,
     Likelihood,
+    Noise,
     Posterior,
     check_likelihood_fits,
+    check_noise_fits,
     natural_likelihood,
 )
 from bslrun.errors import ConfigError
@@ -42,6 +49,7 @@ PLANE_SIDE = 100
 # A MADE's weights and masks (constants in the compiled program), with Adam's two moments:
 # beyond this many parameters a flow posterior needs gigabytes.
 FLOW_MAX_PARAMETERS = 50_000_000  # grid points per axis of plots/uncertainty.png (2D inputs)
+DF_INIT = 10.0  # initial learned Student-t degrees of freedom (close to Normal)
 
 
 class BnnFamily:
@@ -49,12 +57,15 @@ class BnnFamily:
         # Enum(value) accepts members and plain strings alike (handy in library use).
         likelihood = Likelihood(cfg.likelihood or natural_likelihood(spec.task)).value
         check_likelihood_fits(cfg, spec.task, spec.name)
+        check_noise_fits(cfg, Likelihood(likelihood))
         self.cfg = cfg
         self.spec = spec
         self.n_train = n_train
         self.likelihood = likelihood
         self.posterior = Posterior(cfg.posterior).value
-        out_dim = {"regression": 1, "heteroscedastic": 2}.get(likelihood, spec.num_classes)
+        out_dim = {"regression": 1, "student_t": 1, "heteroscedastic": 2}.get(
+            likelihood, spec.num_classes
+        )
         self.net = MLP(tuple(cfg.hidden), out_dim, Activation(cfg.activation).value)
         self.input_dim = spec.input_dim
         abstract_key = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -110,28 +121,46 @@ class BnnFamily:
         """Network output f(x; w) for one flat weight vector: (n, out_dim)."""
         return self.net.apply({"params": self.flat.unravel(w)}, x)
 
-    def _noise(self, params=None):
-        if self.cfg.noise_scale is not None:
-            return jnp.asarray(self.cfg.noise_scale)
+    @staticmethod
+    def _param(params, name: str, init, constraint):
+        """A point-estimated parameter: from ``params`` (evaluation), else numpyro.param."""
         if params is not None:
-            return params["noise_scale"]
-        return numpyro.param("noise_scale", jnp.asarray(1.0), constraint=constraints.positive)
+            return params[name]
+        return numpyro.param(name, init, constraint=constraint)
 
-    def _observation(self, out, noise):
+    def _noise(self, x, params=None):
+        """sigma(x) in standardised units: (n,) for noise=linear, else a scalar."""
+        if self.cfg.noise_scale is not None:
+            sigma = jnp.asarray(self.cfg.noise_scale)
+        else:
+            sigma = self._param(params, "noise_scale", jnp.asarray(1.0), constraints.positive)
+        if Noise(self.cfg.noise) is Noise.linear:
+            coef = self._param(params, "noise_coef", jnp.zeros(self.input_dim), constraints.real)
+            sigma = sigma * jnp.exp(x @ coef)
+        return sigma
+
+    def _df(self, params=None):
+        if self.cfg.df is not None:
+            return jnp.asarray(self.cfg.df)
+        return self._param(params, "df", jnp.asarray(DF_INIT), constraints.greater_than(2.0))
+
+    def _observation(self, out, x, params=None):
+        """p(y | x, w) for network outputs ``out`` (..., n, out_dim) at inputs x (n, d)."""
         if self.likelihood == "regression":
-            return dist.Normal(out[..., 0], noise)
+            return dist.Normal(out[..., 0], self._noise(x, params))
+        if self.likelihood == "student_t":
+            return dist.StudentT(self._df(params), out[..., 0], self._noise(x, params))
         if self.likelihood == "heteroscedastic":
             return dist.Normal(out[..., 0], jax.nn.softplus(out[..., 1]) + MIN_SCALE)
         return dist.Categorical(logits=out)
 
     def model(self, x, y=None):
         w = numpyro.sample(SITE, self.prior)
-        noise = self._noise() if self.likelihood == "regression" else None
         batch = x.shape[0]
         # Scaling a batch of B by N / B makes the ELBO an unbiased estimate of the
         # full-data ELBO; the engine's 1 / N then gives the lecture's KL weight 1/N.
         with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self.n_train / batch):
-            numpyro.sample("y", self._observation(self.forward(w, x), noise), obs=y)
+            numpyro.sample("y", self._observation(self.forward(w, x), x), obs=y)
 
     # ------------------------------------------------------------- posterior
 
@@ -146,15 +175,16 @@ class BnnFamily:
         outputs = jax.lax.map(
             lambda w: self.forward(w, x), weights, batch_size=min(num_samples, EVAL_CHUNK)
         )
-        noise = self._noise(params) if self.likelihood == "regression" else None
-        return weights, log_q, self._observation(outputs, noise)
+        return weights, log_q, self._observation(outputs, x, params)
 
     def _original_units(self, predictive):
-        """Normal predictive (S, n) mapped back through the target standardiser."""
+        """Location and scale (S, n) of a Normal or Student-t predictive, mapped back
+        through the target standardiser, and the degrees of freedom (None for Normal)."""
         scaler = self.spec.y_scaler
         mu = scaler.inverse(predictive.loc)
-        sigma = predictive.scale * scaler.std
-        return mu, jnp.broadcast_to(sigma, mu.shape)
+        sigma = jnp.broadcast_to(predictive.scale * scaler.std, mu.shape)
+        df = predictive.df if self.likelihood == "student_t" else None
+        return mu, sigma, df
 
     def elbo(self, weights, log_q, predictive, y):
         """Per-datum ELBO on (x, y), in nats per datum of the original target units.
@@ -175,8 +205,8 @@ class BnnFamily:
         if self.spec.task == "classification":
             out = metrics.classification_summary(y, jax.nn.log_softmax(predictive.logits))
         else:
-            mu, sigma = self._original_units(predictive)
-            out = metrics.regression_summary(self.spec.y_scaler.inverse(y), mu, sigma)
+            mu, sigma, df = self._original_units(predictive)
+            out = metrics.regression_summary(self.spec.y_scaler.inverse(y), mu, sigma, df)
         out["elbo"] = self.elbo(weights, log_q, predictive, y)
         return out
 
@@ -191,17 +221,17 @@ class BnnFamily:
             if self.spec.input_dim == 2:
                 out.update(x=x, **self._plane(params, x, key, num_samples))
             return out
-        mu, sigma = self._original_units(predictive)
+        mu, sigma, df = self._original_units(predictive)
         epistemic = jnp.std(mu, axis=0)
-        aleatoric = jnp.sqrt(jnp.mean(sigma**2, axis=0))
+        aleatoric = jnp.sqrt(jnp.mean(metrics.component_variance(sigma, df), axis=0))
         return {
             "y": self.spec.y_scaler.inverse(y),
             "mean": jnp.mean(mu, axis=0),
             "epistemic_std": epistemic,
             "aleatoric_std": aleatoric,
             "std": jnp.sqrt(epistemic**2 + aleatoric**2),
-            "lower_95": metrics.mixture_quantile(0.025, mu, sigma),
-            "upper_95": metrics.mixture_quantile(0.975, mu, sigma),
+            "lower_95": metrics.mixture_quantile(0.025, mu, sigma, df),
+            "upper_95": metrics.mixture_quantile(0.975, mu, sigma, df),
         }
 
     def _plane(self, params, x, key, num_samples):

@@ -1,0 +1,149 @@
+"""Published results beside a sweep: ``bslrun-report --published <benchmark>``.
+
+The numbers live in one data file shipped with the package, ``published.json``:
+per benchmark, the compared columns (each names the bslrun metric it shows and a
+sign: a published log-likelihood is -test.nll), the published rows with their
+sources, and the references. bslrun's rows are the report's groups (mean ±
+standard error over their runs); nothing is re-run and JAX is never imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+
+from bslrun.errors import BslrunError, ConfigError
+from bslrun import report
+
+DATA_FILE = "published.json"
+
+
+@dataclass
+class Ours:
+    """One group of runs: its label, run count and {metric: (mean, se, n)}."""
+
+    label: str
+    n: int
+    stats: dict
+
+
+def benchmarks() -> dict:
+    """Every benchmark in the shipped data file, by name."""
+    path = resources.files("bslrun") / DATA_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BslrunError(f"{path} is unreadable ({error}); reinstall bslrun") from None
+
+
+def load(name: str) -> dict:
+    known = benchmarks()
+    if name not in known:
+        raise ConfigError(
+            f"unknown benchmark --published {name}; choose one of: {', '.join(sorted(known))}"
+        )
+    return known[name]
+
+
+def compare(done: list, keys: list[str], name: str) -> tuple:
+    """(benchmark, bslrun's groups as Ours) for ``--published name``; the completed runs
+    ``done`` must hold the metrics its columns compare."""
+    bench = load(name)
+    needed = metrics(bench)
+    missing = [m for m in needed if m not in report.available_metrics(done)]
+    if missing:
+        raise ConfigError(
+            f"--published {name} compares {', '.join(needed)}; the runs' metrics.json lack "
+            f"{', '.join(missing)}"
+        )
+    rows = report.summarise(done, keys, needed)
+    return bench, [Ours(label(bench, keys, row), len(row.runs), row.stats) for row in rows]
+
+
+def title(bench: dict) -> str:
+    return f"Beside the published results: {bench['title']}"
+
+
+def label(bench: dict, keys: list[str], row) -> str:
+    """``bslrun (posterior=lowrank, likelihood=regression)``: the benchmark's describing
+    config keys, then the row's group keys (values shared by its runs joined with /)."""
+    parts = []
+    for key in [*bench.get("describe", []), *keys]:
+        values = sorted({report.group_value(run, key) for run in row.runs} - {report.MISSING})
+        if not values:
+            continue
+        part = f"{key.rsplit('.', 1)[-1]}={'/'.join(values)}"
+        if part not in parts:
+            parts.append(part)
+    return f"bslrun ({', '.join(parts)})" if parts else "bslrun"
+
+
+def metrics(bench: dict) -> list[str]:
+    """The bslrun metrics (metrics.json, dotted) the benchmark's columns show."""
+    return [column["metric"] for column in bench["columns"]]
+
+
+def _number(value: float) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def cells(bench: dict, ours: list[Ours]) -> list[list[str]]:
+    """Header, then bslrun's rows, then the published ones (as printed in their sources)."""
+    columns = bench["columns"]
+    table = [["method", bench.get("replicates", "n"), *[c["label"] for c in columns], "source"]]
+    for group in ours:
+        values = []
+        for column in columns:
+            mean, se, n = group.stats[column["metric"]]
+            values.append(report.format_cell(column["sign"] * mean, se, n))
+        table.append([group.label, str(group.n), *values, "these runs"])
+    for row in bench["rows"]:
+        values = [_number(row.get(c["name"])) for c in columns]
+        table.append([row["method"], str(row.get("n", "")), *values, row["source"]])
+    return table
+
+
+def notes(bench: dict) -> list[str]:
+    cell_note = "bslrun cells: mean ± standard error over the completed runs."
+    references = [f"{key}: {text}" for key, text in bench.get("references", {}).items()]
+    return [cell_note, *bench.get("notes", []), *references]
+
+
+def markdown(bench: dict, ours: list[Ours]) -> str:
+    """The section for report.md and published.md."""
+    table = report.markdown_table(cells(bench, ours))
+    lines = [f"## {title(bench)}", "", table, ""]
+    lines += [f"- {note}" for note in notes(bench)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(bench: dict, ours: list[Ours]) -> str:
+    """One row per method: method, source, n, then <column>_mean and <column>_se.
+
+    bslrun's rows carry full precision; published rows their printed values, and an
+    empty _se where the source's standard error is not recorded.
+    """
+    columns = bench["columns"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["method", "source", "n", *[f"{c['name']}_{s}" for c in columns for s in ("mean", "se")]]
+    )
+
+    def text(value):
+        return "" if value is None or not math.isfinite(value) else repr(float(value))
+
+    for group in ours:
+        values = []
+        for column in columns:
+            mean, se, _ = group.stats[column["metric"]]
+            values += [text(column["sign"] * mean), text(se)]
+        writer.writerow([group.label, "these runs", group.n, *values])
+    for row in bench["rows"]:
+        values = [text(row.get(f"{c['name']}{s}")) for c in columns for s in ("", "_se")]
+        writer.writerow([row["method"], row["source"], row.get("n", ""), *values])
+    return buffer.getvalue()

@@ -20,11 +20,15 @@ install: $(STAMP)  ## create .venv and install bslrun with its test tools
 run: $(STAMP)  ## train the embedded default (BNN on white wine); ARGS="key=value ..." adds overrides
 	$(BIN)/bslrun $(ARGS)
 
+# Two workers: JAX compiles on one core, so two test processes keep a 2-core machine busy.
+# loadscope keeps each module's tests (and their shared fixtures) in one worker.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadscope
+
 test: $(STAMP)  ## the test suite without the long statistical checks (under 10 minutes)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(PYTEST) -m "not slow"
 
 test-full: $(STAMP)  ## every test, the slow statistical ones included
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 bench: $(STAMP)  ## throughput benchmarks; writes benchmarks/results/*.json
 	$(BIN)/python -m benchmarks.run

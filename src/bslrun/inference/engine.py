@@ -222,13 +222,26 @@ def _progress_bar(trainer_cfg, desc: str, done: int):
     )
 
 
-def _track_best(progress: Progress, value: float, state, best_state):
-    """Early-stopping bookkeeping after validating ``progress.epoch``; returns the best state."""
+def _track_best(progress: Progress, value: float, state, best_state, patience: int):
+    """Early-stopping bookkeeping after validating ``progress.epoch``; returns the best state.
+
+    Training stops after ``patience`` validations without improvement (0: never).
+    """
     if _is_better(value, progress.best):
         progress.best, progress.best_epoch, progress.bad_evals = value, progress.epoch, 0
         return state
     progress.bad_evals += 1
+    progress.stopped_early = bool(patience and progress.bad_evals >= patience)
     return best_state
+
+
+def _compiled_epoch(family, setup: Setup, epochs_key, dynamic_binarize: bool):
+    """The epoch program, compiled once for the shapes of ``setup`` before training starts."""
+    program = epoch_fn(
+        setup.svi, setup.batch_size, setup.num_batches, dynamic_binarize, setup.placement
+    )
+    first = epoch_kwargs(family, 1)
+    return jax.jit(program).lower(setup.state, epochs_key, setup.x, setup.y, first).compile()
 
 
 def _resume(checkpoints, state):
@@ -270,14 +283,7 @@ def fit(
     )  # fmt: skip
     svi, x, y, num_batches = setup.svi, setup.x, setup.y, setup.num_batches
     timing["init_s"], tick = time.perf_counter() - tick, time.perf_counter()
-    epoch_program = epoch_fn(
-        svi, setup.batch_size, num_batches, data.spec.dynamic_binarize, placement
-    )
-    run_epoch = (
-        jax.jit(epoch_program)
-        .lower(setup.state, epochs_key, x, y, epoch_kwargs(family, 1))
-        .compile()
-    )
+    run_epoch = _compiled_epoch(family, setup, epochs_key, data.spec.dynamic_binarize)
     timing["compile_s"] = time.perf_counter() - tick
     timing["startup_s"] = seconds_since_run_start()
     validate = (
@@ -314,10 +320,7 @@ def fit(
             row.update({f"val_{k}": v for k, v in scores.items()})
             value = scores.get(monitor, scores["nll"])
             postfix[f"val_{monitor}"] = f"{value:.4f}"
-            best_state = _track_best(progress, value, state, best_state)
-        progress.stopped_early = bool(
-            trainer_cfg.patience and progress.bad_evals >= trainer_cfg.patience
-        )
+            best_state = _track_best(progress, value, state, best_state, trainer_cfg.patience)
         if checkpoints and (checkpoints.due(epoch) or progress.finished(trainer_cfg.epochs)):
             checkpoints.save(epoch, {"state": state, "best": best_state}, asdict(progress))
         bar.set_postfix(postfix, refresh=False)

@@ -106,11 +106,6 @@ def describe_error(error: BaseException) -> str:
     return str(error).strip().splitlines()[0]
 
 
-def is_hydra_override(override: str) -> bool:
-    """``hydra.x=...``, ``hydra/launcher=joblib``: Hydra's own settings, not the run's."""
-    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
-
-
 def sweep_values(override) -> list[str]:
     """The values a sweep override stands for; an interval (optuna's search space,
     ``tag(log, interval(1e-4, 1e-1))``) by its two ends, as checks are ranges."""
@@ -191,6 +186,7 @@ def prevalidate(argv: list[str]) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from bslrun.config import register
+    from bslrun.report import is_hydra_override
 
     register()
     args, _ = get_args_parser().parse_known_args(argv)

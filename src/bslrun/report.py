@@ -69,14 +69,18 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
+def is_hydra_override(override: str) -> bool:
+    """``hydra.x=...``, ``hydra/launcher=joblib``: Hydra's own settings, not the run's."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
 def parse_overrides(lines: list) -> dict:
     """``["seed=3", "+a.b=1", "hydra.x=y"]`` -> ``{"seed": "3", "a.b": "1"}`` (no hydra.*)."""
     out = {}
     for line in lines or []:
         key, sep, value = str(line).partition("=")
-        key = key.lstrip("+~")
-        if sep and not key.startswith(("hydra.", "hydra/")):
-            out[key] = value
+        if sep and not is_hydra_override(key):
+            out[key.lstrip("+~")] = value
     return out
 
 

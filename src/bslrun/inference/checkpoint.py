@@ -98,8 +98,7 @@ class Checkpoints:
             epoch,
             args=args.Composite(arrays=args.StandardSave(arrays), progress=args.JsonSave(progress)),
             force=True,
-        )
-        self.manager.wait_until_finished()
+        )  # synchronous (async checkpointing is off): complete when this returns
 
     def latest(self, like) -> tuple[object, dict] | None:
         """(arrays shaped and placed like ``like``, progress) of the last checkpoint, or None."""

@@ -103,7 +103,7 @@ def test_idx_round_trip(tmp_path, compressed, shape):
     blob = idx_bytes(array)
     # The file name says nothing: gzip is told by its magic bytes.
     path = tmp_path / ("data.gz" if not compressed else "data.idx")
-    path.write_bytes(gzip.compress(blob) if compressed else blob)
+    path.write_bytes(gz(blob) if compressed else blob)
     back = read_idx(path)
     assert back.dtype == np.uint8 and back.shape == shape
     np.testing.assert_array_equal(back, array)
@@ -119,22 +119,28 @@ def test_read_idx_on_the_shared_labels():
 GOOD = idx_bytes(np.arange(20, dtype=np.uint8).reshape(4, 5))  # 12-byte header + 20
 
 
-@pytest.mark.parametrize(
-    "blob, pattern",
-    [
-        (b"\x08\x03" + GOOD[2:], "bad magic"),
-        (b"PK\x03\x04" + GOOD[4:], "bad magic"),
-        (b"", "bad magic"),
-        (idx_bytes(np.zeros((2, 2), np.uint8), type_code=0x0D), r"type 0x0d \(float32\)"),
-        (GOOD[:-1], r"truncated: dims 4x5 need 32 bytes, found 31"),
-        (GOOD[:8], "truncated or empty IDX header"),
-        (GOOD + b"\x00", r"trailing bytes: dims 4x5 need 32 bytes, found 33"),
-        (gzip.compress(GOOD)[:-6], "damaged gzip"),  # cut inside the trailer
-        (gzip.compress(GOOD)[:15], "damaged gzip"),  # cut inside the deflate stream
-        (gzip.compress(GOOD)[:-8] + b"\x00\x00\x00\x00" + gzip.compress(GOOD)[-4:], "damaged gzip"),
-        (gzip.compress(GOOD[:-1]), "truncated"),  # intact gzip of a truncated IDX file
-    ],
-)
+def gz(blob: bytes) -> bytes:
+    """gzip with a fixed header time: parametrised test ids must not depend on the clock
+    (pytest-xdist refuses to run when its workers collect different ids)."""
+    return gzip.compress(blob, mtime=0)
+
+
+MALFORMED = {
+    "idx3-magic": (b"\x08\x03" + GOOD[2:], "bad magic"),
+    "zip-magic": (b"PK\x03\x04" + GOOD[4:], "bad magic"),
+    "empty": (b"", "bad magic"),
+    "float32": (idx_bytes(np.zeros((2, 2), np.uint8), type_code=0x0D), r"type 0x0d \(float32\)"),
+    "truncated-body": (GOOD[:-1], r"truncated: dims 4x5 need 32 bytes, found 31"),
+    "truncated-header": (GOOD[:8], "truncated or empty IDX header"),
+    "trailing-byte": (GOOD + b"\x00", r"trailing bytes: dims 4x5 need 32 bytes, found 33"),
+    "gzip-cut-in-trailer": (gz(GOOD)[:-6], "damaged gzip"),
+    "gzip-cut-in-deflate": (gz(GOOD)[:15], "damaged gzip"),
+    "gzip-bad-crc": (gz(GOOD)[:-8] + b"\x00\x00\x00\x00" + gz(GOOD)[-4:], "damaged gzip"),
+    "gzip-of-truncated": (gz(GOOD[:-1]), "truncated"),  # intact gzip of a truncated IDX file
+}
+
+
+@pytest.mark.parametrize("blob, pattern", list(MALFORMED.values()), ids=list(MALFORMED))
 def test_malformed_idx_raises_one_line_naming_the_file(tmp_path, blob, pattern):
     path = tmp_path / "broken-idx1-ubyte"
     path.write_bytes(blob)
@@ -311,7 +317,7 @@ def test_download_falls_back_to_the_next_mirror_and_caches(monkeypatch, tmp_path
 def test_download_with_wrong_bytes_tries_the_next_mirror(monkeypatch, tmp_path):
     link_shared(tmp_path / "mnist", skip=["t10k-labels-idx1-ubyte"])
     good = (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()
-    wrong = gzip.compress(idx_bytes(np.zeros(10000, np.uint8)))  # well formed, wrong labels
+    wrong = gz(idx_bytes(np.zeros(10000, np.uint8)))  # well formed, wrong labels
     served = {MNIST.mirrors[0]: wrong, MNIST.mirrors[1]: good[:-20], MNIST.mirrors[2]: good}
     fake = FakeUrlopen(lambda url: served[url.rsplit("/", 1)[0] + "/"])
     monkeypatch.setattr(mnist, "urlopen", fake)
@@ -325,7 +331,7 @@ def test_download_with_wrong_bytes_tries_the_next_mirror(monkeypatch, tmp_path):
 @needs_mnist
 def test_download_where_every_mirror_is_wrong_leaves_nothing(monkeypatch, tmp_path):
     link_shared(tmp_path / "mnist", skip=["t10k-labels-idx1-ubyte"])
-    wrong = gzip.compress(idx_bytes(np.zeros(10000, np.uint8)))
+    wrong = gz(idx_bytes(np.zeros(10000, np.uint8)))
     monkeypatch.setattr(mnist, "urlopen", FakeUrlopen(lambda url: wrong))
     with pytest.raises(DataError, match="is not MNIST's .*: its SHA-256") as excinfo:
         fetch(MNIST, image_cfg(root=str(tmp_path), download=True))

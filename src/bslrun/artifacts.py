@@ -4,6 +4,8 @@ folder and renamed into place, so a reader (or a crash) never sees half a file.
 Layout of one run folder::
 
     .hydra/                config.yaml, overrides.yaml, hydra.yaml (by Hydra)
+    status.json            running / completed / failed / diverged / interrupted (see write_status)
+    .lock                  held (flock) by the process running in the folder
     run.log                the run's log
     metrics.json           nested metrics (test, val, train, timing, seed, versions)
     history.csv            one row per epoch
@@ -104,3 +106,39 @@ def load_params(path: Path) -> dict:
     from flax import serialization
 
     return serialization.msgpack_restore(Path(path).read_bytes())
+
+
+# ------------------------------------------------------------------- run state
+
+STATUS_FILE = "status.json"
+LOCK_FILE = ".lock"
+STATUS_FORMAT = 1
+STATES = ("running", "completed", "failed", "diverged", "interrupted")
+
+
+def write_status(run_dir: Path, state: str, *, started: str, ended: str | None = None,
+                 exit_code: int | None = None, error: str | None = None) -> Path:
+    """``status.json``: the run's state, its error line, start and end (ISO 8601, UTC), exit
+    code, and the process (pid, host) that a ``running`` state belongs to."""
+    import socket
+
+    assert state in STATES, state
+    return write_json(Path(run_dir) / STATUS_FILE, {
+        "format": STATUS_FORMAT,
+        "status": state,
+        "error": error,
+        "exit_code": exit_code,
+        "started": started,
+        "ended": ended,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    })  # fmt: skip
+
+
+def read_status(run_dir: Path) -> dict | None:
+    """The run's ``status.json`` as a dict; None when absent or unreadable."""
+    try:
+        status = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) and status.get("status") in STATES else None

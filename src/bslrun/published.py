@@ -24,7 +24,7 @@ DATA_FILE = "published.json"
 
 @dataclass
 class Ours:
-    """One group of runs: its label, run count and {metric: (mean, se, n)}."""
+    """One group of runs: its label, run count and {metric: report.Stat}."""
 
     label: str
     n: int
@@ -98,8 +98,8 @@ def cells(bench: dict, ours: list[Ours]) -> list[list[str]]:
     for group in ours:
         values = []
         for column in columns:
-            mean, se, n = group.stats[column["metric"]]
-            values.append(report.format_cell(column["sign"] * mean, se, n))
+            stat = group.stats[column["metric"]]
+            values.append(report.format_cell(column["sign"] * stat.mean, *stat[1:]))
         table.append([group.label, str(group.n), *values, "these runs"])
     for row in bench["rows"]:
         values = [_number(row.get(c["name"])) for c in columns]
@@ -108,7 +108,10 @@ def cells(bench: dict, ours: list[Ours]) -> list[list[str]]:
 
 
 def notes(bench: dict) -> list[str]:
-    cell_note = "bslrun cells: mean ± standard error over the completed runs."
+    cell_note = (
+        "bslrun cells: mean ± standard error over the completed runs; (n=k, j nan): over "
+        "the k finite values, j NaN, infinite or null left out."
+    )
     references = [f"{key}: {text}" for key, text in bench.get("references", {}).items()]
     return [cell_note, *bench.get("notes", []), *references]
 
@@ -125,7 +128,8 @@ def csv_text(bench: dict, ours: list[Ours]) -> str:
     """One row per method: method, source, n, then <column>_mean and <column>_se.
 
     bslrun's rows carry full precision; published rows their printed values, and an
-    empty _se where the source's standard error is not recorded.
+    empty _se where the source's standard error is not recorded. n is the number of runs;
+    a bslrun mean over fewer (values not finite) is in report.csv with its _n and _nan.
     """
     columns = bench["columns"]
     buffer = io.StringIO()
@@ -140,8 +144,8 @@ def csv_text(bench: dict, ours: list[Ours]) -> str:
     for group in ours:
         values = []
         for column in columns:
-            mean, se, _ = group.stats[column["metric"]]
-            values += [text(column["sign"] * mean), text(se)]
+            stat = group.stats[column["metric"]]
+            values += [text(column["sign"] * stat.mean), text(stat.se)]
         writer.writerow([group.label, "these runs", group.n, *values])
     for row in bench["rows"]:
         values = [text(row.get(f"{c['name']}{s}")) for c in columns for s in ("", "_se")]

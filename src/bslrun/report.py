@@ -1,11 +1,17 @@
 """``bslrun-report``: summarise run folders (e.g. a sweep) as one table and a few plots.
 
-A run folder is any folder holding ``.hydra/config.yaml``. Completed runs (those with
-``metrics.json``) are grouped by the command-line overrides that differ between runs
-(the replicates ``seed`` and ``data.split`` excluded); each cell is the mean and standard
-error over the group's runs. Runs without metrics are listed as failed or running and stay
-out of the statistics. ``--published <benchmark>`` adds the groups beside published results
-(``bslrun.published``). Nothing is re-run and JAX is never imported, so the report starts
+A run folder is any folder holding ``.hydra/config.yaml``. A run's state is the one its
+``status.json`` records (``artifacts.read_status``); a ``running`` run whose process has
+gone on this host is ``killed``. Folders written before status.json existed are judged by
+their ``metrics.json`` and ``run.log`` (``classify``). Completed runs are grouped by the
+command-line overrides that differ between them (the replicates ``seed`` and
+``data.split`` excluded); each cell is the mean and standard error over the group's finite
+values, with a count of those that were not finite (``(n=4, 1 nan)``). The other runs are
+listed with their error line and stay out of the statistics. ``--published <benchmark>``
+adds the groups beside published results (``bslrun.published``).
+
+The table is printed before any file is written, so an output folder that cannot be
+written still shows it. Nothing is re-run and JAX is never imported, so the report starts
 in well under a second.
 """
 
@@ -13,19 +19,24 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
+import errno
 import html
 import io
 import json
 import math
+import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from bslrun.artifacts import write_bytes
-from bslrun.errors import BslrunError, ConfigError
+from bslrun.artifacts import STATUS_FILE, read_status, write_bytes
+from bslrun.errors import BslrunError, ConfigError, ResourceError
 
 PROG = "bslrun-report"
 SECTIONS = ("test", "val", "train", "data", "timing")
@@ -35,23 +46,36 @@ MAX_DEFAULT_METRICS = 6
 REPLICATES = {"seeds": "seed", "splits": "data.split"}
 EXCLUDED_KEYS = tuple(REPLICATES.values())
 MISSING = "(default)"
+METRICS_FILE = "metrics.json"
 
 
 @dataclass
 class Run:
     path: Path
     overrides: dict
-    status: str  # "completed", "failed" or "running"
+    # "completed", or why not: "failed", "diverged", "interrupted", "running", "killed"
+    # (running, but its process is gone) or "damaged" (a file of the folder is unreadable)
+    status: str
     metrics: dict = field(default_factory=dict)  # flat: "test.rmse" -> float
     seed: object = None
-    message: str = ""
+    message: str = ""  # one line: the error, or why the run is not completed
+
+
+class Stat(NamedTuple):
+    """One metric over one group of runs."""
+
+    mean: float  # of the finite values
+    se: float  # their standard error (sample sd / sqrt(n)); nan for n < 2
+    n: int  # finite values used
+    nan: int = 0  # values that were NaN, infinite or null: left out
+    missing: int = 0  # runs whose metrics.json lacks the metric
 
 
 @dataclass
 class Row:
     values: tuple  # the group keys' values, in key order
     runs: list
-    stats: dict  # metric -> (mean, se, n_values)
+    stats: dict  # metric -> Stat
 
 
 # ------------------------------------------------------------------ reading
@@ -84,14 +108,43 @@ def parse_overrides(lines: list) -> dict:
     return out
 
 
-def load_yaml(path: Path):
+def one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def read_yaml(path: Path) -> tuple[object, str]:
+    """(the YAML's value, "") or (None, why it cannot be read)."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(path.read_text(), Loader=loader)
-    except (OSError, yaml.YAMLError):
-        return None
+        return yaml.load(path.read_text(), Loader=loader), ""
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8
+        return None, one_line(error)
+
+
+def load_yaml(path: Path):
+    """The YAML's value; None when absent or unreadable."""
+    return read_yaml(path)[0]
+
+
+def read_overrides(run_dir: Path) -> tuple[dict, str]:
+    """(the run's overrides, "") or ({}, why .hydra/overrides.yaml is unusable). A folder
+    without the file (made by hand) has no overrides."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return {}, ""
+    lines, problem = read_yaml(path)
+    if not problem and not isinstance(lines, (list, type(None))):
+        kind = "a mapping" if isinstance(lines, dict) else "a single value"
+        problem = f"{kind}, not a list of overrides"
+    if problem:
+        return {}, (
+            f"unreadable .hydra/overrides.yaml ({problem}); restore the list Hydra wrote "
+            "(- key=value lines) or move the folder out of the report's path"
+        )
+    return parse_overrides(lines), ""
 
 
 def flatten_metrics(metrics: dict) -> dict:
@@ -104,6 +157,23 @@ def flatten_metrics(metrics: dict) -> dict:
     return flat
 
 
+def read_metrics(run_dir: Path) -> tuple[dict | None, str]:
+    """(metrics.json as a dict, "") or (None, why it is missing or unusable)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None, f"recorded as completed but {METRICS_FILE} is missing; rerun it"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"unreadable {METRICS_FILE} ({one_line(error)}); rerun it"
+    sections_ok = isinstance(metrics, dict) and all(
+        isinstance(metrics.get(s) or {}, dict) for s in SECTIONS
+    )
+    if not sections_ok:
+        return None, f"{METRICS_FILE} is not an object of metric sections (test, ...); rerun it"
+    return metrics, ""
+
+
 def error_line(log_text: str) -> str:
     """The last line of a run.log that records an error (the CLI logs it at ERROR level)."""
     hits = [
@@ -114,10 +184,17 @@ def error_line(log_text: str) -> str:
     return hits[-1] if hits else ""
 
 
+def read_log(run_dir: Path) -> str:
+    try:
+        return (run_dir / "run.log").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def classify(run_dir: Path) -> tuple[str, str]:
-    """("failed", the error line) or ("running", why) for a folder without metrics.json."""
-    log = run_dir / "run.log"
-    text = log.read_text(errors="replace") if log.is_file() else ""
+    """A folder written before status.json existed, without metrics.json: ("failed", the
+    error line) or ("running", why), from run.log's wording."""
+    text = read_log(run_dir)
     line = error_line(text)
     if line:
         return "failed", line
@@ -126,19 +203,61 @@ def classify(run_dir: Path) -> tuple[str, str]:
     return "running", "no metrics.json and no error in run.log (still running, or killed)"
 
 
+def running_state(status: dict) -> tuple[str, str]:
+    """("running", since when and where) or, when its process is gone from this host,
+    ("killed", why): a run that ends in any way bslrun sees records its end."""
+    pid, host = status.get("pid"), status.get("host")
+    if host == socket.gethostname() and type(pid) is int and 0 < pid < 2**31:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return "killed", (
+                f"process {pid} ended without recording an end "
+                "(out of memory, SIGKILL or power loss)"
+            )
+        except OSError:
+            pass  # PermissionError: it exists, as another user's process
+    return "running", f"running since {status.get('started')} (process {pid} on {host})"
+
+
+def recorded_state(run_dir: Path, status: dict | None) -> tuple[str, str]:
+    """(state, message) from status.json, or from the old signs when there is none."""
+    if status is None:
+        if (run_dir / METRICS_FILE).is_file():
+            return "completed", ""
+        return classify(run_dir)
+    state = status["status"]
+    if state == "running":
+        return running_state(status)
+    if state == "completed":
+        return state, ""
+    error = status.get("error")
+    if not error:
+        line = error_line(read_log(run_dir))
+        error = line or f"no error recorded (exit code {status.get('exit_code')}); see run.log"
+    return state, " ".join(str(error).split())
+
+
 def load_run(run_dir: Path) -> Run:
-    overrides = parse_overrides(load_yaml(run_dir / ".hydra" / "overrides.yaml"))
+    overrides, problem = read_overrides(run_dir)
+    if problem:
+        return Run(run_dir, {}, "damaged", message=problem)
     seed = overrides.get("seed")
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        status, message = classify(run_dir)
-        return Run(run_dir, overrides, status, seed=seed, message=message)
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as error:
-        return Run(
-            run_dir, overrides, "failed", seed=seed, message=f"unreadable metrics.json: {error}"
+    status = read_status(run_dir)
+    if status is None and (run_dir / STATUS_FILE).exists():
+        message = (
+            f"unreadable {STATUS_FILE} (not a JSON object with a known status); delete it "
+            "to judge the run by its run.log and metrics.json"
         )
+        return Run(run_dir, overrides, "damaged", seed=seed, message=message)
+    state, message = recorded_state(run_dir, status)
+    if state != "completed":
+        if state == "killed" and (run_dir / METRICS_FILE).is_file():
+            message += "; its metrics.json is left out: rerun it"
+        return Run(run_dir, overrides, state, seed=seed, message=message)
+    metrics, problem = read_metrics(run_dir)
+    if metrics is None:
+        return Run(run_dir, overrides, "failed", seed=seed, message=problem)
     seed = metrics.get("seed", seed)
     return Run(run_dir, overrides, "completed", flatten_metrics(metrics), seed)
 
@@ -148,9 +267,10 @@ def load_run(run_dir: Path) -> Run:
 
 def config_value(run_dir: Path, key: str) -> str:
     """A key missing from a run's overrides: the config group chosen, else the config value."""
-    hydra = load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
-    choices = (hydra.get("hydra") or {}).get("runtime", {}).get("choices") or {}
-    if key in choices:
+    choices = load_yaml(run_dir / ".hydra" / "hydra.yaml")
+    for part in ("hydra", "runtime", "choices"):
+        choices = choices.get(part) if isinstance(choices, dict) else None
+    if isinstance(choices, dict) and key in choices:
         return str(choices[key])
     node = load_yaml(run_dir / ".hydra" / "config.yaml")
     for part in key.split("."):
@@ -163,7 +283,9 @@ def group_value(run: Run, key: str) -> str:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """Override keys (seed excluded) whose values are not the same in every run, sorted."""
+    """Override keys (seed excluded) whose values are not the same in every run, sorted.
+    Give the runs that are then grouped (the completed ones): a failed run's extra
+    override is not a group key."""
     keys = sorted({k for run in runs for k in run.overrides if k not in EXCLUDED_KEYS})
     return [k for k in keys if len({run.overrides.get(k, MISSING) for run in runs}) > 1]
 
@@ -184,19 +306,22 @@ def group_runs(runs: list[Run], keys: list[str]) -> dict:
     return dict(sorted(groups.items(), key=lambda item: [sort_key(v) for v in item[0]]))
 
 
-def mean_se(values) -> tuple[float, float, int]:
-    """Mean and standard error (sample sd / sqrt(n)) of the finite values; se is nan for n < 2."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+def mean_se(values) -> Stat:
+    """Mean and standard error (sample sd / sqrt(n)) of the finite values; se is nan for
+    n < 2. NaN and infinite values are counted (``nan``), None ones too (``missing``)."""
+    present = [float(v) for v in values if v is not None]
+    x = np.asarray([v for v in present if math.isfinite(v)], dtype=float)
+    nan, missing = len(present) - x.size, len(values) - len(present)
     if x.size == 0:
-        return math.nan, math.nan, 0
+        return Stat(math.nan, math.nan, 0, nan, missing)
     se = float(np.std(x, ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-    return float(np.mean(x)), se, int(x.size)
+    return Stat(float(np.mean(x)), se, int(x.size), nan, missing)
 
 
 def summarise(runs: list[Run], keys: list[str], metrics: list[str]) -> list[Row]:
     rows = []
     for values, members in group_runs(runs, keys).items():
-        stats = {m: mean_se([r.metrics.get(m, math.nan) for r in members]) for m in metrics}
+        stats = {m: mean_se([r.metrics.get(m) for r in members]) for m in metrics}
         rows.append(Row(values, members, stats))
     return rows
 
@@ -233,14 +358,29 @@ def choose_metrics(runs: list[Run], requested: list[str] | None) -> list[str]:
 # -------------------------------------------------------------- formatting
 
 
-def format_cell(mean: float, se: float, n: int) -> str:
-    """``mean ± se`` rounded to the standard error's second significant digit."""
+def format_cell(mean: float, se: float, n: int, nan: int = 0, missing: int = 0) -> str:
+    """``mean ± se`` rounded to the standard error's second significant digit; then, when
+    some values were left out, ``(n=<finite values used>, <k> nan, <j> missing)``."""
+    left_out = [f"{k} {what}" for k, what in ((nan, "nan"), (missing, "missing")) if k]
+    suffix = f" (n={n}, {', '.join(left_out)})" if left_out else ""
     if n == 0 or not math.isfinite(mean):
-        return "–"
+        return "–" + suffix
     if n < 2 or not math.isfinite(se) or se == 0:
-        return f"{mean:.4g}"
+        return f"{mean:.4g}" + suffix
     decimals = min(max(1 - math.floor(math.log10(se)), 0), 8)
-    return f"{mean:.{decimals}f} ± {se:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {se:.{decimals}f}" + suffix
+
+
+CELL_NOTE = "Cells: mean ± standard error over the group's completed runs."
+LEFT_OUT_NOTE = (
+    "(n=k, j nan): the mean of the k finite values; j runs recorded NaN, an infinity or "
+    "null and are left out (missing: runs without the metric)."
+)
+
+
+def cell_note(rows: list[Row]) -> str:
+    left_out = any(s.nan or s.missing for row in rows for s in row.stats.values())
+    return f"{CELL_NOTE} {LEFT_OUT_NOTE}" if left_out else CELL_NOTE
 
 
 def compact(values) -> str:
@@ -294,10 +434,12 @@ def relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def markdown_report(cells: list, others: list[Run], base: Path, extra: str = "") -> str:
+def markdown_report(
+    cells: list, others: list[Run], base: Path, extra: str = "", note: str = CELL_NOTE
+) -> str:
     """The table, then ``extra`` sections (Markdown), then the failed and unfinished runs."""
     text = "# bslrun report\n\n" + markdown_table(cells) + "\n"
-    text += "\nCells: mean ± standard error over the group's completed runs.\n"
+    text += f"\n{note}\n"
     if extra:
         text += "\n" + extra
     if others:
@@ -305,14 +447,25 @@ def markdown_report(cells: list, others: list[Run], base: Path, extra: str = "")
     return text
 
 
+CSV_STATS = ("mean", "se", "n", "nan")
+
+
 def csv_report(rows: list[Row], keys: list[str], metrics: list[str]) -> str:
+    """One row per group: its keys, ``n`` runs, the replicates, then per metric
+    ``<metric>_mean`` and ``_se`` (empty when not finite) over the ``<metric>_n`` finite
+    values, and ``<metric>_nan``: the values left out as NaN, infinite or null. Runs
+    without the metric make up the rest of ``n``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    stat_columns = [f"{m}_{s}" for m in metrics for s in ("mean", "se")]
+    stat_columns = [f"{m}_{s}" for m in metrics for s in CSV_STATS]
     replicates = replicate_columns(rows)
     writer.writerow([*keys, "n", *replicates, *stat_columns])
     for row in rows:
-        stats = [repr(v) if math.isfinite(v) else "" for m in metrics for v in row.stats[m][:2]]
+        stats = []
+        for m in metrics:
+            stat = row.stats[m]
+            stats += [repr(v) if math.isfinite(v) else "" for v in (stat.mean, stat.se)]
+            stats += [stat.n, stat.nan]
         counts = [replicates_text(row.runs, c) for c in replicates]
         writer.writerow([*row.values, len(row.runs), *counts, *stats])
     return buffer.getvalue()
@@ -336,7 +489,12 @@ def html_table(cells: list) -> str:
 
 
 def html_report(
-    cells: list, others: list[Run], base: Path, plots: dict, sections: tuple = ()
+    cells: list,
+    others: list[Run],
+    base: Path,
+    plots: dict,
+    sections: tuple = (),
+    note: str = CELL_NOTE,
 ) -> str:
     """``sections``: (title, cells, notes) tables shown after the main one."""
     esc = html.escape
@@ -344,7 +502,7 @@ def html_report(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{PROG}</title>",
         f"<style>{CSS}</style></head><body><h1>bslrun report</h1>",
         html_table(cells),
-        "<p>Cells: mean ± standard error over the group's completed runs.</p>",
+        f"<p>{esc(note)}</p>",
     ]
     for title, section_cells, notes in sections:
         items = "".join(f"<li>{esc(note)}</li>" for note in notes)
@@ -383,10 +541,11 @@ def plot_metric(rows: list[Row], keys: list[str], metric: str) -> bytes:
     jitter = np.random.default_rng(0)
     for i, row in enumerate(rows):
         values = [r.metrics.get(metric, math.nan) for r in row.runs]
+        values = [v if math.isfinite(v) else math.nan for v in values]  # no inf on the axis
         ax.scatter(
             i + jitter.uniform(-0.15, 0.15, len(values)), values, color="C0", alpha=0.3, s=14
         )
-        mean, se, _ = row.stats[metric]
+        mean, se = row.stats[metric][:2]
         ax.errorbar(
             i, mean, yerr=0 if not math.isfinite(se) else se, fmt="o", color="C3", capsize=4
         )
@@ -432,67 +591,127 @@ def split_list(text: str | None) -> list[str] | None:
 
 
 def check_group_keys(runs: list[Run], keys: list[str]) -> None:
+    """Each key must have a value in some of ``runs``: the runs that are then grouped."""
     unknown = [k for k in keys if all(group_value(r, k) == MISSING for r in runs)]
     if unknown:
         known = sorted({k for r in runs for k in r.overrides})
         raise ConfigError(
-            f"unknown group key {', '.join(unknown)}; overrides seen: {', '.join(known) or 'none'}"
+            f"unknown group key {', '.join(unknown)} (no completed run has it); group by an "
+            f"override of theirs ({', '.join(known) or 'none'}) or a config key"
         )
 
 
-def write_outputs(out: Path, rows, keys, metrics, others, comparison=None) -> str:
-    """Write report.md/.csv/.html and the plots (and published.md/.csv); return report.md."""
-    plots = {m: plot_metric(rows, keys, m) for m in metrics}
-    for metric, png in plots.items():
-        write_bytes(out / "plots" / f"report_{metric.replace('.', '_')}.png", png)
-    cells = table_cells(rows, keys, metrics)
-    extra, sections = "", ()
-    if comparison is not None:
-        from bslrun import published
+def write_error(out: Path, error: OSError) -> ResourceError:
+    """One line for an output folder that cannot be written (the table is printed)."""
+    why = error.strerror or one_line(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space there or give another folder with --out"
+    else:
+        fix = "give a folder you can write with --out"
+    return ResourceError(f"cannot write the report into {out} ({why}); {fix}")
 
-        bench, ours = comparison
-        extra = published.markdown(bench, ours)
-        sections = ((published.title(bench), published.cells(bench, ours), published.notes(bench)),)
-        write_bytes(out / "published.md", extra.encode())
-        write_bytes(out / "published.csv", published.csv_text(bench, ours).encode())
-    text = markdown_report(cells, others, out, extra)
-    write_bytes(out / "report.md", text.encode())
-    write_bytes(out / "report.csv", csv_report(rows, keys, metrics).encode())
-    write_bytes(out / "report.html", html_report(cells, others, out, plots, sections).encode())
-    return text
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def write_files(out: Path, files: dict) -> None:
+    """Write ``{relative path: bytes}`` under ``out``, each atomically. On failure, the
+    folders this call made and left empty are removed: nothing half-done stays."""
+    made = missing_folders(out / "plots")
+    try:
+        for name, data in files.items():
+            write_bytes(out / name, data)
+    except OSError as error:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty one
+        raise write_error(out, error) from None
+
+
+def show(text: str) -> None:
+    """Print to stdout; a reader gone (``bslrun-report ... | head``) does not stop the
+    report from writing its files."""
+    try:
+        print(text, end="", flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs do
 
 
 def report(args: argparse.Namespace) -> int:
+    from bslrun import published
+
+    bench = published.load(args.published) if args.published else None
     run_dirs = find_run_dirs(args.paths)
     if not run_dirs:
-        raise ConfigError(f"no run folders (with .hydra/config.yaml) under {args.paths[0]}")
+        raise ConfigError(
+            f"no run folders (with .hydra/config.yaml) under {args.paths[0]}; give a run "
+            "folder or a folder of runs (e.g. experiments/<name>)"
+        )
     runs = [load_run(d) for d in run_dirs]
     done = [r for r in runs if r.status == "completed"]
     others = [r for r in runs if r.status != "completed"]
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent)
     if not done:
-        print("\n".join(others_lines(others, out)))
-        raise BslrunError(f"no completed runs among {len(runs)} run folders (listed above)")
+        show("\n".join(others_lines(others, out)) + "\n")
+        raise BslrunError(
+            f"no completed runs among {len(runs)} run folders (listed above); "
+            "fix or rerun them, or wait for the running ones"
+        )
     metrics = choose_metrics(done, split_list(args.metrics))
     keys = split_list(args.group_by)
-    keys = differing_keys(runs) if keys is None else keys
+    keys = differing_keys(done) if keys is None else keys
     check_group_keys(done, keys)
     rows = summarise(done, keys, metrics)
-    from bslrun import published
-
-    comparison = published.compare(done, keys, args.published) if args.published else None
-    print(write_outputs(out, rows, keys, metrics, others, comparison), end="")
-    also = ", published.md, published.csv" if comparison else ""
+    cells, note = table_cells(rows, keys, metrics), cell_note(rows)
+    extra, sections, files = "", (), {}
+    if bench is not None:
+        ours = published.compare(done, keys, args.published)[1]
+        extra = published.markdown(bench, ours)
+        sections = ((published.title(bench), published.cells(bench, ours), published.notes(bench)),)
+        files["published.md"] = extra.encode()
+        files["published.csv"] = published.csv_text(bench, ours).encode()
+    text = markdown_report(cells, others, out, extra, note)
+    show(text)  # before any file: an unwritable --out still shows the table
+    plots = {m: plot_metric(rows, keys, m) for m in metrics}
+    html_text = html_report(cells, others, out, plots, sections, note)
+    files = {
+        "report.md": text.encode(),
+        "report.csv": csv_report(rows, keys, metrics).encode(),
+        "report.html": html_text.encode(),
+        **files,
+        **{f"plots/report_{m.replace('.', '_')}.png": png for m, png in plots.items()},
+    }
+    write_files(out, files)
+    also = ", published.md, published.csv" if bench else ""
     print(f"\nwrote {out / 'report.md'}, report.csv, report.html{also} and plots/", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0, or one line on stderr: 2 usage, 5 an unwritable output folder, 1 no
+    completed run or a bug (HYDRA_FULL_ERROR=1 shows a bug's traceback)."""
     try:
         return report(parse_args(argv))
     except BslrunError as error:
+        sys.stdout.flush()
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except Exception as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.stdout.flush()
+        print(
+            f"{PROG}: error: unexpected {type(error).__name__}: {one_line(error)}; a bug in "
+            f"{PROG}: please report it (HYDRA_FULL_ERROR=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ raw units and matched against those tables as multisets.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections import Counter
@@ -18,13 +19,25 @@ import pytest
 from bslrun.config import DataConfig
 from bslrun.data import load, wine
 from bslrun.data.splits import split_indices
-from bslrun.errors import DataError
+from bslrun.errors import DataError, ResourceError
 from bslrun.seeding import streams
 
 # The project's shared data sits beside the repository (../shared), in CI too;
 # BSLRUN_SHARED_DIR points elsewhere.
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-SPLIT_DIR = SHARED / "data" / "uci_wine_red_splits"
+# The red-wine benchmark splits: the folder the shared README names, or the layout of
+# the UCI_Datasets repository that this machine's copy keeps.
+SPLIT_DIR = next(
+    (
+        folder
+        for folder in (
+            SHARED / "data" / "uci_wine_red_splits",
+            SHARED / "data" / "uci_regression" / "wine-quality-red",
+        )
+        if folder.is_dir()
+    ),
+    SHARED / "data" / "uci_wine_red_splits",
+)
 needs_split_dir = pytest.mark.skipif(
     not SPLIT_DIR.is_dir(), reason="benchmark split folder not present"
 )
@@ -320,6 +333,166 @@ def test_split_dir_unknown_split_index_names_file():
     cfg = DataConfig(name="wine_red", split_dir=str(SPLIT_DIR), split=99)
     with pytest.raises(DataError, match=r"index_train_99\.txt"):
         load(cfg, streams(0).data)
+
+
+# ----------------------------------------------------------------------------- split folder faults
+
+SMALL_TABLE = np.column_stack([np.arange(10.0), np.arange(10.0) ** 2, np.arange(10.0) % 3])
+
+
+def small_split_dir(folder: Path) -> Path:
+    """A 10-row benchmark folder: columns 0, 1 are inputs, 2 the target; split 0."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savetxt(folder / "data.txt", SMALL_TABLE)
+    (folder / "index_features.txt").write_text("0\n1\n")
+    (folder / "index_target.txt").write_text("2\n")
+    (folder / "index_train_0.txt").write_text("\n".join(map(str, range(8))) + "\n")
+    (folder / "index_test_0.txt").write_text("8\n9\n")
+    return folder
+
+
+def split_cfg(split_dir, split: int = 0) -> DataConfig:
+    return DataConfig(name="wine_red", split_dir=split_dir, split=split, val_fraction=0.0)
+
+
+def test_small_split_dir_loads_its_rows(tmp_path):
+    cfg = split_cfg(str(small_split_dir(tmp_path)))
+    data = load(cfg, streams(0).data)
+    assert (len(data.train), len(data.test), data.spec.input_dim) == (8, 2, 2)
+    x_test = to_raw(data.test.x, data.spec.x_scaler)
+    np.testing.assert_allclose(x_test, SMALL_TABLE[8:, :2], atol=1e-4)
+    np.testing.assert_allclose(
+        to_raw(data.test.y, data.spec.y_scaler), SMALL_TABLE[8:, 2], atol=1e-5
+    )
+
+
+def fail_under(monkeypatch, method: str, folder: Path, exc: OSError) -> None:
+    """Make ``Path.<method>`` raise ``exc`` for every path inside ``folder`` (a user who is
+    not root meets this in a folder without permission; root passes any mode)."""
+    original = getattr(Path, method)
+
+    def failing(self, *args, **kwargs):
+        if folder in self.parents:
+            raise exc
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, failing)
+
+
+def denied(path) -> PermissionError:
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def write(name: str, text: str | bytes):
+    """A setup that overwrites one file of the small folder."""
+
+    def setup(folder, monkeypatch):
+        if isinstance(text, bytes):
+            (folder / name).write_bytes(text)
+        else:
+            (folder / name).write_text(text)
+        return str(folder)
+
+    return setup
+
+
+def _loop(folder, monkeypatch):
+    (folder.parent / "loop").symlink_to(folder.parent / "loop")
+    return str(folder.parent / "loop")
+
+
+def _broken_link(folder, monkeypatch):
+    (folder.parent / "link").symlink_to(folder.parent / "gone")
+    return str(folder.parent / "link")
+
+
+def _data_as_folder(folder, monkeypatch):
+    (folder / "data.txt").unlink()
+    (folder / "data.txt").mkdir()
+    return str(folder)
+
+
+def _unreadable(folder, monkeypatch):
+    fail_under(monkeypatch, "open", folder, denied(folder / "data.txt"))
+    return str(folder)
+
+
+def _unsearchable(folder, monkeypatch):
+    fail_under(monkeypatch, "stat", folder, denied(folder / "data.txt"))
+    return str(folder)
+
+
+# case -> (setup(valid folder, monkeypatch) -> data.split_dir, error type, words)
+SPLIT_FAULTS = {
+    "no such folder": (lambda f, m: str(f / "nowhere"), DataError, ["no such folder", "data.txt"]),
+    "a file as the folder": (
+        lambda f, m: str(f / "data.txt"),
+        DataError,
+        ["is a file, not a folder", "index_features.txt"],
+    ),
+    "symlink loop": (_loop, DataError, ["data.split_dir=", "symlink loop"]),
+    "broken symlink": (_broken_link, DataError, ["broken symlink", "gone"]),
+    "NUL byte": (lambda f, m: f"{f}\0x", DataError, ["data.split_dir=", "NUL byte"]),
+    "name too long": (lambda f, m: str(f / ("s" * 300)), DataError, ["too long"]),
+    "unknown user": (lambda f, m: "~no-such-bslrun-user/s", DataError, ["home folder"]),
+    "data.txt a folder": (_data_as_folder, DataError, ["data.txt", "is a folder, not a file"]),
+    "data.txt unreadable": (_unreadable, ResourceError, ["data.txt", "permission denied"]),
+    "folder unsearchable": (_unsearchable, ResourceError, ["data.txt", "permission denied"]),
+    "data.txt empty": (write("data.txt", ""), DataError, ["data.txt", "is empty"]),
+    "index file empty": (write("index_test_0.txt", "\n"), DataError, ["index_test_0.txt", "empty"]),
+    "not UTF-8": (write("data.txt", b"1 2 \xe9\n"), DataError, ["data.txt", "not a numeric table"]),
+    "text in data.txt": (write("data.txt", "1 2 x\n"), DataError, ["not a numeric table"]),
+    "ragged data.txt": (write("data.txt", "1 2 3\n4 5\n"), DataError, ["not a numeric table"]),
+    "row beyond the table": (
+        write("index_test_0.txt", "8\n10\n"),
+        DataError,
+        ["index_test_0.txt", "row 10", "10 rows"],
+    ),
+    "negative row": (write("index_train_0.txt", "0\n-1\n"), DataError, ["row -1"]),
+    "column beyond the table": (
+        write("index_features.txt", "0\n5\n"),
+        DataError,
+        ["index_features.txt", "column 5", "3 columns"],
+    ),
+    "fractional index": (write("index_train_0.txt", "1.5\n"), DataError, ["not a numeric table"]),
+    "nan in data.txt": (
+        write("data.txt", "\n".join(["1 2 3"] * 2 + ["1 nan 3"] + ["1 2 3"] * 7)),
+        DataError,
+        ["data.txt", "row 3, column 1", "nan"],
+    ),
+    "inf target": (
+        write("data.txt", "\n".join(["1 2 inf"] + ["1 2 3"] * 9)),
+        DataError,
+        ["row 1, column 2", "inf"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_FAULTS), ids=list(SPLIT_FAULTS))
+def test_split_dir_faults_are_one_line(tmp_path, monkeypatch, case):
+    setup, exc_type, words = SPLIT_FAULTS[case]
+    split_dir = setup(small_split_dir(tmp_path / "splits"), monkeypatch)
+    with pytest.raises(exc_type) as excinfo:
+        load(split_cfg(split_dir), streams(0).data)
+    message = str(excinfo.value)
+    assert "\n" not in message and all(word in message for word in words), message
+    exc = excinfo.value
+    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
+
+
+def test_split_dir_unknown_split_index_in_a_small_folder(tmp_path):
+    with pytest.raises(DataError, match=r"index_train_3\.txt is missing") as excinfo:
+        load(split_cfg(str(small_split_dir(tmp_path)), split=3), streams(0).data)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_unreadable_shipped_wine_is_a_resource_error(monkeypatch):
+    from importlib import resources
+
+    folder = Path(str(resources.files("bslrun.data") / "resources"))
+    fail_under(monkeypatch, "open", folder, denied(folder))
+    with pytest.raises(ResourceError, match="winequality-red.csv cannot be read .*reinstall"):
+        wine.read_table("red")
 
 
 def test_fit_standardiser_matches_numpy(rng):

@@ -8,15 +8,19 @@ where one is at fault.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.lib import format as npy_format
 
 from bslrun.config import DATA_CHECKS, FileDataConfig, FileTask
 from bslrun.data import load
 from bslrun.data.splits import IDENTITY
-from bslrun.errors import ConfigError, DataError
+from bslrun.errors import ConfigError, DataError, ResourceError
 from bslrun.seeding import streams
 
 KEY = np.array([0, 7], np.uint32)
@@ -34,9 +38,12 @@ def table(n: int = 20) -> np.ndarray:
     return np.column_stack([np.arange(n), rng.normal(size=n).round(3), rng.normal(size=n)])
 
 
-def write_csv(tmp_path, text: str, name: str = "t.csv") -> str:
+def write_csv(tmp_path, text: str | bytes, name: str = "t.csv") -> str:
     path = tmp_path / name
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
     return str(path)
 
 
@@ -275,6 +282,30 @@ CSV_ERRORS = {
     "repeated input": (HEADER + GOOD, {"columns": ["a", "a"]}, ConfigError, ["data.columns", "a"]),
     "no inputs": (HEADER + GOOD, {"columns": []}, ConfigError, ["data.columns"]),
     "key for a csv": (HEADER + GOOD, {"key": "x"}, ConfigError, ["data.key"]),
+    "blank lines only": ("\n  \n,,\n", {}, DataError, ["empty", "header"]),
+    "not UTF-8": (b"i,a,y\n1,caf\xe9,3\n", {}, DataError, ["not UTF-8", "UTF-8 encoding"]),
+    "UTF-16": ("i,a,y\n1,2,3\n".encode("utf-16"), {}, DataError, ["not UTF-8"]),
+    "NUL byte in a field": (HEADER + "1,2\x003,3\n", {}, DataError, ["'2\\x003'", "not a number"]),
+    "field over the csv limit": (
+        HEADER + "1," + "9" * 200_000 + ",3\n",
+        {},
+        DataError,
+        ["not a readable CSV", "field limit"],
+    ),
+    "beyond float32": (HEADER + GOOD + "1,1e39,3\n", {}, DataError, ["row 7", "'a'", "float32"]),
+    "huge target": (
+        HEADER + GOOD + "1,2,-1e300\n",
+        {"target": "y"},
+        DataError,
+        ["row 7", "'y'", "float32"],
+    ),
+    "infinite target": (HEADER + GOOD + "1,2,-inf\n", {"target": "y"}, DataError, ["finite"]),
+    "one class with a line break": (
+        HEADER + '1,2,"c\nat"\n4,5,"c\nat"\n',
+        {"target": "y"},
+        DataError,
+        ["single class", "'c\\nat'"],
+    ),
 }
 
 
@@ -303,6 +334,13 @@ ARRAY_ERRORS = {
     "3D": (np.zeros((2, 3, 4)), ["(2, 3, 4)", "2D"]),
     "empty": (np.zeros((0, 3)), ["empty"]),
     "complex": (np.zeros((4, 2), complex), ["complex"]),
+    "byte strings": (np.array([[b"1", b"2"]] * 5), ["byte strings", "str"]),
+    "text inputs": (np.array([["1", "x"]] * 5), ["row index 0", "column '1'", "not a number"]),
+    "infinite input": (np.array([[1.0, 2.0], [np.inf, 3.0]] * 3), ["row index 1", "finite"]),
+    "nan input": (np.array([[1.0, 2.0], [3.0, np.nan]] * 3), ["row index 1", "missing"]),
+    "beyond float32": (np.array([[1.0, 2.0], [3.0, 1e300]] * 3), ["row index 1", "float32"]),
+    "datetimes": (np.array(["2024-01-01"] * 5, dtype="datetime64[D]"), ["datetime64"]),
+    "0-d": (np.array(3.0), ["shape ()", "2D"]),
 }
 
 
@@ -340,7 +378,7 @@ def test_corrupt_array_files(tmp_path):
     np.save(tmp_path / "cut.npy", table(50))
     (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:300])
     message = error_text(DataError, config(tmp_path / "cut.npy"))
-    assert "cut.npy" in message and "readable" in message
+    assert "cut.npy" in message and "truncated" in message  # told before allocating
 
 
 def test_unused_columns_may_hold_anything_and_errors_count_rows_like_a_spreadsheet(tmp_path):
@@ -359,3 +397,207 @@ def test_counter_of_splits_covers_every_row_once(tmp_path):
     data = load(config(write_csv(tmp_path, csv_text(rows)), target="y"), KEY)
     ids = Counter(np.round(all_rows(data)[:, 0]).astype(int).tolist())
     assert ids == Counter(range(33))
+
+
+def npy_header_only(shape) -> bytes:
+    """An .npy file whose header declares ``shape`` of float64 but which holds 8 bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    npy_format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + b"\0" * 8
+
+
+DECLARED = {"npy-columns": (4, 10**12), "npy-rows": (10**13, 3), "npy-fits-not": (2, 3)}
+
+
+@pytest.mark.parametrize("case", sorted(DECLARED))
+@pytest.mark.parametrize("container", ["npy", "npz"])
+def test_array_declaring_more_than_the_file_holds_is_refused_before_allocation(
+    tmp_path, case, container
+):
+    blob = npy_header_only(DECLARED[case])
+    if container == "npy":
+        path = tmp_path / "a.npy"
+        path.write_bytes(blob)
+    else:
+        import zipfile
+
+        path = tmp_path / "a.npz"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x.npy", blob)
+    message = error_text(DataError, config(path))
+    assert path.name in message and "truncated or damaged" in message
+    assert str(DECLARED[case]) in message
+
+
+def test_npz_without_arrays(tmp_path):
+    np.savez(tmp_path / "none.npz")
+    message = error_text(DataError, config(tmp_path / "none.npz"))
+    assert "none.npz" in message and "no arrays" in message
+
+
+def test_csv_too_large_for_memory_is_a_resource_error(tmp_path, monkeypatch):
+    from bslrun.data import files
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    path = write_csv(tmp_path, HEADER + GOOD)
+    monkeypatch.setattr(files.csv, "reader", exhausted)
+    message = error_text(ResourceError, config(path))
+    assert "t.csv" in message and "memory" in message
+
+
+# ----------------------------------------------------------------------------- path faults
+
+
+def fail_for(monkeypatch, method: str, target: Path, exc: OSError) -> None:
+    """Make ``Path.<method>`` raise ``exc`` for ``target`` only (as an unreadable file or
+    folder does for a user who is not root; as root, os.access and chmod tell nothing)."""
+    original = getattr(Path, method)
+
+    def failing(self, *args, **kwargs):
+        if self == target:
+            raise exc
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, failing)
+
+
+def denied(path) -> PermissionError:
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def _loop(tmp_path, monkeypatch):
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    return tmp_path / "loop.csv"
+
+
+def _two_link_loop(tmp_path, monkeypatch):
+    (tmp_path / "a.csv").symlink_to(tmp_path / "b.csv")
+    (tmp_path / "b.csv").symlink_to(tmp_path / "a.csv")
+    return tmp_path / "a.csv"
+
+
+def _folder(tmp_path, monkeypatch):
+    (tmp_path / "folder.csv").mkdir()
+    return tmp_path / "folder.csv"
+
+
+def _broken_link(tmp_path, monkeypatch):
+    (tmp_path / "link.csv").symlink_to(tmp_path / "gone.csv")
+    return tmp_path / "link.csv"
+
+
+def _through_a_file(tmp_path, monkeypatch):
+    write_csv(tmp_path, HEADER + GOOD, "plain.csv")
+    return tmp_path / "plain.csv" / "t.csv"
+
+
+def _fifo(tmp_path, monkeypatch):
+    os.mkfifo(tmp_path / "pipe.csv")
+    return tmp_path / "pipe.csv"
+
+
+def _unreadable(suffix):
+    def setup(tmp_path, monkeypatch):
+        path = tmp_path / f"locked{suffix}"
+        if suffix == ".csv":
+            write_csv(tmp_path, HEADER + GOOD, path.name)
+        else:
+            np.save(path, table(10))
+        fail_for(monkeypatch, "open", path, denied(path))
+        return path
+
+    return setup
+
+
+def _unsearchable(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    write_csv(tmp_path, HEADER + GOOD)
+    fail_for(monkeypatch, "stat", path, denied(path))
+    return path
+
+
+def _disk_error(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    write_csv(tmp_path, HEADER + GOOD)
+    fail_for(monkeypatch, "open", path, OSError(errno.EIO, os.strerror(errno.EIO), str(path)))
+    return path
+
+
+# case -> (setup(tmp_path, monkeypatch) -> path or text, error type, words in the message)
+PATH_FAULTS = {
+    "symlink loop": (_loop, DataError, ["loop.csv", "symlink loop", "name the real file"]),
+    "two-link loop": (_two_link_loop, DataError, ["a.csv", "symlink loop"]),
+    "folder": (_folder, DataError, ["folder.csv", "is a folder, not a file", "inside it"]),
+    "broken symlink": (_broken_link, DataError, ["link.csv", "broken symlink", "gone.csv"]),
+    "through a file": (_through_a_file, DataError, ["plain.csv", "runs through a file"]),
+    "fifo": (_fifo, DataError, ["pipe.csv", "not a regular file"]),
+    "NUL byte": (lambda t, m: f"{t}/a\0b.csv", DataError, ["a\\x00b.csv", "NUL byte"]),
+    "line break": (lambda t, m: f"{t}/a\nb.csv", DataError, ["a\\nb.csv", "no such file"]),
+    "name too long": (lambda t, m: t / ("x" * 300 + ".csv"), DataError, ["too long"]),
+    "unknown user": (
+        lambda t, m: "~no-such-bslrun-user/t.csv",
+        DataError,
+        ["~no-such-bslrun-user", "home folder", "full path"],
+    ),
+    "no read permission csv": (
+        _unreadable(".csv"),
+        ResourceError,
+        ["locked.csv", "permission denied", "read access"],
+    ),
+    "no read permission npy": (
+        _unreadable(".npy"),
+        ResourceError,
+        ["locked.npy", "permission denied", "read access"],
+    ),
+    "no search permission": (_unsearchable, ResourceError, ["t.csv", "permission denied"]),
+    "disk error": (_disk_error, ResourceError, ["t.csv", os.strerror(errno.EIO)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATH_FAULTS))
+def test_path_faults_are_one_line(tmp_path, monkeypatch, case):
+    setup, exc_type, words = PATH_FAULTS[case]
+    path = setup(tmp_path, monkeypatch)
+    with pytest.raises(exc_type) as info:
+        load(config(path), KEY)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("data.path="), message
+    exc = info.value  # nothing chained: no OSError traceback is shown above the line
+    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_file_without_read_permission_for_real(tmp_path):
+    path = tmp_path / "locked.csv"
+    write_csv(tmp_path, HEADER + GOOD, path.name)
+    path.chmod(0)
+    try:
+        message = error_text(ResourceError, config(path))
+    finally:
+        path.chmod(0o644)
+    assert "locked.csv" in message and "permission denied" in message
+
+
+def test_a_wide_table_loads_and_its_errors_stay_short(tmp_path):
+    m = 20_000
+    header = ",".join(f"c{j}" for j in range(m))
+    rows = [",".join(str(i + j) for j in range(m)) for i in range(5)]
+    path = write_csv(tmp_path, "\n".join([header, *rows]) + "\n", "wide.csv")
+    assert load(config(path), KEY).spec.input_dim == m
+    message = error_text(DataError, config(path, columns=["nope"]))
+    assert "'c19', ... (20000 in all)" in message and len(message) < 500
+    rows[1] = rows[1][: rows[1].rindex(",")] + ",x"
+    path = write_csv(tmp_path, "\n".join([header, *rows]) + "\n", "wide.csv")
+    message = error_text(DataError, config(path))
+    assert all(word in message for word in ("row 3", f"'c{m - 1}'", "'x'", "not a number"))
+    twice = header[: header.rindex(",")] + ",c7"
+    path = write_csv(tmp_path, "\n".join([twice, *rows]) + "\n", "wide.csv")
+    message = error_text(DataError, config(path))
+    assert f"column 8 and column {m} both 'c7'" in message

@@ -6,8 +6,9 @@ learning applied to document recognition"; Xiao, Rasul & Vollgraf 2017,
 arXiv:1708.07747). Files are looked up in ``<root>/<name>/`` and then in
 ``<root>``, where root is ``data.root``, else ``$BSLRUN_DATA_DIR``, else the
 user cache folder; missing files are fetched from the public mirrors (when
-``data.download``) and every file is checked against a published SHA-256
-before use.
+``data.download``) and every file is checked against the published SHA-256 of
+its decompressed content before use, so a copy from any distribution (gzipped
+or not, whatever its gzip header) is accepted when its content is the original.
 
 Pixels become intensities p = k / 255 in [0, 1]. Binarisation (``data.binarize``):
 ``static`` thresholds (x = [p > t]) or draws x ~ Bernoulli(p) once per split;
@@ -18,9 +19,11 @@ protocol for dynamically binarised MNIST.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -33,8 +36,9 @@ import jax
 import numpy as np
 
 from bslrun.config import Binarize
+from bslrun.data import paths
 from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split, subsample
-from bslrun.errors import DataError
+from bslrun.errors import DataError, ResourceError
 from bslrun.seeding import numpy_rng
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -55,19 +59,21 @@ STEMS = (
     "t10k-labels-idx1-ubyte",
 )
 SIDE = 28  # image height and width
+ROOT_ENV = "BSLRUN_DATA_DIR"
 
 
 @dataclass(frozen=True)
 class Checksum:
-    """A published SHA-256 and what it covers.
+    """Published SHA-256s of one file.
 
-    ``of="idx"``: the decompressed IDX bytes (the same whatever the mirror's
-    compression). ``of="gz"``: the ``.gz`` file exactly as the mirror serves it.
-    ``sha256=None`` means no published value was confirmed: verification fails.
+    ``idx``: of the decompressed IDX bytes, the same whatever a copy's compression (or
+    none) and gzip header; every file is checked by it. ``idx=None`` means no published
+    value was confirmed: verification fails. ``gz``: of the ``.gz`` file exactly as the
+    mirror serves it (None: not pinned); a download is checked by it too.
     """
 
-    sha256: str | None
-    of: str
+    idx: str | None
+    gz: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,43 +98,47 @@ MNIST = Source(
     ),
     checksums={
         "train-images-idx3-ubyte": Checksum(
-            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", "idx"
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
         ),
         "train-labels-idx1-ubyte": Checksum(
-            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", "idx"
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
         ),
         "t10k-images-idx3-ubyte": Checksum(
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", "idx"
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
         ),
         "t10k-labels-idx1-ubyte": Checksum(
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", "idx"
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
         ),
     },
     target_name="digit",
 )
 
-# SHA-256 of the .gz files exactly as the Zalando mirror serves them: the same values
-# are pinned by several independent public projects (Flux/Julia, TFDS-style loaders,
-# dataset manifests listing them beside the official MD5s 8d4fb7e6..., 25c81989...,
-# bef4ecab..., bb300cfd... that Zalando and torchvision publish for these .gz files).
-# No SHA-256 (or MD5) of the decompressed files could be confirmed, so an uncompressed
-# Fashion-MNIST file fails verification: place the original .gz instead.
+# Fashion-MNIST, first value: SHA-256 of the decompressed IDX files, as several
+# independent public projects pin them for the gunzipped files (a Rust dataset crate, a
+# Makefile that gunzips and runs sha256sum -c, Python loaders that derive them from the
+# .gz files matching Zalando's published MD5s). Second value: SHA-256 of the .gz files
+# exactly as the Zalando mirror serves them, pinned beside the official MD5s 8d4fb7e6...,
+# 25c81989..., bef4ecab..., bb300cfd... by Flux/Julia, TFDS-style loaders and manifests.
 FASHION_MNIST = Source(
     name="fashion_mnist",
     title="Fashion-MNIST",
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     checksums={
         "train-images-idx3-ubyte": Checksum(
-            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", "gz"
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
         ),
         "train-labels-idx1-ubyte": Checksum(
-            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", "gz"
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
         ),
         "t10k-images-idx3-ubyte": Checksum(
-            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", "gz"
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
         ),
         "t10k-labels-idx1-ubyte": Checksum(
-            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", "gz"
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         ),
     },
     target_name="class",
@@ -177,10 +187,11 @@ def parse_idx(raw: bytes, path, fix: str) -> np.ndarray:
 
 
 def read_bytes(path: Path) -> bytes:
+    """The file's bytes; a fault is one line (ResourceError where the machine refused)."""
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc.strerror or exc}); check the file") from None
+        raise paths.fault(exc, paths.shown(path)) from None
 
 
 def read_idx(path) -> np.ndarray:
@@ -193,60 +204,63 @@ def read_idx(path) -> np.ndarray:
 # ----------------------------------------------------------------------------- files
 
 
+def root_choice(cfg) -> tuple[str, Path]:
+    """(how the user chose it, the data root): ``data.root``, else ``$BSLRUN_DATA_DIR``,
+    else ``$XDG_CACHE_HOME/bslrun`` (~/.cache)."""
+    for option, text in (("data.root", cfg.root), ("$BSLRUN_DATA_DIR", os.environ.get(ROOT_ENV))):
+        if text:
+            return f"{option}={paths.shown(text)}", paths.expand(text, option)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bslrun"
+    return f"the data cache folder {paths.shown(cache)}", cache
+
+
 def data_root(cfg) -> Path:
-    """``data.root``, else ``$BSLRUN_DATA_DIR``, else ``$XDG_CACHE_HOME/bslrun`` (~/.cache)."""
-    if cfg.root:
-        return Path(cfg.root).expanduser()
-    if os.environ.get("BSLRUN_DATA_DIR"):
-        return Path(os.environ["BSLRUN_DATA_DIR"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "bslrun"
+    return root_choice(cfg)[1]
+
+
+def check_root(cfg) -> Path:
+    """The data root, refused in one line when it is a file, a loop or out of reach."""
+    label, root = root_choice(cfg)
+    fix = f"point data.root or ${ROOT_ENV} at the folder holding the files (or an empty one)"
+    paths.folder(root, label, fix)  # a missing root is fine: it is looked in, then filled
+    return root
 
 
 def find_file(source: Source, stem: str, root: Path) -> Path | None:
-    """The first of ``<root>/<name>/`` and ``<root>`` holding the file, raw or gzipped.
-
-    The form the checksum covers is preferred when both are present.
-    """
-    names = (stem, stem + ".gz")
-    if source.checksums[stem].of == "gz":
-        names = names[::-1]
+    """The first of ``<root>/<name>/`` and ``<root>`` holding the file, raw or gzipped
+    (raw first: both are checked by their content, and raw needs no decompression)."""
     for folder in (root / source.name, root):
-        for name in names:
-            if (folder / name).is_file():
-                return folder / name
+        for path in (folder / stem, folder / f"{stem}.gz"):
+            found = paths.probe(path, paths.shown(path), absent=(errno.ENOENT, errno.ENOTDIR))
+            if found is not None and stat.S_ISREG(found.st_mode):
+                return path
     return None
 
 
-def verify(source: Source, stem: str, blob: bytes, path, fix: str) -> np.ndarray:
-    """Decompress, parse and check ``blob`` (a file's bytes) against its SHA-256."""
+def verify(source: Source, stem: str, blob: bytes, path, fix: str, served=False) -> np.ndarray:
+    """Decompress, parse and check ``blob`` (a file's bytes) against its SHA-256s: of the
+    content always, and of the .gz as served too when ``served`` (a download)."""
     raw = decompress(blob, path, fix)
     array = parse_idx(raw, path, fix)
     check = source.checksums[stem]
-    if check.sha256 is None:
+    if check.idx is None:
         raise DataError(
             f"no published SHA-256 of {source.title} {stem} is known to bslrun, so {path} "
             "cannot be verified; report this to the bslrun maintainers"
         )
-    if check.of == "gz" and blob[:2] != GZIP_MAGIC:
-        raise DataError(
-            f"{path} is uncompressed, but only the SHA-256 of {source.title}'s {stem}.gz "
-            f"is published; replace it with the original {stem}.gz"
-        )
-    found = hashlib.sha256(blob if check.of == "gz" else raw).hexdigest()
-    if found != check.sha256:
-        covers = "gzip file" if check.of == "gz" else "decompressed content"
-        raise DataError(
-            f"{path} is not {source.title}'s {stem}: its SHA-256 ({covers}) is {found}, "
-            f"the published one {check.sha256}; {fix}"
-        )
+    sums = [("gzip file as served", blob, check.gz)] if served and check.gz else []
+    for covers, data, published in sums + [("decompressed content", raw, check.idx)]:
+        found = hashlib.sha256(data).hexdigest()
+        if found != published:
+            raise DataError(
+                f"{path} is not {source.title}'s {stem}: its SHA-256 ({covers}) is {found}, "
+                f"the published one {published}; {fix}"
+            )
     return array
 
 
 def missing_error(source: Source, stems, root: Path, reason: str, download: bool) -> DataError:
-    files = ", ".join(f"{s}.gz" for s in stems)
-    if all(source.checksums[s].of == "idx" for s in stems):
-        files += " (or their uncompressed versions)"
+    files = ", ".join(f"{s}.gz" for s in stems) + " (or their uncompressed versions)"
     fetch_hint = "" if download else ", or set data.download=true"
     return DataError(
         f"{source.title} files missing ({reason}): place {files} in {root / source.name} "
@@ -273,7 +287,7 @@ def download(source: Source, stem: str, folder: Path) -> tuple[Path, np.ndarray]
             failures.append(f"{url}: {getattr(exc, 'reason', None) or exc}")
             continue
         try:
-            array = verify(source, stem, blob, url, "trying the next mirror")
+            array = verify(source, stem, blob, url, "trying the next mirror", served=True)
         except DataError as exc:
             failures.append(str(exc))
             continue
@@ -293,10 +307,11 @@ def write_atomic(target: Path, blob: bytes) -> None:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared data folder from others
         os.replace(tmp, target)
         tmp = None
-    except OSError as exc:
-        raise DataError(
-            f"cannot write {target} ({exc.strerror or exc}); set data.root or "
-            "$BSLRUN_DATA_DIR to a writable folder"
+    except OSError as exc:  # a file in the way is the user's to fix, a full disk the machine's
+        error = ResourceError if exc.errno in paths.MACHINE else DataError
+        raise error(
+            f"cannot write {paths.shown(target)} ({exc.strerror or exc}); set data.root or "
+            f"${ROOT_ENV} to a writable folder"
         ) from None
     finally:  # also on Ctrl-C: no partial file is left behind
         if tmp is not None:
@@ -305,7 +320,7 @@ def write_atomic(target: Path, blob: bytes) -> None:
 
 def fetch(source: Source, cfg) -> dict:
     """stem -> verified uint8 array, each file read once; downloads what is missing."""
-    root = data_root(cfg)
+    root = check_root(cfg)
     found = {stem: find_file(source, stem, root) for stem in STEMS}
     missing = [stem for stem in STEMS if found[stem] is None]
     if missing and not cfg.download:

@@ -6,6 +6,9 @@ data (``DataSpec``) so that metrics can be reported in original units.
 
 from __future__ import annotations
 
+import errno
+import stat
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from bslrun.data import paths
 from bslrun.errors import DataError
 from bslrun.seeding import numpy_rng
 
@@ -98,33 +102,73 @@ def subsample(rng: np.random.Generator, idx: np.ndarray, fraction: float) -> np.
     return np.sort(rng.permutation(idx)[:keep])
 
 
+SPLIT_FILES = "data.txt, index_features.txt, index_target.txt and index_{train,test}_<k>.txt"
+
+
 def read_split_dir(split_dir: str, split: int):
     """Read a UCI benchmark split folder (Hernandez-Lobato & Adams 2015 layout).
 
-    Returns (x, y, train_idx, test_idx) with 0-based row indices.
+    Returns (x, y, train_idx, test_idx) with 0-based row indices; every fault of the
+    folder or its files is one line (DataError, or ResourceError where the machine refused).
     """
-    root = Path(split_dir)
-
-    def read(name: str, dtype) -> np.ndarray:
-        path = root / name
-        if not path.is_file():
+    label = f"data.split_dir={paths.shown(split_dir)}"
+    root = paths.expand(split_dir, "data.split_dir")
+    fix = f"point data.split_dir at a folder holding {SPLIT_FILES}"
+    if not paths.folder(root, label, fix):
+        raise paths.no_such(root, label, "folder", fix)
+    table = read_split_file(root / "data.txt", np.float64, ndmin=2)
+    features = read_split_file(root / "index_features.txt", np.int64)
+    target = read_split_file(root / "index_target.txt", np.int64)[:1]
+    train_idx = read_split_file(root / f"index_train_{split}.txt", np.int64)
+    test_idx = read_split_file(root / f"index_test_{split}.txt", np.int64)
+    n, m = table.shape
+    for name, idx, bound, what in (
+        ("index_features.txt", features, m, "column"),
+        ("index_target.txt", target, m, "column"),
+        (f"index_train_{split}.txt", train_idx, n, "row"),
+        (f"index_test_{split}.txt", test_idx, n, "row"),
+    ):
+        bad = (idx < 0) | (idx >= bound)
+        if bad.any():
             raise DataError(
-                f"split file {path} is missing; data.split_dir must hold data.txt, "
-                "index_features.txt, index_target.txt and index_{train,test}_<k>.txt"
+                f"split file {paths.shown(root / name)} lists {what} {idx[bad][0]}, but "
+                f"data.txt has {bound} {what}s (0-based: 0..{bound - 1}); fix the index file"
             )
-        try:
-            return np.loadtxt(path, dtype=dtype, ndmin=1)
-        except ValueError as exc:
-            raise DataError(f"split file {path} is not a numeric table ({exc})") from None
+    columns = np.concatenate([features, target])
+    used = table[:, columns]
+    if not np.isfinite(used).all():
+        i, j = np.argwhere(~np.isfinite(used))[0]
+        raise DataError(
+            f"split file {paths.shown(root / 'data.txt')}: row {i + 1}, column {columns[j]} "
+            f"(0-based) holds {used[i, j]}; replace the value, or remove the row and re-make "
+            "the index files"
+        )
+    return table[:, features], table[:, target[0]], train_idx, test_idx
 
-    table = read("data.txt", np.float64)
-    features = read("index_features.txt", np.int64)
-    target = int(read("index_target.txt", np.int64).ravel()[0])
-    train_idx = read(f"index_train_{split}.txt", np.int64)
-    test_idx = read(f"index_test_{split}.txt", np.int64)
-    if table.ndim != 2 or max(train_idx.max(), test_idx.max()) >= table.shape[0]:
-        raise DataError(f"split {split} in {root} indexes rows beyond data.txt's {len(table)}")
-    return table[:, features], table[:, target], train_idx, test_idx
+
+def read_split_file(path: Path, dtype, ndmin: int = 1) -> np.ndarray:
+    """A whitespace-separated numeric file of the split folder (index files flattened)."""
+    label = f"split file {paths.shown(path)}"
+    info = paths.probe(path, label)
+    if info is None:
+        raise DataError(f"{label} is missing; data.split_dir must hold {SPLIT_FILES}")
+    if stat.S_ISDIR(info.st_mode):
+        raise paths.named_wrongly(errno.EISDIR, label)
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{label} is not a regular file; data.split_dir must hold {SPLIT_FILES}")
+    try:
+        with paths.open_file(path, label, "r", encoding="utf-8") as handle:
+            with warnings.catch_warnings():  # an empty file is reported below, not warned of
+                warnings.simplefilter("ignore", UserWarning)
+                values = np.loadtxt(handle, dtype=dtype, ndmin=ndmin)
+    except ValueError as exc:  # text, ragged rows, not UTF-8
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{label} is not a numeric table ({reason}); fix the file") from None
+    except OSError as exc:  # the disk failed while reading
+        raise paths.fault(exc, label) from None
+    if values.size == 0:
+        raise DataError(f"{label} is empty; data.split_dir must hold {SPLIT_FILES}")
+    return values if ndmin == 2 else values.ravel()
 
 
 def assemble(x, y, parts, cfg, spec_fields: dict, *, regression: bool) -> Dataset:

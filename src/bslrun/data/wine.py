@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 
 from bslrun.data.splits import Dataset, assemble, partition
-from bslrun.errors import DataError
+from bslrun.errors import DataError, ResourceError
 
 FILES = {"white": "winequality-white.csv", "red": "winequality-red.csv"}
 
@@ -26,6 +26,10 @@ def read_table(colour: str) -> tuple[np.ndarray, np.ndarray, tuple]:
             rows = list(csv.reader(handle, delimiter=";"))
     except FileNotFoundError:
         raise DataError(f"shipped data file {path} is missing; reinstall bslrun") from None
+    except OSError as exc:  # permissions or a disk error in the installation
+        raise ResourceError(
+            f"shipped data file {path} cannot be read ({exc.strerror or exc}); reinstall bslrun"
+        ) from None
     header, body = rows[0], [r for r in rows[1:] if r]
     try:
         table = np.asarray(body, dtype=np.float64)

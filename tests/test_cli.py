@@ -136,7 +136,9 @@ def run_presets(tmp_path, presets, *overrides):
     for job in sorted(sweep.iterdir()):
         if (job / "metrics.json").exists():
             metrics = json.loads((job / "metrics.json").read_text())
-            found[metrics["name"]] = (job, metrics)
+            overrides = (job / ".hydra" / "overrides.yaml").read_text().split()
+            preset = next(o for o in overrides if o.startswith("experiment=")).partition("=")[2]
+            found[preset] = (job, metrics)
     assert set(found) == set(presets)
     return found
 

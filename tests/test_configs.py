@@ -1,5 +1,6 @@
 """Every config option and preset composes and validates; bad values are refused
-with one message naming the key (checked in-process: no JAX compilation)."""
+with one message naming the key (checked in-process: no JAX compilation, but for one
+test that checks the seed's range against JAX itself)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import pytest
 from conftest import compose
 
 from bslrun import cli
-from bslrun.config import Binarize, BnnConfig, Config, DataConfig, Likelihood, Posterior
+from bslrun.config import (
+    MAX_SEED,
+    Binarize,
+    BnnConfig,
+    Config,
+    DataConfig,
+    Likelihood,
+    Posterior,
+    TrainerConfig,
+)
 from bslrun.errors import ConfigError
 
 GROUPS = {
@@ -129,7 +139,9 @@ BAD = [
     ("optim.momentum=1.5", "optim.momentum"),
     ("eval.num_samples=0", "eval.num_samples"),
     ("trainer.patience=-1", "trainer.patience"),
-    ("seed=-3", "seed=-3"),
+    ("seed=-3", "seed=-3 is out of range; use an integer from 0 to 2147483647"),
+    ("seed=2147483648", "seed=2147483648 is out of range; use an integer from 0 to 2147483647"),
+    ("trainer.max_memory_gb=0", "trainer.max_memory_gb=0.0 must be a positive number"),
     ("model.likelihood=classification", "does not fit data=wine_white, a regression data set"),
 ]
 
@@ -214,3 +226,111 @@ def test_help_lists_every_group_and_option_with_a_description():
         for option in options:
             line = next(line for line in text.splitlines() if line.strip().startswith(option + " "))
             assert len(line.split(None, 1)) == 2, f"{group}/{option} has no description"
+
+
+# ----------------------------------------------------------------------- seed and name
+
+
+def test_seed_range_is_the_one_jax_accepts():
+    """JAX makes keys from 32-bit signed seeds (64-bit mode off): both ends work, one past fails."""
+    import jax
+
+    from bslrun import seeding
+
+    assert MAX_SEED == 2**31 - 1
+    for seed in (0, MAX_SEED):
+        assert compose(f"seed={seed}").seed == seed
+        seeding.streams(seed)
+    with pytest.raises(OverflowError):
+        seeding.streams(MAX_SEED + 1)
+    assert not jax.config.jax_enable_x64
+
+
+HOSTILE_NAMES = [
+    "../../x",
+    "..",
+    ".",
+    ".hidden",
+    "a/b",
+    "/abs",
+    "a/",
+    "a\\b",
+    "-rf",
+    "a b",
+    "'a\nb'",  # quoted: the override parser then reads the escape as a newline
+    "'a\tb'",
+    "x" * 300,
+    "'" + "é" * 128 + "'",  # 128 characters, 256 bytes in UTF-8
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_run_names_are_refused_in_one_line(name):
+    with pytest.raises(ConfigError) as info:
+        cli.prevalidate([f"name={name}"])
+    message = str(info.value)
+    assert message.startswith("name=") and "\n" not in message
+    assert "use one folder name of letters, digits and ._-=+,@" in message
+
+
+def test_an_empty_run_name_is_refused():
+    with pytest.raises(ConfigError, match="^name is empty; use one folder name"):
+        cli.prevalidate(["name="])
+
+
+@pytest.mark.parametrize(
+    "name", ["bnn_wine_white", "my-run.v2", "lr=0.01,seed=3", "a+b@host", "x" * 255, "_1"]
+)
+def test_ordinary_run_names_pass(name):
+    assert compose(f"name='{name}'").name == name
+
+
+def test_newline_in_a_name_is_named_escaped():
+    with pytest.raises(ConfigError) as info:
+        cli.prevalidate(["name='a\nb'"])
+    assert str(info.value).startswith("name='a\\nb' is not a safe run name")
+
+
+# ------------------------------------------------------------ Bayesian linear regression
+
+
+def test_bnn_without_hidden_layers_composes_from_the_command_line():
+    """model.hidden=[]: Bayesian linear (or logistic) regression, for every posterior."""
+    for posterior in Posterior:
+        cfg = compose("model.hidden=[]", f"model.posterior={posterior.value}")
+        assert cfg.model.hidden == [] and cfg.model.posterior is posterior
+    assert compose("model.hidden=[]", "data=mnist").model.likelihood is Likelihood.classification
+
+
+def test_empty_hidden_is_refused_for_flows_and_kept_for_linear_vaes():
+    with pytest.raises(ConfigError, match=r"model.hidden=\[\] must list positive layer widths"):
+        cli.prevalidate(["model=flow", "model.hidden=[]"])
+    # An MLP VAE without hidden layers has a linear encoder and decoder (a linear VAE).
+    assert compose("model=vae", "data=mnist", "model.hidden=[]").model.hidden == []
+
+
+def test_bnn_hidden_widths_must_be_positive():
+    with pytest.raises(ConfigError) as info:
+        cli.prevalidate(["model.hidden=[8,0]"])
+    assert str(info.value) == (
+        "model.hidden=[8, 0] must list positive layer widths "
+        "(or be [] for Bayesian linear regression)"
+    )
+
+
+# ------------------------------------------------------------------- trainer defaults
+
+
+def test_trainer_yaml_values_equal_the_schema_defaults():
+    """One home for every default: what configs/trainer/*.yaml states, the schema says too."""
+    import dataclasses
+
+    import yaml
+
+    schema = {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+    for path in sorted((cli.CONFIG_DIR / "trainer").glob("*.yaml")):
+        values = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "defaults"}
+        assert "max_memory_gb" in values, path
+        for key, value in values.items():
+            default = schema[key]
+            assert value == getattr(default, "value", default), f"{path.name}: {key}"

@@ -153,3 +153,54 @@ def test_family_posterior_from_svi_init(rng, posterior, likelihood, out_dim):
         assert params["w_cov_factor"].shape == (family.num_weights, 3)
     # Each draw gives a network output of the right width.
     assert family.forward(jnp.asarray(draws[0]), jnp.asarray(x)).shape == (8, out_dim)
+
+
+# ------------------------------------------------- no hidden layer: Bayesian linear regression
+
+
+@pytest.mark.parametrize(
+    "likelihood, out_dim", [(Likelihood.regression, 1), (Likelihood.classification, 3)]
+)
+def test_no_hidden_layer_is_one_affine_map(rng, likelihood, out_dim):
+    """hidden=[]: f(x; w) = x W + b, W (d, out), b (out,): the weights are a linear model's."""
+    classification = likelihood is Likelihood.classification
+    spec = make_spec(
+        IN_DIM, N_TRAIN, task=likelihood.value, num_classes=out_dim if classification else 0
+    )
+    family = BnnFamily(BnnConfig(hidden=[], likelihood=likelihood), spec, N_TRAIN)
+    assert family.num_weights == (IN_DIM + 1) * out_dim
+    w = jnp.asarray(rng.normal(size=family.num_weights), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(8, IN_DIM)), jnp.float32)
+    params = family.flat.unravel(w)["Dense_0"]
+    assert params["kernel"].shape == (IN_DIM, out_dim) and params["bias"].shape == (out_dim,)
+    expected = np.asarray(x) @ np.asarray(params["kernel"]) + np.asarray(params["bias"])
+    np.testing.assert_allclose(np.asarray(family.forward(w, x)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("posterior", [p.value for p in Posterior])
+def test_no_hidden_layer_trains_and_validates_with_every_posterior(rng, posterior):
+    """hidden=[] through engine.fit (which validates every epoch) for every q family:
+    Bayesian logistic regression (3 classes) with the Gaussian families, linear regression
+    with the flows (map, mean_field, lowrank and full_rank regression are checked against
+    the closed-form posterior in test_maths.py)."""
+    from conftest import make_dataset
+
+    from bslrun.config import OptimConfig, TrainerConfig
+
+    x = rng.normal(size=(N_TRAIN, 2)).astype(np.float32)
+    if posterior in guides.FLOW_BINS:
+        task, y, classes = "regression", x @ np.array([1.0, -0.5], np.float32), 0
+    else:
+        labels = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 1).astype(np.int32)
+        task, y, classes = "classification", labels, 3
+    data = make_dataset(x, y, val=(x[:8], y[:8]), task=task, num_classes=classes)
+    cfg = BnnConfig(hidden=[], posterior=Posterior(posterior), rank=2, flow_hidden=[8])
+    family = BnnFamily(cfg, data.spec, N_TRAIN)
+    assert family.num_weights == 3 * max(classes, 1)
+    trainer = TrainerConfig(epochs=2, batch_size=16, progress=False)
+    result = engine.fit(
+        family, data, OptimConfig(lr=0.01), trainer, jax.random.PRNGKey(0),
+        jax.random.PRNGKey(1), 4,
+    )  # fmt: skip
+    last = result.history[-1]
+    assert last["epoch"] == 2 and np.isfinite(last["train_loss"]) and np.isfinite(last["val_nll"])

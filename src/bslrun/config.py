@@ -10,6 +10,7 @@ compiled or written.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
@@ -278,6 +279,10 @@ class TrainerConfig:
     resume: str | None = None
     # Data-parallel training over this many devices (the batch is split between them).
     devices: int = 1
+    # Memory (GB) training may use: a run whose estimated peak (parameters, optimiser state,
+    # gradients, activations, data) exceeds it is refused before anything compiles.
+    # null: what the machine has free (MemAvailable on CPU, the accelerator's limit on GPU).
+    max_memory_gb: float | None = None
 
 
 @dataclass
@@ -495,7 +500,12 @@ def check_likelihood_fits(m: BnnConfig, task: str | None, data_name: str) -> Non
 
 
 def _check_bnn(m: BnnConfig) -> None:
-    _widths("model.hidden", m.hidden)
+    # hidden=[]: no hidden layer, f(x; w) = W x + b, i.e. Bayesian linear (or logistic) regression.
+    if any(h <= 0 for h in m.hidden):
+        raise ConfigError(
+            f"model.hidden={list(m.hidden)} must list positive layer widths "
+            "(or be [] for Bayesian linear regression)"
+        )
     _widths("model.flow_hidden", m.flow_hidden)
     if m.flow_steps < 1:
         raise ConfigError(f"model.flow_steps={m.flow_steps} must be a positive integer")
@@ -554,11 +564,46 @@ def _check_trainer(t: TrainerConfig) -> None:
         )
     if t.devices < 1:
         raise ConfigError(f"trainer.devices={t.devices} must be a positive integer")
+    if t.max_memory_gb is not None:
+        _positive("trainer.max_memory_gb", t.max_memory_gb)
     if t.batch_size % t.devices:
         raise ConfigError(
             f"trainer.batch_size={t.batch_size} must be a multiple of trainer.devices={t.devices}"
             " (each device takes an equal share of every batch)"
         )
+
+
+# jax.random.PRNGKey takes a 32-bit signed integer while 64-bit mode is off (JAX's default):
+# seed=2**31 overflows when the key is made, after the run folder exists.
+MAX_SEED = 2**31 - 1
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed={seed} is out of range; use an integer from 0 to {MAX_SEED}")
+
+
+# A run name is one folder under the output root (experiments/<name>/<timestamp>/): letters,
+# digits and the characters below, starting with a letter, digit or _. So no path
+# separator, no "." or "..", no hidden folder, no control characters, no folder a shell
+# would read as an option, nothing written outside the root.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+,@-]*")
+MAX_NAME_BYTES = 255  # the longest file name common file systems allow
+NAME_RULE = (
+    "use one folder name of letters, digits and ._-=+,@ that starts with a letter, "
+    f"digit or _ (at most {MAX_NAME_BYTES} bytes, no '/')"
+)
+
+
+def _check_name(name) -> None:
+    text = str(name)
+    if not text:
+        raise ConfigError(f"name is empty; {NAME_RULE}")
+    size = len(text.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(f"name={text[:32]!r}... is {size} bytes long; {NAME_RULE}")
+    if not _NAME.fullmatch(text):
+        raise ConfigError(f"name={text!r} is not a safe run name; {NAME_RULE}")
 
 
 def validate(cfg: Config) -> Config:
@@ -577,8 +622,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"model.family={family!r} is unknown; choose one of {', '.join(sorted(FAMILIES))}"
         )
-    if cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed} must be zero or positive")
+    _check_seed(cfg.seed)
+    _check_name(cfg.name)
     resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)
     {"bnn": _check_bnn, "vae": _check_vae, "flow": _check_flow}[family](cfg.model)

@@ -1,7 +1,10 @@
 """Bayesian neural networks: a deterministic Flax MLP plus a Gaussian prior.
 
 All weights and biases form one vector w ~ N(0, prior_scale^2 I) (Neal 1996;
-Blundell et al. 2015). The variational posterior q(w) is one of the families
+Blundell et al. 2015). With no hidden layer (``model.hidden=[]``) the network is one
+affine map f(x; w) = W^T x + b: Bayesian linear regression (conjugate, with a fixed
+``noise_scale``, so its posterior has a closed form; Bishop 2006, sec. 3.3) or Bayesian
+multinomial logistic regression. The variational posterior q(w) is one of the families
 in ``bslrun.inference.guides``. Likelihoods, for network output f(x; w):
 
 - regression:      y ~ N(f(x), sigma(x)^2), sigma learned (type-II maximum likelihood) or fixed
@@ -45,10 +48,10 @@ from bslrun.models.nets import MLP, FlatView
 SITE = "w"
 MIN_SCALE = 1e-3  # keeps heteroscedastic scales away from 0 (and the NLL finite)
 EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large nets
-PLANE_SIDE = 100
+PLANE_SIDE = 100  # grid points per axis of plots/uncertainty.png (2D inputs)
 # A MADE's weights and masks (constants in the compiled program), with Adam's two moments:
 # beyond this many parameters a flow posterior needs gigabytes.
-FLOW_MAX_PARAMETERS = 50_000_000  # grid points per axis of plots/uncertainty.png (2D inputs)
+FLOW_MAX_PARAMETERS = 50_000_000
 DF_INIT = 10.0  # initial learned Student-t degrees of freedom (close to Normal)
 
 

@@ -253,7 +253,7 @@ def test_a_crashing_job_is_logged_and_listed_as_failed_and_the_study_goes_on(stu
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-2:] == [
         "bslrun: 1 job(s) failed:",
-        "  sweep/2: RuntimeError: injected failure",
+        "  sweep/2: unexpected RuntimeError: injected failure (a bug: traceback in run.log)",
     ]
     log = (sweep / "2" / "run.log").read_text()
     assert "[ERROR] unexpected RuntimeError: injected failure" in log

@@ -128,7 +128,30 @@ def saved_epochs(run_dir: Path) -> list[int]:
     return [int(p.name) for p in found.iterdir() if p.name.isdigit()] if found.is_dir() else []
 
 
-def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The reference: RUN trained without interruption (in this process: one JAX start-up less)."""
+    from conftest import compose
+
+    from bslrun.run import run
+
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    run(compose(*RUN), folder)
+    return folder
+
+
+def assert_same_run(resumed: Path, reference: Path, min_epoch: int) -> None:
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (resumed, reference))
+    assert got["timing"]["resumed_from_epoch"] >= min_epoch
+    for section in ("test", "val", "train"):
+        assert got[section] == want[section], section
+    history = [(d / "history.csv").read_text() for d in (resumed, reference)]
+    assert history[0] == history[1]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(
+    tmp_path, uninterrupted
+):
     killed = tmp_path / "killed"
     process = bslrun(f"hydra.run.dir={killed}", output=tmp_path, wait=False)
     deadline = time.monotonic() + 120
@@ -139,6 +162,9 @@ def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(tmp_
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read()
     assert not (killed / "metrics.json").exists(), "the run ended before it was killed"
+    # Killed without a word: status.json still says running, from a process that is gone.
+    status = json.loads((killed / "status.json").read_text())
+    assert status["status"] == "running" and status["pid"] == process.pid
 
     overrides = (killed / ".hydra" / "overrides.yaml").read_text()
     refused = bslrun("seed=1", f"trainer.resume={killed}", output=tmp_path)
@@ -154,20 +180,66 @@ def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(tmp_
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]
     assert "resuming from the last checkpoint" in (killed / "run.log").read_text()
-    from conftest import compose
+    assert json.loads((killed / "status.json").read_text())["status"] == "completed"
+    assert_same_run(killed, uninterrupted, 10)
 
-    from bslrun.run import run
 
-    run(compose(*RUN), tmp_path / "uninterrupted")  # in this process: one JAX start-up less
-
-    got, want = (
-        json.loads((d / "metrics.json").read_text()) for d in (killed, tmp_path / "uninterrupted")
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=lambda s: s.name
+)
+def test_a_run_stopped_by_a_signal_saves_exits_in_one_line_and_resumes(
+    tmp_path, uninterrupted, stop
+):
+    """Ctrl-C, SIGTERM or a preemption notice: the run stops at the next epoch boundary,
+    saves a checkpoint even with periodic checkpoints off, records ``interrupted`` and
+    exits 130 (SIGINT) or 143; resumed, it ends with an uninterrupted run's numbers."""
+    stopped = tmp_path / "stopped"
+    process = bslrun(
+        f"hydra.run.dir={stopped}", "trainer.checkpoint_every=0", output=tmp_path, wait=False
     )
-    assert got["timing"]["resumed_from_epoch"] >= 10
-    for section in ("test", "val", "train"):
-        assert got[section] == want[section], section
-    history = [(d / "history.csv").read_text() for d in (killed, tmp_path / "uninterrupted")]
-    assert history[0] == history[1]
+    deadline = time.monotonic() + 120
+    log = stopped / "run.log"
+    while "] data " not in (log.read_text() if log.exists() else "") and process.poll() is None:
+        assert time.monotonic() < deadline, "the run did not start within two minutes"
+        time.sleep(0.02)
+    time.sleep(0.5)  # into compilation or training: the signal waits for the epoch boundary
+    process.send_signal(stop)
+    process.wait(timeout=120)
+    stderr = process.stderr.read().decode()
+    assert process.returncode == (130 if stop == signal.SIGINT else 143), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+    assert f"stopped by {signal.Signals(stop).name} after epoch" in stderr
+    assert f"bslrun trainer.resume={stopped}" in stderr
+    status = json.loads((stopped / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["exit_code"] == process.returncode
+    assert status["ended"] and not (stopped / "metrics.json").exists()
+    assert saved_epochs(stopped), "no checkpoint was saved on the way out"
+    assert (stopped / "history.csv").is_file()
+    if stop != signal.SIGINT:
+        return  # how the run resumes does not depend on which signal stopped it
+
+    resumed = bslrun(f"trainer.resume={stopped}", output=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(stopped, uninterrupted, 1)
+
+
+def test_a_second_run_into_a_folder_in_use_refuses_and_writes_nothing(tmp_path):
+    from bslrun.lifecycle import RunLock
+
+    folder = tmp_path / "busy"
+    lock = RunLock(folder).acquire()  # as a running run holds it
+    try:
+        before = sorted(p.name for p in folder.iterdir())
+        refused = bslrun(f"hydra.run.dir={folder}", "seed=6", output=tmp_path)
+        assert refused.returncode == 5
+        assert refused.stderr.strip().startswith(
+            f"bslrun: error: {folder} is in use by another run"
+        )
+        assert sorted(p.name for p in folder.iterdir()) == before  # nothing written there
+    finally:
+        lock.release()
+    # The holder gone, its lock file left behind blocks nothing.
+    assert RunLock(folder).acquire().held
 
 
 def test_checkpoints_record_the_config_they_were_made_with(tmp_path):
@@ -175,5 +247,8 @@ def test_checkpoints_record_the_config_they_were_made_with(tmp_path):
 
     cfg = compose("debug=tiny")
     checkpoint.Checkpoints(tmp_path, 5, as_dict(cfg)).close()
+    assert not checkpoint.folder(tmp_path / "off").exists()
+    checkpoint.Checkpoints(tmp_path / "off", 0, as_dict(cfg)).close()  # saves only when stopped
+    assert not checkpoint.folder(tmp_path / "off").exists()
     saved = json.loads((checkpoint.folder(tmp_path) / checkpoint.CONFIG_FILE).read_text())
     assert saved == json.loads(json.dumps(as_dict(cfg)))

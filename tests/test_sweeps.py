@@ -14,7 +14,7 @@ from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from test_cli import SHARED, bslrun
 
-from bslrun import cli
+from bslrun import cli, preflight
 from bslrun.config import register
 from bslrun.errors import ConfigError
 
@@ -88,7 +88,7 @@ def test_a_bad_value_inside_a_sweep_file_is_refused(tmp_path, monkeypatch):
         "# @package _global_\n# A grid with one bad value\n"
         "hydra:\n  sweeper:\n    params:\n      optim.lr: 1e-3,-1\n"
     )
-    monkeypatch.setattr(cli, "CONFIG_DIR", configs)
+    monkeypatch.setattr(preflight, "CONFIG_DIR", configs)
     with pytest.raises(ConfigError, match="optim.lr=-1"):
         cli.prevalidate(["-m", "sweep=bad"])
     # A value given on the command line replaces the file's sweep, as in Hydra's sweeper.

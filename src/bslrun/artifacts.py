@@ -116,8 +116,15 @@ STATUS_FORMAT = 1
 STATES = ("running", "completed", "failed", "diverged", "interrupted")
 
 
-def write_status(run_dir: Path, state: str, *, started: str, ended: str | None = None,
-                 exit_code: int | None = None, error: str | None = None) -> Path:
+def write_status(
+    run_dir: Path,
+    state: str,
+    *,
+    started: str,
+    ended: str | None = None,
+    exit_code: int | None = None,
+    error: str | None = None,
+) -> Path:
     """``status.json``: the run's state, its error line, start and end (ISO 8601, UTC), exit
     code, and the process (pid, host) that a ``running`` state belongs to."""
     import socket

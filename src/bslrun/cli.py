@@ -1,10 +1,10 @@
 """The ``bslrun`` command: Hydra composes the config, bslrun validates and runs it.
 
-Before Hydra starts (and before JAX is imported), the overrides are composed
-once with Hydra's compose API and validated, every value of every sweep
-included: a typo costs a second and one line on stderr (exit 2), not a
-minute of compilation and a traceback. This is the only place where a
-DictConfig exists; below it everything is a typed dataclass.
+Before Hydra starts (and before JAX is imported), ``preflight`` composes and
+validates the config of every job, refuses code in overrides and foreign config
+files, and checks (or locks) the output folder. Each run then holds its folder's
+lock, records ``status.json``, stops at an epoch boundary on a stop signal, and
+maps every error to one line and its exit code (errors.py).
 
 Sweeps run through Hydra's plugins: a launcher (``hydra/launcher=joblib`` on
 this machine, ``hydra/launcher=slurm`` on a cluster) and a sweeper (the basic
@@ -16,6 +16,7 @@ that launched the sweep lists the failed jobs and exits with 1.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -26,196 +27,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 import bslrun  # first import: starts the clock
-from bslrun.errors import BslrunError, ConfigError
+from bslrun.errors import BslrunError, ResourceError, RunInterrupted
+from bslrun.preflight import CONFIG_DIR, PROG, check_output_folder, prevalidate, to_config
 
-PROG = "bslrun"
-
-
-def find_config_dir() -> Path:
-    """``$BSLRUN_CONFIG_DIR``, else the configs shipped in the wheel, else the checkout's."""
-    here = Path(__file__).resolve()
-    candidates = [here.parent / "configs", here.parents[2] / "configs"]
-    if os.environ.get("BSLRUN_CONFIG_DIR"):
-        candidates.insert(0, Path(os.environ["BSLRUN_CONFIG_DIR"]))
-    for candidate in candidates:
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise SystemExit(f"{PROG}: error: no configs/config.yaml found; reinstall bslrun")
-
-
-CONFIG_DIR = find_config_dir()
-
-
-# ----------------------------------------------------------------- config in
-
-
-def to_config(dcfg):
-    """DictConfig -> validated Config dataclass (raises ConfigError)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from bslrun.config import validate
-
-    try:
-        cfg = OmegaConf.to_object(dcfg)
-    except OmegaConfBaseException as error:
-        raise ConfigError(describe_error(error)) from None
-    reject_unknown_keys(OmegaConf.to_container(dcfg, resolve=False), cfg)
-    return validate(cfg)
-
-
-def reject_unknown_keys(tree: dict, schema, prefix: str = "") -> None:
-    """Keys added with ``+key=value`` that the schema does not know are errors too."""
-    from dataclasses import fields, is_dataclass
-
-    if not (is_dataclass(schema) and isinstance(tree, dict)):
-        return
-    known = {f.name: getattr(schema, f.name) for f in fields(schema)}
-    for key, value in tree.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {prefix}{key}; valid keys here: " + ", ".join(known))
-        reject_unknown_keys(value, known[key], f"{prefix}{key}.")
-
-
-def describe_error(error: BaseException) -> str:
-    """One line naming the offending key, option or value, and what is allowed."""
-    from dataclasses import fields, is_dataclass
-
-    from hydra.errors import MissingConfigException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-    if isinstance(error, MissingConfigException):
-        missing = (error.missing_cfg_file or "").strip("/")
-        group, _, option = missing.rpartition("/")
-        if group and error.options is not None:
-            return f"unknown option {group}={option}; choose one of: " + ", ".join(
-                sorted(error.options)
-            )
-        return str(error).splitlines()[0]
-    cause = error
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
-    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
-        allowed = ""
-        if cause.object_type is not None and is_dataclass(cause.object_type):
-            allowed = "; valid keys here: " + ", ".join(f.name for f in fields(cause.object_type))
-        return f"unknown key {cause.full_key}{allowed}"
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        message = cause.msg.splitlines()[0] if cause.msg else type(cause).__name__
-        return f"{cause.full_key}: {message}"
-    return str(error).strip().splitlines()[0]
-
-
-def sweep_values(override) -> list[str]:
-    """The values a sweep override stands for; an interval (optuna's search space,
-    ``tag(log, interval(1e-4, 1e-1))``) by its two ends, as checks are ranges."""
-    if override.is_interval_sweep():
-        interval = override.value()
-        return [str(interval.start), str(interval.end)]
-    return list(override.sweep_string_iterator())
-
-
-def sweep_variants(overrides: list[str]) -> list[list[str]]:
-    """Override lists covering every value of every sweep, one sweep varied at a time."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    base, sweeps = [], []
-    for i, override in enumerate(parsed):
-        if override.is_sweep_override():
-            values = sweep_values(override)
-            key = override.get_key_element()
-            base.append(f"{key}={values[0]}")
-            sweeps.append((i, key, values))
-        else:
-            base.append(override.input_line)
-    variants = [base]
-    for i, key, values in sweeps:
-        for value in values[1:]:
-            variant = list(base)
-            variant[i] = f"{key}={value}"
-            variants.append(variant)
-    return variants
-
-
-def declared_sweeps(params, overrides: list[str]) -> list[str]:
-    """The sweeps a config declares in ``hydra.sweeper.params`` (``sweep=seeds``), as overrides.
-
-    As in Hydra's basic sweeper, a key also given on the command line keeps its value there.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    given = {o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides)}
-    return [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
-
-
-def check_resume(cfg, multirun: bool) -> str:
-    """The run folder ``trainer.resume`` names, once it is known to hold checkpoints of ``cfg``."""
-    from bslrun.config import as_dict
-    from bslrun.inference import checkpoint
-
-    if multirun:
-        raise ConfigError(
-            "trainer.resume continues one run; to resume a sweep, start it again with "
-            "hydra.sweep.dir=<its folder>: each job resumes from its own checkpoints"
-        )
-    folder = Path(cfg.trainer.resume)
-    if not folder.is_dir():
-        raise ConfigError(
-            f"trainer.resume={folder}: no such folder; give the run folder to continue"
-        )
-    if not checkpoint.check_config(folder, as_dict(cfg)):
-        raise ConfigError(
-            f"trainer.resume={folder}: it holds no checkpoint ({checkpoint.folder(folder)} is "
-            "missing); only runs trained with trainer.checkpoint_every > 0 can be resumed"
-        )
-    return str(folder)
-
-
-def prevalidate(argv: list[str]) -> str | None:
-    """Compose and validate the config the command line asks for (ConfigError if bad).
-
-    Hydra's own overrides (``hydra/launcher=joblib``, ``hydra.sweeper.n_trials=5``) are
-    composed too, so that a typo there is one line as well, and so that the sweeper's
-    ``hydra.sweeper.params`` are the ones the sweep will use. Returns the run folder
-    to resume (``trainer.resume``), checked against its checkpoint, or None.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from bslrun.config import register
-    from bslrun.report import is_hydra_override
-
-    register()
-    args, _ = get_args_parser().parse_known_args(argv)
-    hydra_overrides = [o for o in args.overrides if is_hydra_override(o)]
-    overrides = [o for o in args.overrides if not is_hydra_override(o)]
-    resumed: list[str] = []
-    try:
-        variants = sweep_variants(overrides)
-        if len(variants) > 1 and not args.multirun:
-            raise ConfigError("these overrides sweep over several values; add -m to run a sweep")
-        config_name = args.config_name or "config"
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=PROG):
-            for variant in variants:
-                hydra_cfg = compose(
-                    config_name, variant + hydra_overrides, return_hydra_config=True
-                ).hydra
-                declared = declared_sweeps(hydra_cfg.sweeper.params, variant)
-                if declared and not args.multirun:
-                    choice = hydra_cfg.runtime.choices.get("sweep")
-                    what = f"sweep={choice}" if choice else "hydra.sweeper.params"
-                    raise ConfigError(f"{what} runs several jobs: add -m")
-                configs = [
-                    to_config(compose(config_name, overrides=job))
-                    for job in sweep_variants(declared + variant)
-                ]
-                resumed += [check_resume(c, args.multirun) for c in configs if c.trainer.resume]
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(describe_error(error)) from None
-    return resumed[0] if resumed else None
+__all__ = ["CONFIG_DIR", "main", "objective", "prevalidate", "task", "to_config"]
 
 
 # --------------------------------------------------------------------- help
@@ -299,38 +114,125 @@ def objective(metrics: dict, monitor: str) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+PRE_LOCK = None  # the lock main() took on a run folder named in full, before Hydra started
+
+# errno values that mean the machine refused, not that bslrun is wrong.
+RESOURCE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+    errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO,
+}  # fmt: skip
+
+
+def as_bslrun_error(error: BaseException) -> BslrunError | None:
+    """The error a person should see for ``error``; None when it is a bug."""
+    if isinstance(error, BslrunError):
+        return error
+    if isinstance(error, KeyboardInterrupt):
+        import signal
+
+        return RunInterrupted("stopped by SIGINT", signal.SIGINT)
+    if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]:
+        return ResourceError(
+            "out of memory; use a smaller model (model.hidden), a smaller trainer.batch_size "
+            "or fewer eval.num_samples"
+        )
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno in RESOURCE_ERRNOS:
+        where = f" writing {cause.filename}" if cause.filename else ""
+        return ResourceError(
+            f"{cause.strerror}{where}; free space or fix the permissions there, or choose "
+            "another output folder (hydra.run.dir=... or BSLRUN_OUTPUT_DIR)"
+        )
+    return None
+
+
+def end_status(run_dir: Path, started: str, state: str, code: int, error: str | None) -> None:
+    """status.json at the end of a run; a disk too full for it loses only this file."""
+    from bslrun import artifacts
+    from bslrun.lifecycle import now
+
+    try:
+        artifacts.write_status(
+            run_dir, state, started=started, ended=now(), exit_code=code, error=error
+        )
+    except OSError as problem:
+        log_to_file_only(logging.ERROR, f"could not write status.json: {problem}")
+
+
+def leave(code: int) -> None:
+    """Exit now that the error line is out and every file is written: libraries' worker
+    threads (orbax, TensorStore) left mid-task must not print their tracebacks after it."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def task(dcfg) -> float | None:
     """Hydra's task function: one run in Hydra's output folder; returns ``objective``.
 
-    In a sweep, a failed run (a BslrunError, or any other exception, whose traceback goes
-    to run.log) returns None so that the other jobs go on; alone, it exits non-zero.
+    The run holds its folder's lock, records ``status.json`` at its start and end, and
+    stops at an epoch boundary on SIGINT, SIGTERM or a cluster's warning signal. In a
+    sweep, a failed run returns None so that the other jobs go on; alone, it exits with
+    its error's code (errors.py). A bug keeps its traceback, in run.log too.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from bslrun import artifacts
+    from bslrun.lifecycle import RunLock, StopSignals, now
 
     bslrun.begin_run()
     log = logging.getLogger(PROG)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    started = now()
+    same = PRE_LOCK is not None and PRE_LOCK.run_dir.resolve() == run_dir.resolve()
+    lock = PRE_LOCK if same else RunLock(run_dir)
     try:
-        cfg = to_config(dcfg)
-        from bslrun.run import format_table, run
+        lock.acquire()
+        artifacts.write_status(run_dir, "running", started=started)
+    except (BslrunError, OSError) as error:
+        failure = as_bslrun_error(error) or error
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+        if not sweep:
+            sys.exit(getattr(failure, "exit_code", 5))
+        return None
+    stop = StopSignals()
+    try:
+        with stop:
+            cfg = to_config(dcfg)
+            from bslrun.run import format_table, run
 
-        metrics = run(cfg, run_dir)
+            metrics = run(cfg, run_dir, stop)
+        end_status(run_dir, started, "completed", 0, None)
         log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics))
         return objective(metrics, cfg.trainer.monitor.value)
-    except BslrunError as error:
+    except BaseException as raised:
+        error = as_bslrun_error(raised)
+        if error is None:
+            if not isinstance(raised, Exception):
+                raise  # SystemExit and the like
+            what = f"unexpected {type(raised).__name__}: {raised}"
+            log_to_file_only(logging.ERROR, what, exc_info=True)
+            end_status(run_dir, started, "failed", 1, f"{what} (a bug: traceback in run.log)")
+            if not sweep:
+                raise  # Hydra prints the traceback; exit status 1
+            print(f"{PROG}: error: {run_dir}: {what} (traceback in run.log)", file=sys.stderr)
+            return None
         log_to_file_only(logging.ERROR, str(error))
+        end_status(run_dir, started, error.status, error.exit_code, str(error))
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        if not sweep:
-            sys.exit(error.exit_code)
-    except Exception as error:
-        what = f"unexpected {type(error).__name__}: {error}"
-        log_to_file_only(logging.ERROR, what, exc_info=True)
-        if not sweep:
-            raise  # Hydra prints the traceback; exit status 1
-        print(f"{PROG}: error: {run_dir}: {what} (traceback in run.log)", file=sys.stderr)
+        if isinstance(error, RunInterrupted):
+            stop.hand_on(error.signum)  # e.g. submitit requeues the job
+        if not sweep or isinstance(error, RunInterrupted):
+            leave(error.exit_code)  # an interrupted sweep stops, whichever job it was in
+    finally:
+        if not same:
+            lock.release()
     return None
 
 
@@ -359,25 +261,37 @@ class SweepFailures(Callback):
 
 
 def main() -> None:
+    global PRE_LOCK
+    # A log line that cannot be written (a full disk) is lost quietly, not printed as a
+    # traceback: the error it belongs to still reaches the terminal in one line.
+    logging.raiseExceptions = False
     argv = sys.argv[1:]
     if "--help" in argv or "-h" in argv:
         print(help_text())
         return
     if not {"--hydra-help", "--info", "--shell-completion", "-sc"} & set(argv):
         try:
-            resume = prevalidate(argv)
-        except ConfigError as error:
+            plan = prevalidate(argv)
+            PRE_LOCK = check_output_folder(plan)
+        except BslrunError as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
-        if resume and not any(o.startswith("hydra.run.dir=") for o in argv):
-            sys.argv.append(f"hydra.run.dir='{resume}'")  # continue in the resumed folder
+        if plan.resume and not any(o.startswith("hydra.run.dir=") for o in argv):
+            sys.argv.append(f"hydra.run.dir='{plan.resume}'")  # continue in the resumed folder
 
     import hydra
 
     from bslrun.config import register
 
     register()
-    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+    try:
+        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+    except OSError as raised:  # Hydra writing its own files (.hydra/, multirun.yaml)
+        error = as_bslrun_error(raised)
+        if error is None:
+            raise
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     if FAILED_JOBS:
         print(f"{PROG}: {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
         for line in FAILED_JOBS:

@@ -13,7 +13,7 @@ import jax
 from bslrun import artifacts, plots, seeding
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
-from bslrun.errors import ConfigError, DivergenceError
+from bslrun.errors import ConfigError, DivergenceError, RunInterrupted
 from bslrun.inference import checkpoint, engine
 from bslrun.models import build as build_family
 
@@ -39,19 +39,37 @@ def evaluate(family, params, split, key, num_samples: int) -> dict:
     return {k: float(v) for k, v in jax.device_get(scores).items()}
 
 
+def draw(what: str, plot, *args) -> None:
+    """Draw figures; figures that cannot be drawn are skipped with a warning, never a lost
+    run. (A full disk is not the figure's fault: OSError goes on to the caller.)"""
+    try:
+        plot(*args)
+    except OSError:
+        raise
+    except Exception as error:  # a figure is a view of results that are already written
+        log.warning("skipped %s: %s: %s", what, type(error).__name__, error)
+
+
 def write_training(run_dir: Path, result: engine.FitResult) -> None:
     """History, learning curves and parameters: everything a diverged run still has."""
     artifacts.write_history(run_dir / "history.csv", result.history)
     artifacts.save_params(run_dir / "checkpoint" / "params.msgpack", result.params)
     if result.history:
-        plots.learning_curves(result.history, run_dir / "plots" / "learning_curves.png")
+        draw(
+            "the learning curves",
+            plots.learning_curves,
+            result.history,
+            run_dir / "plots" / "learning_curves.png",
+        )
 
 
-def checkpoints_for(cfg: Config, run_dir: Path):
-    """The run's checkpoints (None when off), after checking any already in ``run_dir``.
+def checkpoints_for(cfg: Config, run_dir: Path) -> checkpoint.Checkpoints:
+    """The run's checkpoints, after checking any already in ``run_dir``.
 
     A folder holding checkpoints is resumed: the one named by ``trainer.resume``, or a
-    run folder that a requeued cluster job starts again in.
+    run folder that a requeued cluster job starts again in. With
+    ``trainer.checkpoint_every=0`` nothing is saved but the one checkpoint of a run
+    stopped by a signal.
     """
     config = as_dict(cfg)
     resuming = checkpoint.check_config(run_dir, config)
@@ -63,13 +81,15 @@ def checkpoints_for(cfg: Config, run_dir: Path):
         )
     if resuming:
         log.info("resuming from the last checkpoint in %s", checkpoint.folder(run_dir))
-    elif cfg.trainer.checkpoint_every == 0:
-        return None
     return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config)
 
 
-def run(cfg: Config, run_dir: Path) -> dict:
-    """Train and evaluate ``cfg``; write the experiment folder; return metrics."""
+def run(cfg: Config, run_dir: Path, stop=None) -> dict:
+    """Train and evaluate ``cfg``; write the experiment folder; return metrics.
+
+    ``stop`` (``lifecycle.StopSignals``) is asked at every epoch boundary whether a signal
+    asked the run to stop; once training is over, a stop signal stops at once.
+    """
     run_dir = Path(run_dir)
     checkpoints = checkpoints_for(cfg, run_dir)
     keys = seeding.streams(cfg.seed)
@@ -88,13 +108,21 @@ def run(cfg: Config, run_dir: Path) -> dict:
         result = engine.fit(
             family, data, cfg.optim, cfg.trainer, keys.init, keys.train, val_samples,
             desc=cfg.name, checkpoints=checkpoints,
+            stop_requested=stop.pending if stop else (lambda: None),
+            eval_samples=family.eval_samples(cfg.eval),
         )  # fmt: skip
     except DivergenceError as error:
         write_training(run_dir, error.result)
         raise
+    except RunInterrupted as error:
+        write_training(run_dir, error.result)
+        raise RunInterrupted(
+            f"{error}; continue it with: bslrun trainer.resume={run_dir}", error.signum
+        ) from None
     finally:
-        if checkpoints:
-            checkpoints.close()
+        checkpoints.close()
+    if stop:
+        stop.now_or_never(f"training finished; results so far are in {run_dir}")
     write_training(run_dir, result)
 
     tick = time.perf_counter()
@@ -130,9 +158,10 @@ def run(cfg: Config, run_dir: Path) -> dict:
         "config": as_dict(cfg),
         "versions": versions(),
     }
-    artifacts.write_npz(run_dir / getattr(family, "artifact_name", "predictions.npz"), predictions)
-    family.plot(predictions, run_dir / "plots")
+    # Numbers first: a figure that fails must never cost the metrics.
     artifacts.write_json(run_dir / "metrics.json", metrics)
+    artifacts.write_npz(run_dir / getattr(family, "artifact_name", "predictions.npz"), predictions)
+    draw(f"the {cfg.model.family} figures", family.plot, predictions, run_dir / "plots")
     return metrics
 
 

@@ -17,14 +17,19 @@ training run under other settings would give numbers that no config describes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from bslrun import artifacts
-from bslrun.errors import ConfigError
+from bslrun.errors import ConfigError, ResourceError
 
 CONFIG_FILE = "config.json"
+SAVE_MARGIN = 256 * 1024  # orbax's metadata files, beside the arrays
+MANIFEST = "bslrun-manifest.json"  # SHA-256 of every file of a step, written after it
+log = logging.getLogger("bslrun")
 
 # Keys that may differ between a run and its resumption: they change how a run is
 # watched or where it runs, not what it computes (devices: within float rounding).
@@ -59,7 +64,7 @@ def check_config(run_dir: Path, config: dict) -> bool:
     path = folder(run_dir) / CONFIG_FILE
     if not path.is_file():
         return False
-    differences = config_differences(json.loads(path.read_text()), config)
+    differences = config_differences(read_json(path, "config"), config)
     if differences:
         shown = "; ".join(differences[:3]) + (" ..." if len(differences) > 3 else "")
         raise ConfigError(
@@ -70,47 +75,180 @@ def check_config(run_dir: Path, config: dict) -> bool:
     return True
 
 
+def read_json(path: Path, what: str):
+    """A checkpoint's JSON file; ResourceError naming it when it is damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise damaged(path, f"its {what} cannot be read: {_reason(error)}") from None
+
+
+def damaged(path: Path, why: str) -> ResourceError:
+    parents = [p.parent for p in Path(path).resolve().parents if p.name == "checkpoint"]
+    run_dir = parents[0] if parents else Path(path).parent
+    return ResourceError(
+        f"damaged checkpoint file {path} ({why}); to resume, delete {folder(run_dir)} "
+        "and start the run again (metrics.json and the other results are kept), or restore "
+        "the file from a backup"
+    )
+
+
+def _reason(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError that caused ``error`` (orbax wraps them), if one did."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def file_digests(step: Path) -> dict:
+    return {
+        str(path.relative_to(step)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(step.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def write_manifest(step: Path) -> None:
+    """Record what a complete checkpoint holds, so that damage is found (and named)
+    before orbax reads it: TensorStore reports a damaged file from worker threads."""
+    artifacts.write_json(step / MANIFEST, file_digests(step))
+
+
+def check_manifest(step: Path) -> None:
+    """ResourceError naming the first file of ``step`` that differs from its manifest."""
+    manifest = step / MANIFEST
+    if not manifest.is_file():
+        return  # a checkpoint from before manifests: orbax's own checks apply
+    want = read_json(manifest, "list of files")
+    got = file_digests(step)
+    for name, digest in want.items():
+        if got.get(name) != digest:
+            why = "missing" if name not in got else "its content changed since it was saved"
+            raise damaged(step / name, why)
+
+
 class Checkpoints:
-    """The checkpoints of one run folder: ``save`` every ``every`` epochs, ``latest`` to resume."""
+    """The checkpoints of one run folder: ``save`` every ``every`` epochs, ``latest`` to resume.
+
+    With ``every`` 0 nothing is saved periodically, but ``save`` still works: a run
+    stopped by a signal saves once before it exits. Orbax is imported on first use.
+    """
 
     def __init__(self, run_dir: Path, every: int, config: dict):
-        import orbax.checkpoint as ocp
-
-        # Orbax reports every save at INFO; the run log is for the run.
-        logging.getLogger("absl").setLevel(logging.WARNING)
-        self._ocp = ocp
         self.every = every
+        self.config = config
         self.directory = folder(run_dir).resolve()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._manager = None
+        if every > 0:  # the config is recorded once, by whichever comes first
+            self._record_config()
+
+    def _record_config(self) -> None:
         if not (self.directory / CONFIG_FILE).is_file():
-            artifacts.write_json(self.directory / CONFIG_FILE, config)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=1, enable_async_checkpointing=False, create=True
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+            artifacts.write_json(self.directory / CONFIG_FILE, self.config)
+
+    @property
+    def manager(self):
+        if self._manager is None:
+            import orbax.checkpoint as ocp
+
+            # Orbax reports every save at INFO; the run log is for the run.
+            logging.getLogger("absl").setLevel(logging.WARNING)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=1, enable_async_checkpointing=False, create=True
+            )
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager
 
     def due(self, epoch: int) -> bool:
         return self.every > 0 and epoch % self.every == 0
 
     def save(self, epoch: int, arrays, progress: dict) -> None:
-        args = self._ocp.args
-        self.manager.save(
-            epoch,
-            args=args.Composite(arrays=args.StandardSave(arrays), progress=args.JsonSave(progress)),
-            force=True,
-        )  # synchronous (async checkpointing is off): complete when this returns
+        """Save synchronously (async checkpointing is off): complete when this returns.
+
+        A failed save (a full disk) leaves the previous checkpoint, no temporary folder,
+        and raises ResourceError.
+        """
+        from orbax.checkpoint import args
+
+        self.check_space(epoch, arrays, progress)
+        try:
+            self._record_config()
+            self.manager.save(
+                epoch,
+                args=args.Composite(
+                    arrays=args.StandardSave(arrays), progress=args.JsonSave(progress)
+                ),
+                force=True,
+            )
+            write_manifest(self.directory / str(epoch))
+        except Exception as error:
+            self.remove_temporary()
+            cause = os_error_in(error)
+            if cause is None:
+                raise
+            raise ResourceError(
+                f"cannot save the checkpoint of epoch {epoch} in {self.directory}: "
+                f"{cause.strerror or _reason(cause)}; free space there (or set "
+                "trainer.checkpoint_every=0) and resume with trainer.resume=<run folder>"
+            ) from None
+
+    def check_space(self, epoch: int, arrays, progress: dict) -> None:
+        """Refuse a save the disk cannot hold, before orbax starts it: a save that runs out
+        of space half-way fails in TensorStore's worker threads, which print tracebacks."""
+        import jax
+
+        size = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(arrays))
+        need = int(1.25 * (size + len(json.dumps(progress)))) + SAVE_MARGIN
+        existing = next((p for p in [self.directory, *self.directory.parents] if p.exists()))
+        free = shutil.disk_usage(existing).free
+        if free < need:
+            raise ResourceError(
+                f"cannot save the checkpoint of epoch {epoch} in {self.directory}: No space "
+                f"left on device ({free / 2**20:.1f} MiB free, about {need / 2**20:.1f} MiB "
+                "needed); free space there (or set trainer.checkpoint_every=0) and resume "
+                "with trainer.resume=<run folder>"
+            )
+
+    def remove_temporary(self) -> None:
+        """Orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames when complete."""
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def latest(self, like) -> tuple[object, dict] | None:
-        """(arrays shaped and placed like ``like``, progress) of the last checkpoint, or None."""
+        """(arrays shaped and placed like ``like``, progress) of the last checkpoint, or None.
+
+        A damaged checkpoint (truncated arrays, unreadable progress) is ResourceError.
+        """
+        if not self.directory.is_dir():
+            return None
+        from orbax.checkpoint import args
+
         epoch = self.manager.latest_step()
         if epoch is None:
             return None
-        args = self._ocp.args
-        restored = self.manager.restore(
-            epoch,
-            args=args.Composite(arrays=args.StandardRestore(like), progress=args.JsonRestore()),
-        )
+        step = self.directory / str(epoch)
+        check_manifest(step)
+        progress_file = step / "progress" / "metadata"
+        progress = read_json(progress_file, "training progress")
+        if not (isinstance(progress, dict) and {"epoch", "history"} <= set(progress)):
+            raise damaged(progress_file, "it holds no training progress")
+        try:
+            restored = self.manager.restore(
+                epoch,
+                args=args.Composite(arrays=args.StandardRestore(like), progress=args.JsonRestore()),
+            )
+        except Exception as error:
+            log.debug("restoring %s failed: %s", step, error)
+            raise damaged(step / "arrays", "truncated or corrupt arrays") from None
         return restored["arrays"], restored["progress"]
 
     def close(self) -> None:
-        self.manager.close()
+        if self._manager is not None:
+            self._manager.close()

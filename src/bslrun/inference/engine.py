@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from bslrun import seconds_since_run_start
 from bslrun.config import Monitor
-from bslrun.errors import DivergenceError
+from bslrun.errors import DivergenceError, RunInterrupted
 from bslrun.inference import optim
 from bslrun.inference.devices import Placement
 from bslrun.inference.objectives import ScaledLoss
@@ -263,6 +263,8 @@ def fit(
     val_samples: int,
     desc: str = "train",
     checkpoints=None,
+    stop_requested=lambda: None,
+    eval_samples: int | None = None,
 ) -> FitResult:
     """Train ``family`` on ``data.train`` by SVI; validate on ``data.val`` if present.
 
@@ -273,7 +275,13 @@ def fit(
     checkpoint there and saves a new one every ``checkpoints.every`` epochs.
     Raises DivergenceError (with ``.result`` holding the history and the last
     finite parameters) when the loss or the parameters become NaN or infinite.
+    ``stop_requested()`` (a signal number or None) is asked at every epoch boundary:
+    when it answers, a checkpoint is saved and RunInterrupted (with ``.result``) raised.
     """
+    from bslrun.inference import memory  # it builds on this module's SVI pieces
+
+    # Before anything compiles: training, and the final evaluation with ``eval_samples``.
+    memory.check(family, data, optim_cfg, trainer_cfg, val_samples, eval_samples)
     epochs_key, val_key = jax.random.split(key)
     placement = Placement(trainer_cfg.devices)
     timing, tick = {}, time.perf_counter()
@@ -294,6 +302,7 @@ def fit(
     val_s_before = progress.val_s
 
     monitor = Monitor(trainer_cfg.monitor).value
+    epochs = trainer_cfg.epochs
     bar = _progress_bar(trainer_cfg, desc, progress.epoch)
     while not progress.finished(trainer_cfg.epochs):
         epoch = progress.epoch + 1
@@ -321,12 +330,29 @@ def fit(
             value = scores.get(monitor, scores["nll"])
             postfix[f"val_{monitor}"] = f"{value:.4f}"
             best_state = _track_best(progress, value, state, best_state, trainer_cfg.patience)
-        if checkpoints and (checkpoints.due(epoch) or progress.finished(trainer_cfg.epochs)):
+        signum = stop_requested()
+        if checkpoints and (checkpoints.due(epoch) or signum or progress.finished(epochs)):
             checkpoints.save(epoch, {"state": state, "best": best_state}, asdict(progress))
         bar.set_postfix(postfix, refresh=False)
         bar.update()
+        if signum and not progress.finished(epochs):
+            bar.close()
+            raise _interruption(signum, epoch, svi, state, best_state, progress, validate,
+                                trainer_cfg, setup, timing)  # fmt: skip
     bar.close()
     return _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing)
+
+
+def _interruption(signum, epoch, *result_args) -> RunInterrupted:
+    """RunInterrupted carrying what training has so far (history, best parameters)."""
+    import signal
+
+    error = RunInterrupted(
+        f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint saved", signum
+    )
+    error.result = _result(*result_args)
+    error.epoch = epoch
+    return error
 
 
 def _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing) -> FitResult:

@@ -1,0 +1,146 @@
+"""A run's life in its folder: an exclusive lock, the signals that stop it, its status.
+
+- **Lock.** One process at a time runs in a run folder: it holds an ``flock`` on
+  ``.lock`` there. The kernel drops the lock when the process ends, however it ends
+  (SIGKILL, out of memory), so a lock file left behind is stale by construction and
+  never blocks the next run; the pid and host written inside only name the holder.
+- **Stop signals.** SIGINT (Ctrl-C), SIGTERM and the cluster's warning signals (SIGUSR1,
+  SIGUSR2: SLURM's preemption notice) set a flag; the training loop looks at it at the
+  next epoch boundary, saves a checkpoint and stops (``RunInterrupted``). A second
+  Ctrl-C stops at once. A handler that was there before (submitit's requeue on SIGUSR2)
+  is called once the checkpoint is saved, and a signal that it ignores stays ignored.
+- **Status.** ``status.json`` (written by ``artifacts.write_status``) says running,
+  completed, failed, diverged or interrupted, with the error line and the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bslrun import artifacts
+from bslrun.errors import ResourceError, RunInterrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def now() -> str:
+    """The time as ISO 8601 in UTC, to the microsecond."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+# ----------------------------------------------------------------------- lock
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held until ``release`` or the process ends."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / artifacts.LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        """Take the lock (creating the folder); ResourceError naming the holder if taken."""
+        if self.held:
+            return self
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise ResourceError(
+                f"{self.run_dir} is in use by another run ({holder}); wait for it to end, "
+                "or give this run another folder (hydra.run.dir)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays, harmlessly
+            self._fd = None
+
+
+# -------------------------------------------------------------------- signals
+
+
+class StopSignals:
+    """Context manager: while inside, the stop signals set ``requested`` instead of killing.
+
+    Only the main thread can install handlers (a joblib worker thread cannot): there the
+    signals keep their usual effect.
+    """
+
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals = signals
+        self.requested: int | None = None
+        self.immediate: str | None = None  # once set, a signal stops at once, saying this
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        with contextlib.suppress(ValueError):  # not the main thread
+            for signum in self.signals:
+                previous = signal.getsignal(signum)
+                if previous is signal.SIG_IGN or _is_bypass(previous):
+                    continue  # a signal the process was told to ignore stays ignored
+                self._previous[signum] = previous
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.immediate or (self.requested is not None and signum == signal.SIGINT):
+            # After training, or a second Ctrl-C: nothing is left to save, stop now.
+            self.requested = self.requested or signum
+            raise RunInterrupted(self._stopped(signum, self.immediate), signum)
+        self.requested = self.requested or signum
+
+    @staticmethod
+    def _stopped(signum: int, where: str | None) -> str:
+        return f"stopped by {signal_name(signum)}" + (f" ({where})" if where else "")
+
+    def now_or_never(self, where: str) -> None:
+        """From here on a stop signal stops at once; one already received stops now."""
+        self.immediate = where
+        if self.requested is not None:
+            raise RunInterrupted(self._stopped(self.requested, where), self.requested)
+
+    def pending(self) -> int | None:
+        """The signal number that asked the run to stop, or None."""
+        return self.requested
+
+    def hand_on(self, signum: int) -> None:
+        """Call the handler that ``signum`` had before (e.g. submitit's requeue), if any."""
+        previous = self._previous.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, None)
+
+
+def _is_bypass(handler) -> bool:
+    """submitit's job environment ignores SIGTERM (SLURM sends it after the warning)."""
+    return getattr(handler, "__name__", "") == "bypass"
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name

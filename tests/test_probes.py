@@ -376,3 +376,11 @@ def test_a_read_only_output_folder_is_exit_5(tmp_path):
         assert "Read-only file system" in one_line(result.stderr)
     finally:
         subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_printing_the_config_touches_no_folder(tmp_path):
+    from bslrun import preflight
+
+    plan = preflight.prevalidate(["--cfg", "job", f"hydra.run.dir={tmp_path}/x"])
+    assert preflight.check_output_folder(plan) is None
+    assert not (tmp_path / "x").exists()

@@ -174,6 +174,7 @@ class Plan:
     output_dir: Path | None = None  # hydra.run.dir (one run) or hydra.sweep.dir, resolved
     fixed: bool = False  # named in full by the config (no ${now:...}): runs may collide there
     resume: str | None = None  # the run folder trainer.resume continues
+    prints_only: bool = False  # --cfg: Hydra prints the config and runs nothing
 
 
 # Keys that make Hydra or logging import and call code: never from the command line.
@@ -281,7 +282,7 @@ def prevalidate(argv: list[str]) -> Plan:
 
     register()
     args, _ = get_args_parser().parse_known_args(argv)
-    plan = Plan(multirun=bool(args.multirun))
+    plan = Plan(multirun=bool(args.multirun), prints_only=bool(args.cfg))
     hydra_overrides = [o for o in args.overrides if is_hydra_override(o)]
     overrides = [o for o in args.overrides if not is_hydra_override(o)]
     if args.config_dir:
@@ -341,7 +342,7 @@ def check_output_folder(plan: Plan):
     from bslrun.lifecycle import RunLock
 
     folder = plan.output_dir
-    if folder is None:
+    if folder is None or plan.prints_only:
         return None
     try:
         if plan.fixed and not plan.multirun:

@@ -384,3 +384,45 @@ def test_printing_the_config_touches_no_folder(tmp_path):
     plan = preflight.prevalidate(["--cfg", "job", f"hydra.run.dir={tmp_path}/x"])
     assert preflight.check_output_folder(plan) is None
     assert not (tmp_path / "x").exists()
+
+
+def wrapped(inner: BaseException) -> Exception:
+    try:
+        try:
+            raise inner
+        except BaseException as cause:
+            raise RuntimeError("while saving") from cause
+    except RuntimeError as outer:
+        return outer
+
+
+FAULTS = {
+    "disk-full": (OSError(28, "No space left on device", "/x/metrics.json"), 5, "metrics.json"),
+    "no-permission": (PermissionError(13, "Permission denied", "/x/run.log"), 5, "run.log"),
+    "read-only": (OSError(30, "Read-only file system", "/x/a.png"), 5, "Read-only"),
+    "wrapped-disk-full": (wrapped(OSError(28, "No space left on device", "/x/c")), 5, "/x/c"),
+    "tensorstore-disk-full": (
+        ValueError("RESOURCE_EXHAUSTED: Failed to write: No space left on device [28]"),
+        5,
+        "No space left",
+    ),
+    "xla-out-of-memory": (
+        RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating"),
+        5,
+        "memory",
+    ),
+    "python-out-of-memory": (MemoryError(), 5, "memory"),
+    "ctrl-c": (KeyboardInterrupt(), 130, "SIGINT"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAULTS))
+def test_faults_of_the_machine_become_one_line_and_their_exit_code(case):
+    error, code, words = FAULTS[case]
+    mapped = cli.as_bslrun_error(error)
+    assert mapped.exit_code == code and words in str(mapped) and "\n" not in str(mapped)
+
+
+def test_a_bug_stays_a_bug():
+    assert cli.as_bslrun_error(ValueError("index out of range")) is None
+    assert cli.as_bslrun_error(OSError(2, "No such file or directory", "x")) is None

@@ -131,11 +131,6 @@ def as_bslrun_error(error: BaseException) -> BslrunError | None:
         import signal
 
         return RunInterrupted("stopped by SIGINT", signal.SIGINT)
-    if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]:
-        return ResourceError(
-            "out of memory; use a smaller model (model.hidden), a smaller trainer.batch_size "
-            "or fewer eval.num_samples"
-        )
     cause = error
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
@@ -144,6 +139,16 @@ def as_bslrun_error(error: BaseException) -> BslrunError | None:
         return ResourceError(
             f"{cause.strerror}{where}; free space or fix the permissions there, or choose "
             "another output folder (hydra.run.dir=... or BSLRUN_OUTPUT_DIR)"
+        )
+    if "No space left on device" in str(error)[:4000]:  # also as TensorStore words it
+        return ResourceError(
+            "No space left on device; free space there, or choose another output folder "
+            "(hydra.run.dir=... or BSLRUN_OUTPUT_DIR)"
+        )
+    if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]:
+        return ResourceError(
+            "out of memory; use a smaller model (model.hidden), a smaller trainer.batch_size "
+            "or fewer eval.num_samples"
         )
     return None
 

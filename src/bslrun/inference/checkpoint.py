@@ -191,11 +191,14 @@ class Checkpoints:
         except Exception as error:
             self.remove_temporary()
             cause = os_error_in(error)
-            if cause is None:
+            # TensorStore reports a full disk as a ValueError that only its text tells.
+            full = "No space left on device" in str(error)
+            if cause is None and not full:
                 raise
+            why = "No space left on device" if full or cause is None else cause.strerror
             raise ResourceError(
                 f"cannot save the checkpoint of epoch {epoch} in {self.directory}: "
-                f"{cause.strerror or _reason(cause)}; free space there (or set "
+                f"{why or _reason(cause)}; free space there (or set "
                 "trainer.checkpoint_every=0) and resume with trainer.resume=<run folder>"
             ) from None
 

@@ -91,6 +91,9 @@ def test_default_run_writes_the_experiment_folder(default_run):
     ]:
         assert (folder / name).is_file(), name
     assert not list(folder.rglob("*.tmp")), "a temporary file was left behind"
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "completed" and status["exit_code"] == 0
+    assert status["error"] is None and status["started"] < status["ended"]
     # Written files get the usual permissions (umask), not mkstemp's private 0600.
     assert (folder / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~artifacts.CURRENT_UMASK
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -206,6 +209,8 @@ def test_divergence_exits_4_and_keeps_history_and_parameters(tmp_path):
     params = artifacts.load_params(folder / "checkpoint" / "params.msgpack")
     assert all(np.all(np.isfinite(v)) for v in params.values())
     assert "diverged" in (folder / "run.log").read_text()
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "diverged" and status["exit_code"] == 4
 
 
 def test_help_and_cfg_job(tmp_path):

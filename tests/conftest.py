@@ -5,6 +5,10 @@ Nothing here touches the network; everything is built in memory.
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,3 +96,61 @@ def perturb(params, key, scale: float = 0.3):
         for leaf, k in zip(leaves, keys, strict=True)
     ]
     return jax.tree.unflatten(tree, noisy)
+
+
+# --------------------------------------------------------------- refusals of the OS
+
+
+def fail_where(monkeypatch, method: str, hit, exc: OSError) -> None:
+    """Make ``Path.<method>`` raise ``exc`` for the paths where ``hit(path)`` holds, as an
+    unreadable file or folder does for a user who is not root (root passes any mode, so
+    os.access and chmod tell nothing in tests run as root)."""
+    original = getattr(Path, method)
+
+    def failing(self, *args, **kwargs):
+        if hit(self):
+            raise exc
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, failing)
+
+
+def fail_under(monkeypatch, method: str, folder: Path, exc: OSError) -> None:
+    """``Path.<method>`` raises ``exc`` for every path inside ``folder``."""
+    fail_where(monkeypatch, method, lambda path: folder in path.parents, exc)
+
+
+def fail_for(monkeypatch, method: str, target: Path, exc: OSError) -> None:
+    """``Path.<method>`` raises ``exc`` for ``target`` only."""
+    fail_where(monkeypatch, method, lambda path: path == target, exc)
+
+
+def denied(path) -> PermissionError:
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+# --------------------------------------------------------------------- compilations
+
+
+class CompileCounter:
+    """Counts XLA backend compilations by function name while active."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.names = []
+
+    def __call__(self, event, duration, **kwargs):
+        if event == self.EVENT:
+            self.names.append(kwargs.get("fun_name", "?"))
+
+    def __enter__(self):
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        from jax import monitoring
+
+        monitoring.unregister_event_duration_listener(self)

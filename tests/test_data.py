@@ -7,7 +7,6 @@ raw units and matched against those tables as multisets.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections import Counter
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import denied, fail_under
 
 from bslrun.config import DataConfig
 from bslrun.data import load, wine
@@ -364,23 +365,6 @@ def test_small_split_dir_loads_its_rows(tmp_path):
     np.testing.assert_allclose(
         to_raw(data.test.y, data.spec.y_scaler), SMALL_TABLE[8:, 2], atol=1e-5
     )
-
-
-def fail_under(monkeypatch, method: str, folder: Path, exc: OSError) -> None:
-    """Make ``Path.<method>`` raise ``exc`` for every path inside ``folder`` (a user who is
-    not root meets this in a folder without permission; root passes any mode)."""
-    original = getattr(Path, method)
-
-    def failing(self, *args, **kwargs):
-        if folder in self.parents:
-            raise exc
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, method, failing)
-
-
-def denied(path) -> PermissionError:
-    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 def write(name: str, text: str | bytes):

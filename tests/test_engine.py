@@ -7,8 +7,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import linear_regression_data, make_dataset
-from jax import monitoring
+from conftest import CompileCounter, linear_regression_data, make_dataset
 
 from bslrun.config import (
     BnnConfig,
@@ -185,26 +184,6 @@ def test_divergence_from_infinite_data():
 
 
 # ----------------------------------------------------------------------------- compile once
-
-
-class CompileCounter:
-    """Counts XLA backend compilations by function name while active."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self):
-        self.names = []
-
-    def __call__(self, event, duration, **kwargs):
-        if event == self.EVENT:
-            self.names.append(kwargs.get("fun_name", "?"))
-
-    def __enter__(self):
-        monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        monitoring.unregister_event_duration_listener(self)
 
 
 def test_epoch_compiled_once_regardless_of_epochs():

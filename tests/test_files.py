@@ -11,10 +11,10 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import denied, fail_for
 from numpy.lib import format as npy_format
 
 from bslrun.config import DATA_CHECKS, FileDataConfig, FileTask
@@ -451,23 +451,6 @@ def test_csv_too_large_for_memory_is_a_resource_error(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- path faults
-
-
-def fail_for(monkeypatch, method: str, target: Path, exc: OSError) -> None:
-    """Make ``Path.<method>`` raise ``exc`` for ``target`` only (as an unreadable file or
-    folder does for a user who is not root; as root, os.access and chmod tell nothing)."""
-    original = getattr(Path, method)
-
-    def failing(self, *args, **kwargs):
-        if self == target:
-            raise exc
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, method, failing)
-
-
-def denied(path) -> PermissionError:
-    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 def _loop(tmp_path, monkeypatch):

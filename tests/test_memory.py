@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import compose, linear_regression_data, make_dataset
+from conftest import CompileCounter, compose, linear_regression_data, make_dataset
 
 from bslrun import seeding
 from bslrun.config import BnnConfig, OptimConfig, Posterior, TrainerConfig
@@ -20,26 +20,6 @@ from bslrun.models import build
 from bslrun.run import VAL_SAMPLES
 
 FEATURES, HIDDEN, ROWS = 3, 7, 50
-
-
-class CompileCounter:
-    """XLA backend compilations while active."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self):
-        self.names = []
-
-    def __call__(self, event, duration, **kwargs):
-        if event == self.EVENT:
-            self.names.append(kwargs.get("fun_name", "?"))
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
 
 
 def small_bnn(posterior: str = "mean_field"):

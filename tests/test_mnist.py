@@ -21,6 +21,7 @@ from urllib.error import URLError
 
 import numpy as np
 import pytest
+from conftest import denied, fail_under
 
 from bslrun.config import Binarize, ImageDataConfig
 from bslrun.data import DATASETS, TASKS, load, mnist
@@ -408,23 +409,6 @@ def test_missing_files_without_download_list_files_and_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- root faults
-
-
-def fail_under(monkeypatch, method: str, folder: Path, exc: OSError) -> None:
-    """Make ``Path.<method>`` raise ``exc`` for every path inside ``folder``, as a folder
-    without search permission does for a user who is not root (root passes any mode)."""
-    original = getattr(Path, method)
-
-    def failing(self, *args, **kwargs):
-        if folder in self.parents:
-            raise exc
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, method, failing)
-
-
-def denied(path) -> PermissionError:
-    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 def _file_as_root(tmp_path, monkeypatch):

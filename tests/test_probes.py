@@ -437,3 +437,31 @@ def test_faults_of_the_machine_become_one_line_and_their_exit_code(case):
 def test_a_bug_stays_a_bug():
     assert cli.as_bslrun_error(ValueError("index out of range")) is None
     assert cli.as_bslrun_error(OSError(2, "No such file or directory", "x")) is None
+
+
+def test_stop_signals_wait_for_the_boundary_and_hand_on_to_the_handler_before():
+    """A first signal only asks; after training a signal stops at once; the handler that
+    was there before (submitit's requeue) is called once the run has ended."""
+    import signal
+
+    from bslrun.errors import RunInterrupted
+    from bslrun.lifecycle import StopSignals
+
+    seen = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    ignored = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)  # ignored before: stays ignored
+            assert stop.pending() is None
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert stop.pending() == signal.SIGUSR1 and seen == []
+            with pytest.raises(RunInterrupted) as stopped:
+                stop.now_or_never("training finished")
+            assert stopped.value.exit_code == 143
+        assert signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN
+        stop.hand_on(signal.SIGUSR1)
+        assert seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+        signal.signal(signal.SIGUSR2, ignored)

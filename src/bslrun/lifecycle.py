@@ -105,9 +105,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        # The previous handlers are kept: ``hand_on`` calls them once the run has ended.
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
-        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         if self.immediate or (self.requested is not None and signum == signal.SIGINT):

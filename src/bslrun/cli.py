@@ -27,7 +27,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 import bslrun  # first import: starts the clock
-from bslrun.errors import BslrunError, ResourceError, RunInterrupted
+from bslrun.errors import BslrunError, ResourceError, RunInterrupted, os_error_in
 from bslrun.preflight import CONFIG_DIR, PROG, check_output_folder, prevalidate, to_config
 
 __all__ = ["CONFIG_DIR", "main", "objective", "prevalidate", "task", "to_config"]
@@ -131,10 +131,8 @@ def as_bslrun_error(error: BaseException) -> BslrunError | None:
         import signal
 
         return RunInterrupted("stopped by SIGINT", signal.SIGINT)
-    cause = error
-    while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, OSError) and cause.errno in RESOURCE_ERRNOS:
+    cause = os_error_in(error)
+    if cause is not None and cause.errno in RESOURCE_ERRNOS:
         where = f" writing {cause.filename}" if cause.filename else ""
         return ResourceError(
             f"{cause.strerror}{where}; free space or fix the permissions there, or choose "

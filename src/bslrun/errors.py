@@ -54,3 +54,13 @@ class RunInterrupted(BslrunError):
 
         self.signum = signum
         self.exit_code = 130 if signum == signal.SIGINT else 143
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError that caused ``error`` (libraries such as orbax and Hydra wrap them)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

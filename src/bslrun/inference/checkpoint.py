@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from bslrun import artifacts
-from bslrun.errors import ConfigError, ResourceError
+from bslrun.errors import ConfigError, ResourceError, os_error_in
 
 CONFIG_FILE = "config.json"
 SAVE_MARGIN = 256 * 1024  # orbax's metadata files, beside the arrays
@@ -95,16 +95,6 @@ def damaged(path: Path, why: str) -> ResourceError:
 
 def _reason(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-
-
-def os_error_in(error: BaseException) -> OSError | None:
-    """The OSError that caused ``error`` (orbax wraps them), if one did."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def file_digests(step: Path) -> dict:

@@ -304,7 +304,7 @@ def fit(
     monitor = Monitor(trainer_cfg.monitor).value
     epochs = trainer_cfg.epochs
     bar = _progress_bar(trainer_cfg, desc, progress.epoch)
-    while not progress.finished(trainer_cfg.epochs):
+    while not progress.finished(epochs):
         epoch = progress.epoch + 1
         tick = time.perf_counter()
         new_state, loss, finite = run_epoch(

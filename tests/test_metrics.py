@@ -98,7 +98,7 @@ def test_mixture_quantile_matches_brentq(mixture, q):
             for i in range(N)
         ]
     )
-    # Bisection in float32 over a bracket of width ~30: resolution ~1e-5 relative.
+    # Float32 arithmetic on a bracket of width ~30: resolution ~1e-5 relative.
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -236,3 +236,21 @@ def test_classification_summary(rng):
         np.mean(-np.sum(probs * np.log(probs), -1)), rel=1e-5
     )
     assert out["ece"] == pytest.approx(ref_ece(probs, labels), abs=1e-5)
+
+
+@pytest.mark.parametrize("q", [0.025, 0.3, 0.5, 0.7, 0.975])
+def test_mixture_quantile_of_far_apart_modes_matches_brentq(q):
+    """Two narrow modes 40 standard deviations apart: the moment-matched start lies in the
+    gap where the density is ~0, so Newton steps overshoot and bisection must take over.
+    In the gap the CDF is flat and every point of it is a median: there the check is the
+    definition, F(x_q) = q with the float64 CDF; elsewhere brentq's unique root."""
+    mu = np.array([[-10.0, 0.0, 3.0], [10.0, 0.1, 3.0]], np.float32)  # (S=2, n=3)
+    sigma = np.array([[0.5, 1e-3, 0.1], [0.5, 1.0, 100.0]], np.float32)
+    got = np.asarray(metrics.mixture_quantile(q, mu, sigma)).astype(np.float64)
+    for i in range(mu.shape[1]):
+        mu_i, sigma_i = mu[:, i].astype(np.float64), sigma[:, i].astype(np.float64)
+        if q == 0.5 and i == 0:
+            assert ref_cdf(got[i], mu_i, sigma_i) == pytest.approx(q, abs=1e-6)
+            continue
+        expected = ref_quantile(q, mu_i, sigma_i)
+        assert got[i] == pytest.approx(expected, abs=2e-6 * (abs(expected) + max(sigma_i)))

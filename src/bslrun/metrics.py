@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 from jax.nn import logsumexp
-from jax.scipy.special import betainc, ndtr
+from jax.scipy.special import betainc, ndtr, ndtri
 from jax.scipy.stats import norm, t
 
 INTERVAL_LEVELS = (0.5, 0.9, 0.95)
@@ -73,25 +73,46 @@ def interval_coverage(pit, level: float):
     return jnp.mean(jnp.abs(pit - 0.5) <= level / 2)
 
 
+def mixture_pdf(y, mu, sigma, df=None):
+    """Predictive density p_i(y_i) = (1/S) sum_s N(y_i; mu_si, sigma_si): shape (n,)
+    (Student-t components when ``df`` is given)."""
+    return jnp.mean(jnp.exp(component_logpdf(y[None, :], mu, sigma, df)), axis=0)
+
+
 def mixture_quantile(q: float, mu, sigma, df=None, iterations: int = 60):
-    """F_i^-1(q) for each point by bisection on the mixture CDF: shape (n,).
+    """F_i^-1(q) for each point: shape (n,). Safeguarded Newton on the mixture CDF.
 
     The quantile lies within [min_s mu - 10 sigma, max_s mu + 10 sigma]: for any
     practical q with Normal components, for q in [0.005, 0.995] with Student-t ones
-    (df > 2; t_2's 0.995 quantile is 9.92). 60 halvings shrink that bracket below
-    float32 resolution.
+    (df > 2; t_2's 0.995 quantile is 9.92). Each step keeps that bracket around the root
+    (F(low) < q <= F(high)) and takes the Newton step x - (F(x) - q) / p(x) where it
+    stays inside, else bisects (Press et al. 2007, "rtsafe", sec. 9.4): quadratic
+    convergence from the moment-matched Normal start, never worse than bisection. It
+    stops when every step is below float32 resolution, after ``iterations`` at most.
     """
     low = jnp.min(mu - 10 * sigma, axis=0)
     high = jnp.max(mu + 10 * sigma, axis=0)
+    mean = jnp.mean(mu, axis=0)
+    spread = jnp.sqrt(jnp.var(mu, axis=0) + jnp.mean(component_variance(sigma, df), axis=0))
+    start = jnp.clip(mean + spread * ndtri(q), low, high)
+    tolerance = 2 * jnp.finfo(mu.dtype).eps * (jnp.abs(mean) + spread)
 
-    def body(_, bracket):
-        low, high = bracket
-        mid = 0.5 * (low + high)
-        below = mixture_cdf(mid, mu, sigma, df) < q
-        return jnp.where(below, mid, low), jnp.where(below, high, mid)
+    def body(carry):
+        i, x, low, high, _ = carry
+        cdf = mixture_cdf(x, mu, sigma, df)
+        below = cdf < q
+        low, high = jnp.where(below, x, low), jnp.where(below, high, x)
+        newton = x - (cdf - q) / mixture_pdf(x, mu, sigma, df)
+        inside = jnp.isfinite(newton) & (newton > low) & (newton < high)
+        new = jnp.where(inside, newton, 0.5 * (low + high))
+        return i + 1, new, low, high, jnp.max(jnp.abs(new - x) - tolerance)
 
-    low, high = lax.fori_loop(0, iterations, body, (low, high))
-    return 0.5 * (low + high)
+    def going(carry):
+        i, *_, worst_step = carry
+        return (i < iterations) & (worst_step > 0)
+
+    carry = (0, start, low, high, jnp.asarray(jnp.inf, mu.dtype))
+    return lax.while_loop(going, body, carry)[1]
 
 
 def regression_summary(y, mu, sigma, df=None) -> dict:

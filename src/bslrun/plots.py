@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from bslrun.artifacts import atomic_path
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use: reopening a run or
+    validating a config need no figures, and pyplot takes most of a second to import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: Path) -> Path:
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -22,6 +30,7 @@ def _save(fig, path: Path) -> Path:
 
 def learning_curves(history: list, path: Path) -> Path:
     """Training loss (negative ELBO per datum) and validation NLL against epoch."""
+    plt = pyplot()
     epochs = np.array([row["epoch"] for row in history])
     loss = np.array([row["train_loss"] for row in history])
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -39,6 +48,7 @@ def learning_curves(history: list, path: Path) -> Path:
 
 def predicted_vs_observed(y, mean, lower, upper, path: Path, target: str = "y") -> Path:
     """Predictive means with 95% intervals against the observed targets."""
+    plt = pyplot()
     y, mean, lower, upper = map(np.asarray, (y, mean, lower, upper))
     rng = np.random.default_rng(0)  # jitter only separates tied integer targets visually
     jitter = rng.uniform(-0.15, 0.15, size=y.shape) if np.allclose(y, np.round(y)) else 0.0
@@ -64,6 +74,7 @@ def predicted_vs_observed(y, mean, lower, upper, path: Path, target: str = "y") 
 
 def reliability(probs, labels, path: Path, num_bins: int = 15) -> Path:
     """Reliability diagram: accuracy against confidence in equal-width bins."""
+    plt = pyplot()
     probs, labels = np.asarray(probs), np.asarray(labels)
     confidence = probs.max(axis=-1)
     correct = probs.argmax(axis=-1) == labels
@@ -82,6 +93,7 @@ def reliability(probs, labels, path: Path, num_bins: int = 15) -> Path:
 
 def image_grid(images, columns: int, path: Path, title: str = "") -> Path:
     """Grey-scale images (n, H, W) with values in [0, 1], tiled ``columns`` per row."""
+    plt = pyplot()
     images = np.clip(np.asarray(images), 0.0, 1.0)
     n, height, width = images.shape
     rows = -(-n // columns)
@@ -100,6 +112,7 @@ def image_grid(images, columns: int, path: Path, title: str = "") -> Path:
 
 def latent_scatter(codes, labels, path: Path, title: str = "") -> Path:
     """2D latent codes coloured by class label."""
+    plt = pyplot()
     codes, labels = np.asarray(codes), np.asarray(labels)
     fig, ax = plt.subplots(figsize=(6, 5))
     points = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=2, alpha=0.6)
@@ -113,6 +126,7 @@ def latent_scatter(codes, labels, path: Path, title: str = "") -> Path:
 
 def uncertainty_plane(grid_x, grid_y, grid_probs, grid_entropy, x, labels, path: Path) -> Path:
     """Predictive class probability (or confidence) and entropy over the plane, data on top."""
+    plt = pyplot()
     grid_x, grid_y = np.asarray(grid_x), np.asarray(grid_y)
     probs, entropy = np.asarray(grid_probs), np.asarray(grid_entropy)
     shape = (len(grid_y), len(grid_x))
@@ -136,6 +150,7 @@ def uncertainty_plane(grid_x, grid_y, grid_probs, grid_entropy, x, labels, path:
 
 def density_plane(grid_x, grid_y, log_prob, true_log_prob, path: Path) -> Path:
     """exp(log density) on a grid, as in the lecture's heatmaps; the true one beside it if known."""
+    plt = pyplot()
     grid_x, grid_y = np.asarray(grid_x), np.asarray(grid_y)
     shape = (len(grid_y), len(grid_x))
     panels = [(np.exp(np.asarray(log_prob)).reshape(shape), "learned density")]
@@ -155,6 +170,7 @@ def density_plane(grid_x, grid_y, log_prob, true_log_prob, path: Path) -> Path:
 
 def samples_beside_data(data, samples, path: Path) -> Path:
     """Data and model samples side by side (first two coordinates), on shared axes."""
+    plt = pyplot()
     data, samples = np.asarray(data), np.asarray(samples)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True, sharey=True)
     for ax, (points, title, colour) in zip(
@@ -174,6 +190,7 @@ def samples_beside_data(data, samples, path: Path) -> Path:
 
 def base_to_data(base_lines, pushed_lines, data, path: Path) -> Path:
     """A grid of lines in base space (left) and its image under the flow (right)."""
+    plt = pyplot()
     base_lines, pushed_lines = np.asarray(base_lines), np.asarray(pushed_lines)
     data = np.asarray(data)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))

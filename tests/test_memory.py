@@ -17,7 +17,7 @@ from bslrun.data import load
 from bslrun.errors import ConfigError
 from bslrun.inference import engine, memory, optim
 from bslrun.models import build
-from bslrun.run import VAL_SAMPLES
+from bslrun.models.family import VAL_SAMPLES
 
 FEATURES, HIDDEN, ROWS = 3, 7, 50
 

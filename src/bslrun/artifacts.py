@@ -1,16 +1,20 @@
-"""The experiment folder. Every file is written to a temporary name in the same
-folder and renamed into place, so a reader (or a crash) never sees half a file.
+"""The run folder: the one module that knows its file names (``RunFolder``), and the
+atomic writers. Every file is written to a temporary name in the same folder and renamed
+into place, so a reader (or a crash) never sees half a file.
 
-Layout of one run folder::
+Layout of one run folder (format ``FORMAT``; docs/run-folder.md is the contract)::
 
     .hydra/                config.yaml, overrides.yaml, hydra.yaml (by Hydra)
+    run.json               format, bslrun version, command line, git commit, JAX backend, versions
+    config.json            the resolved config (plain JSON)
+    data.json              the data spec: feature and target names, scalers, task, shapes
     status.json            running / completed / failed / diverged / interrupted (see write_status)
     .lock                  held (flock) by the process running in the folder
     run.log                the run's log
     metrics.json           nested metrics (test, val, train, timing, seed, versions)
     history.csv            one row per epoch
-    predictions.npz        test-set predictions
-    checkpoint/params.msgpack   variational parameters (flax msgpack; never pickle)
+    predictions.npz        BNN: test-set predictions (samples.npz for VAEs and flows)
+    checkpoint/params.msgpack   parameters and mutable state (flax msgpack; never pickle)
     checkpoint/train/      the last training checkpoint (orbax) and config.json, for resuming
     plots/*.png
 """
@@ -28,6 +32,86 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+FORMAT = 1  # the run-folder format; bslrun.load refuses folders of another format
+STATUS_FILE = "status.json"
+LOCK_FILE = ".lock"
+ARRAY_FILES = {"predictions": "predictions.npz", "samples": "samples.npz"}
+
+
+class RunFolder:
+    """Paths of the files of one run folder (nothing is read or written here)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    @property
+    def hydra(self) -> Path:
+        return self.root / ".hydra"
+
+    @property
+    def hydra_config(self) -> Path:
+        return self.hydra / "config.yaml"
+
+    @property
+    def hydra_overrides(self) -> Path:
+        return self.hydra / "overrides.yaml"
+
+    @property
+    def hydra_settings(self) -> Path:
+        return self.hydra / "hydra.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def data_spec(self) -> Path:
+        return self.root / "data.json"
+
+    @property
+    def status(self) -> Path:
+        return self.root / STATUS_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.root / "run.log"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def params(self) -> Path:
+        return self.root / "checkpoint" / "params.msgpack"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoint" / "train"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def arrays(self, kind: str) -> Path:
+        """The family's saved arrays: ``predictions`` (BNN) or ``samples`` (VAE, flow)."""
+        return self.root / ARRAY_FILES[kind]
+
 
 CURRENT_UMASK = os.umask(0)  # os.umask can only be read by setting it: restore at once
 os.umask(CURRENT_UMASK)
@@ -110,8 +194,6 @@ def load_params(path: Path) -> dict:
 
 # ------------------------------------------------------------------- run state
 
-STATUS_FILE = "status.json"
-LOCK_FILE = ".lock"
 STATUS_FORMAT = 1
 STATES = ("running", "completed", "failed", "diverged", "interrupted")
 
@@ -130,7 +212,7 @@ def write_status(
     import socket
 
     assert state in STATES, state
-    return write_json(Path(run_dir) / STATUS_FILE, {
+    return write_json(RunFolder(run_dir).status, {
         "format": STATUS_FORMAT,
         "status": state,
         "error": error,
@@ -145,7 +227,7 @@ def write_status(
 def read_status(run_dir: Path) -> dict | None:
     """The run's ``status.json`` as a dict; None when absent or unreadable."""
     try:
-        status = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+        status = json.loads(RunFolder(run_dir).status.read_text())
     except (OSError, ValueError):
         return None
     return status if isinstance(status, dict) and status.get("status") in STATES else None

@@ -43,7 +43,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / artifacts.LOCK_FILE
+        self.path = artifacts.RunFolder(self.run_dir).lock
         self._fd: int | None = None
 
     @property

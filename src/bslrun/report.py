@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bslrun.artifacts import STATUS_FILE, read_status, write_bytes
+from bslrun.artifacts import STATUS_FILE, RunFolder, read_status, write_bytes
 from bslrun.errors import BslrunError, ConfigError, ResourceError
 
 PROG = "bslrun-report"
@@ -46,7 +46,7 @@ MAX_DEFAULT_METRICS = 6
 REPLICATES = {"seeds": "seed", "splits": "data.split"}
 EXCLUDED_KEYS = tuple(REPLICATES.values())
 MISSING = "(default)"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = RunFolder(".").metrics.name
 
 
 @dataclass
@@ -87,9 +87,10 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise ConfigError(f"{path} does not exist; give a run folder or a folder of runs")
-        if (path / ".hydra" / "config.yaml").is_file():
+        if RunFolder(path).hydra_config.is_file():
             found.add(path.resolve())
-        found.update(p.parent.parent.resolve() for p in path.rglob(".hydra/config.yaml"))
+        marker = RunFolder(".").hydra_config.as_posix()  # .hydra/config.yaml
+        found.update(p.parent.parent.resolve() for p in path.rglob(marker))
     return sorted(found)
 
 
@@ -132,7 +133,7 @@ def load_yaml(path: Path):
 def read_overrides(run_dir: Path) -> tuple[dict, str]:
     """(the run's overrides, "") or ({}, why .hydra/overrides.yaml is unusable). A folder
     without the file (made by hand) has no overrides."""
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = RunFolder(run_dir).hydra_overrides
     if not path.exists():
         return {}, ""
     lines, problem = read_yaml(path)
@@ -159,7 +160,7 @@ def flatten_metrics(metrics: dict) -> dict:
 
 def read_metrics(run_dir: Path) -> tuple[dict | None, str]:
     """(metrics.json as a dict, "") or (None, why it is missing or unusable)."""
-    path = run_dir / METRICS_FILE
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         return None, f"recorded as completed but {METRICS_FILE} is missing; rerun it"
     try:
@@ -186,7 +187,7 @@ def error_line(log_text: str) -> str:
 
 def read_log(run_dir: Path) -> str:
     try:
-        return (run_dir / "run.log").read_text(errors="replace")
+        return RunFolder(run_dir).log.read_text(errors="replace")
     except OSError:
         return ""
 
@@ -198,7 +199,7 @@ def classify(run_dir: Path) -> tuple[str, str]:
     line = error_line(text)
     if line:
         return "failed", line
-    if (run_dir / "history.csv").is_file() and "diverged" in text:
+    if RunFolder(run_dir).history.is_file() and "diverged" in text:
         return "failed", "training diverged (see run.log)"
     return "running", "no metrics.json and no error in run.log (still running, or killed)"
 
@@ -223,7 +224,7 @@ def running_state(status: dict) -> tuple[str, str]:
 def recorded_state(run_dir: Path, status: dict | None) -> tuple[str, str]:
     """(state, message) from status.json, or from the old signs when there is none."""
     if status is None:
-        if (run_dir / METRICS_FILE).is_file():
+        if RunFolder(run_dir).metrics.is_file():
             return "completed", ""
         return classify(run_dir)
     state = status["status"]
@@ -244,7 +245,7 @@ def load_run(run_dir: Path) -> Run:
         return Run(run_dir, {}, "damaged", message=problem)
     seed = overrides.get("seed")
     status = read_status(run_dir)
-    if status is None and (run_dir / STATUS_FILE).exists():
+    if status is None and RunFolder(run_dir).status.exists():
         message = (
             f"unreadable {STATUS_FILE} (not a JSON object with a known status); delete it "
             "to judge the run by its run.log and metrics.json"
@@ -252,7 +253,7 @@ def load_run(run_dir: Path) -> Run:
         return Run(run_dir, overrides, "damaged", seed=seed, message=message)
     state, message = recorded_state(run_dir, status)
     if state != "completed":
-        if state == "killed" and (run_dir / METRICS_FILE).is_file():
+        if state == "killed" and RunFolder(run_dir).metrics.is_file():
             message += "; its metrics.json is left out: rerun it"
         return Run(run_dir, overrides, state, seed=seed, message=message)
     metrics, problem = read_metrics(run_dir)
@@ -267,12 +268,12 @@ def load_run(run_dir: Path) -> Run:
 
 def config_value(run_dir: Path, key: str) -> str:
     """A key missing from a run's overrides: the config group chosen, else the config value."""
-    choices = load_yaml(run_dir / ".hydra" / "hydra.yaml")
+    choices = load_yaml(RunFolder(run_dir).hydra_settings)
     for part in ("hydra", "runtime", "choices"):
         choices = choices.get(part) if isinstance(choices, dict) else None
     if isinstance(choices, dict) and key in choices:
         return str(choices[key])
-    node = load_yaml(run_dir / ".hydra" / "config.yaml")
+    node = load_yaml(RunFolder(run_dir).hydra_config)
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return MISSING if node is None or isinstance(node, (dict, list)) else str(node)

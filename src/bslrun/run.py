@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import platform
+import shlex
+import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
 import jax
 
+import bslrun
 from bslrun import artifacts, plots, seeding
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
@@ -20,7 +24,6 @@ from bslrun.models import build as build_family
 log = logging.getLogger("bslrun")
 
 PACKAGES = ("bslrun", "jax", "jaxlib", "numpyro", "flax", "optax", "hydra-core", "numpy")
-VAL_SAMPLES = 32  # posterior draws per validation pass during training
 
 
 def versions() -> dict:
@@ -31,6 +34,40 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def git_state() -> dict | None:
+    """{"commit", "dirty"} of the checkout bslrun runs from; None when installed from a wheel
+    (or git is missing)."""
+    checkout = Path(bslrun.__file__).resolve().parents[2]
+    if not (checkout / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        changes = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(changes)}
+
+
+def provenance() -> dict:
+    """run.json: what made the run folder, and where (docs/run-folder.md)."""
+    devices = jax.devices()
+    return {
+        "format": artifacts.FORMAT,
+        "bslrun_version": bslrun.__version__,
+        "command": shlex.join(["bslrun", *sys.argv[1:]]),
+        "git": git_state(),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d.device_kind) for d in devices],
+        "versions": versions(),
+    }
 
 
 def evaluate(family, params, split, key, num_samples: int) -> dict:
@@ -52,14 +89,15 @@ def draw(what: str, plot, *args) -> None:
 
 def write_training(run_dir: Path, result: engine.FitResult) -> None:
     """History, learning curves and parameters: everything a diverged run still has."""
-    artifacts.write_history(run_dir / "history.csv", result.history)
-    artifacts.save_params(run_dir / "checkpoint" / "params.msgpack", result.params)
+    folder = artifacts.RunFolder(run_dir)
+    artifacts.write_history(folder.history, result.history)
+    artifacts.save_params(folder.params, result.params)
     if result.history:
         draw(
             "the learning curves",
             plots.learning_curves,
             result.history,
-            run_dir / "plots" / "learning_curves.png",
+            folder.plots / "learning_curves.png",
         )
 
 
@@ -91,9 +129,13 @@ def run(cfg: Config, run_dir: Path, stop=None) -> dict:
     asked the run to stop; once training is over, a stop signal stops at once.
     """
     run_dir = Path(run_dir)
+    folder = artifacts.RunFolder(run_dir)
     checkpoints = checkpoints_for(cfg, run_dir)
+    artifacts.write_json(folder.config, as_dict(cfg))
+    artifacts.write_json(folder.manifest, provenance())
     keys = seeding.streams(cfg.seed)
     data = load_data(cfg.data, keys.data)
+    artifacts.write_json(folder.data_spec, {**data.spec.to_json(), "n_train": len(data.train)})
     log.info(
         "data %s: %d train, %d validation, %d test rows",
         data.spec.name,
@@ -104,9 +146,9 @@ def run(cfg: Config, run_dir: Path, stop=None) -> dict:
     family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
     log.info("model %s", as_dict(cfg.model))
     try:
-        val_samples = getattr(family, "val_samples", VAL_SAMPLES)
         result = engine.fit(
-            family, data, cfg.optim, cfg.trainer, keys.init, keys.train, val_samples,
+            family, data, cfg.optim, cfg.trainer, keys.init, keys.train,
+            family.val_samples(cfg.eval),
             desc=cfg.name, checkpoints=checkpoints,
             stop_requested=stop.pending if stop else (lambda: None),
             eval_samples=family.eval_samples(cfg.eval),
@@ -126,12 +168,12 @@ def run(cfg: Config, run_dir: Path, stop=None) -> dict:
     write_training(run_dir, result)
 
     tick = time.perf_counter()
-    test_key, val_key, artifact_key = jax.random.split(keys.eval, 3)
+    test_key, val_key, artifact_key = seeding.eval_keys(cfg.seed)
     num_samples = family.eval_samples(cfg.eval)
     test = evaluate(family, result.params, data.test, test_key, num_samples)
     val = {}
     if data.val is not None:
-        val_samples = getattr(family, "val_samples", num_samples)
+        val_samples = family.final_val_samples(cfg.eval)
         val = evaluate(family, result.params, data.val, val_key, val_samples)
     predictions = jax.device_get(
         jax.jit(family.artifacts, static_argnums=4)(
@@ -159,9 +201,9 @@ def run(cfg: Config, run_dir: Path, stop=None) -> dict:
         "versions": versions(),
     }
     # Numbers first: a figure that fails must never cost the metrics.
-    artifacts.write_json(run_dir / "metrics.json", metrics)
-    artifacts.write_npz(run_dir / getattr(family, "artifact_name", "predictions.npz"), predictions)
-    draw(f"the {cfg.model.family} figures", family.plot, predictions, run_dir / "plots")
+    artifacts.write_json(folder.metrics, metrics)
+    artifacts.write_npz(folder.arrays(family.saves), predictions)
+    draw(f"the {cfg.model.family} figures", family.plot, predictions, folder.plots)
     return metrics
 
 

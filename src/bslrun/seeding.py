@@ -31,6 +31,19 @@ def streams(seed: int) -> Streams:
     return Streams(*_derive(seed))
 
 
+class EvalKeys(NamedTuple):
+    """The final evaluation's keys: test metrics, validation metrics, saved arrays."""
+
+    test: jax.Array
+    val: jax.Array
+    artifacts: jax.Array
+
+
+def eval_keys(seed: int) -> EvalKeys:
+    """The keys a run with ``seed`` evaluated with (a reopened run reproduces its numbers)."""
+    return EvalKeys(*jax.random.split(streams(seed).eval, 3))
+
+
 def numpy_rng(key: jax.Array) -> np.random.Generator:
     """A numpy generator seeded by a JAX key's bits, for host-side shuffles.
 

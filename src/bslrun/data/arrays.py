@@ -20,12 +20,15 @@ from bslrun.data import paths
 from bslrun.errors import DataError
 
 
-def read_array(path: Path, shown: str, key: str | None) -> np.ndarray:
-    """The array in an .npy file, or the chosen one in an .npz archive (never unpickling)."""
-    label = f"data.path={shown}"
+def read_array(
+    path: Path, shown: str, key: str | None, option: str = "data.path", key_option="data.key"
+) -> np.ndarray:
+    """The array in an .npy file, or the chosen one in an .npz archive (never unpickling);
+    ``option`` and ``key_option`` name the settings that chose them, in messages."""
+    label = f"{option}={shown}"
     with paths.open_file(path, label) as handle:
         try:
-            return load_array(handle, shown, key)
+            return load_array(handle, shown, key, key_option)
         except MemoryError:
             raise paths.too_large(label) from None
         except OSError as exc:
@@ -36,7 +39,7 @@ def read_array(path: Path, shown: str, key: str | None) -> np.ndarray:
             raise DataError(f"{shown} {_unreadable(str(exc))}") from None
 
 
-def load_array(handle, shown: str, key: str | None) -> np.ndarray:
+def load_array(handle, shown: str, key: str | None, key_option: str = "data.key") -> np.ndarray:
     """np.load on an open file, each array's declared size checked before it is allocated."""
     check_declared(handle, os.fstat(handle.fileno()).st_size, shown)
     loaded = np.load(handle, allow_pickle=False)
@@ -47,9 +50,9 @@ def load_array(handle, shown: str, key: str | None) -> np.ndarray:
         if not names:
             raise DataError(f"{shown} holds no arrays; save one with np.savez(path, x=array)")
         if key is not None and key not in names:
-            raise DataError(f"{shown} has no array {key!r} (data.key); it holds: {names}")
+            raise DataError(f"{shown} has no array {key!r} ({key_option}); it holds: {names}")
         if key is None and len(names) != 1:
-            raise DataError(f"{shown} holds arrays {names}; choose one with data.key=<name>")
+            raise DataError(f"{shown} holds arrays {names}; choose one with {key_option}=<name>")
         name = key if key is not None else names[0]
         member = f"{name}.npy" if f"{name}.npy" in loaded.zip.namelist() else name
         with loaded.zip.open(member) as stream:

@@ -79,7 +79,7 @@ def load(cfg, key) -> Dataset:
         log.info("data=file: target %r has classes %s", target_name, codes)
     names = tuple(table.names[j] for j in inputs)
     fields = dict(name="file", task=task, num_classes=len(classes), target_name=target_name)
-    fields["feature_names"] = names
+    fields.update(feature_names=names, class_names=tuple(classes))
     return assemble(x, y, parts, cfg, fields, regression=task == "regression")
 
 
@@ -141,10 +141,11 @@ def check_missing(table: Table, j: int, role: str) -> np.ndarray:
         missing = np.isnan(col)
     if missing.any():
         i = int(np.argmax(missing))
-        fix = "another data.target" if role == "target" else "data.columns without this column"
+        fix = {"target": ", or choose another data.target", "input": (
+            ", or choose data.columns without this column"
+        )}.get(role, "")  # fmt: skip
         raise DataError(
-            f"{table.where(i, j)}: missing value {str(col[i])!r}; fill in or remove that row, "
-            f"or choose {fix}"
+            f"{table.where(i, j)}: missing value {str(col[i])!r}; fill in or remove that row{fix}"
         )
     return col
 
@@ -180,7 +181,7 @@ def check_finite(table: Table, j: int, values: np.ndarray) -> np.ndarray:
     return values
 
 
-def numeric_block(table: Table, columns: list[int]) -> np.ndarray:
+def numeric_block(table: Table, columns: list[int], role: str = "input") -> np.ndarray:
     """The input columns as float64 (n, k), checked in one pass over the block; the first
     column holding a problem is handed to ``numeric_column`` to word it (so a table with
     100,000 columns costs one vectorised pass, not 100,000 small ones)."""
@@ -194,7 +195,7 @@ def numeric_block(table: Table, columns: list[int]) -> np.ndarray:
         missing, bad = np.isnan(values), np.zeros(values.shape, bool)
     problem = missing | bad | ~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX)
     if problem.any():  # raises, naming the first such cell
-        numeric_column(table, columns[int(np.argmax(problem.any(axis=0)))], "input")
+        numeric_column(table, columns[int(np.argmax(problem.any(axis=0)))], role)
     return values
 
 
@@ -217,9 +218,10 @@ def numeric_column(table: Table, j: int, role: str) -> np.ndarray:
     """Column j as float64; missing, text or infinite values are errors."""
     values, bad = parse(check_missing(table, j, role))
     if values is None:
+        leave_out = ", or leave the column out with data.columns" if role == "input" else ""
         raise DataError(
             f"{table.where(bad, j)}: {str(table.cells[bad, j]).strip()!r} is not a number; "
-            "fix the value, or leave the column out with data.columns"
+            f"fix the value{leave_out}"
         )
     return check_finite(table, j, values)
 
@@ -271,24 +273,27 @@ def _hint_classes(table: Table, j: int, values: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def read(path_text: str, key: str | None) -> Table:
-    """The table in ``path_text`` (.csv, .npy or .npz, by suffix)."""
-    path = paths.regular_file(path_text, "data.path")
+def read(
+    path_text: str, key: str | None, option: str = "data.path", key_option: str = "data.key"
+) -> Table:
+    """The table in ``path_text`` (.csv, .npy or .npz, by suffix); ``option`` and
+    ``key_option`` name the settings that chose the file and the array, in messages."""
+    path = paths.regular_file(path_text, option)
     shown = paths.shown(path_text)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(
-            f"data.path={shown}: unknown file type {suffix or '(no suffix)'!r}; data=file "
+            f"{option}={shown}: unknown file type {suffix or '(no suffix)'!r}; bslrun "
             "reads .csv (with a header row), .npy and .npz"
         )
     if suffix == ".csv":
-        return read_csv(path, shown)
-    return array_table(arrays.read_array(path, shown, key), shown)
+        return read_csv(path, shown, option)
+    return array_table(arrays.read_array(path, shown, key, option, key_option), shown)
 
 
-def read_csv(path: Path, shown: str) -> Table:
+def read_csv(path: Path, shown: str, option: str = "data.path") -> Table:
     """A CSV file with a header row; wholly blank rows are skipped but keep their numbers."""
-    label = f"data.path={shown}"
+    label = f"{option}={shown}"
     try:
         with paths.open_file(path, label, "r", newline="", encoding="utf-8-sig") as handle:
             records = list(csv.reader(handle))
@@ -297,7 +302,7 @@ def read_csv(path: Path, shown: str) -> Table:
     except csv.Error as exc:
         raise DataError(f"{shown} is not a readable CSV file ({exc}); save it as CSV") from None
     except MemoryError:
-        raise paths.too_large(f"data.path={shown}") from None
+        raise paths.too_large(label) from None
     except OSError as exc:  # the disk failed while reading
         raise paths.fault(exc, label) from None
     numbered = [(i + 1, r) for i, r in enumerate(records) if any(f.strip() for f in r)]

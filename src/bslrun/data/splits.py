@@ -43,6 +43,13 @@ class Standardiser:
     def inverse(self, a):
         return a * self.std + self.mean
 
+    def to_json(self) -> dict:
+        return {"mean": np.asarray(self.mean).tolist(), "std": np.asarray(self.std).tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Standardiser:
+        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
+
 
 IDENTITY = Standardiser(np.float32(0.0), np.float32(1.0))
 
@@ -64,6 +71,28 @@ class DataSpec:
     # The true log-density of x (n, d) -> (n,) in original units, where the data is
     # synthetic and it is known (2D toys); flows report their KL to it.
     log_density: Callable | None = None
+    # How ``log_density`` is rebuilt when a run is reopened (toy2d.log_density's arguments).
+    density_args: dict | None = None
+    class_names: tuple = ()  # the labels behind class codes 0..K-1, where they have names
+
+    def to_json(self) -> dict:
+        """The spec as plain JSON (data.json of a run folder; ``bslrun.data.spec_from_json``
+        reads it back). The true density travels as the arguments that rebuild it."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "input_dim": self.input_dim,
+            "num_classes": self.num_classes,
+            "feature_names": list(self.feature_names),
+            "target_name": self.target_name,
+            "class_names": list(self.class_names),
+            "n_total": self.n_total,
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "dynamic_binarize": self.dynamic_binarize,
+            "x_scaler": self.x_scaler.to_json(),
+            "y_scaler": self.y_scaler.to_json(),
+            "density": self.density_args,
+        }
 
 
 @dataclass(frozen=True)

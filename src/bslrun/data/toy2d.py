@@ -304,6 +304,7 @@ def load_toy(name: str, cfg, key) -> Dataset:
         target_name="label",
         n_total=cfg.n_train + cfg.n_val + cfg.n_test,
         log_density=log_density(name, cfg.noise),
+        density_args={"name": name, "noise": cfg.noise},
     )
     return Dataset(train=parts["train"], val=parts.get("val"), test=parts["test"], spec=spec)
 

@@ -37,7 +37,7 @@ MAY_DIFFER = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every", 
 
 
 def folder(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoint" / "train"
+    return artifacts.RunFolder(run_dir).checkpoints
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -84,7 +84,8 @@ def read_json(path: Path, what: str):
 
 
 def damaged(path: Path, why: str) -> ResourceError:
-    parents = [p.parent for p in Path(path).resolve().parents if p.name == "checkpoint"]
+    checkpoints = artifacts.RunFolder(".").checkpoints.parent.name
+    parents = [p.parent for p in Path(path).resolve().parents if p.name == checkpoints]
     run_dir = parents[0] if parents else Path(path).parent
     return ResourceError(
         f"damaged checkpoint file {path} ({why}); to resume, delete {folder(run_dir)} "

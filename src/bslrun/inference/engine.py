@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
-from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer import SVI
 from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
 
@@ -45,12 +45,11 @@ class FitResult:
 def make_svi(family, optimiser, num_particles: int) -> SVI:
     """SVI whose loss is the negative ELBO per training datum.
 
-    A family may choose its objective (``family.objective(num_particles)``, e.g.
-    an importance-weighted bound); the default is Trace_ELBO. The 1/N is applied
-    to the loss, outside any log-sum-exp of the objective.
+    The family chooses its objective (``family.objective(num_particles)``: Trace_ELBO
+    by default, or e.g. an importance-weighted bound). The 1/N is applied to the loss,
+    outside any log-sum-exp of the objective.
     """
-    objective = getattr(family, "objective", None)
-    loss = objective(num_particles) if objective else Trace_ELBO(num_particles=num_particles)
+    loss = family.objective(num_particles)
     per_datum = 1.0 / family.n_train
     return SVI(
         family.model,
@@ -67,8 +66,7 @@ def variables(svi: SVI, state) -> dict:
 
 def epoch_kwargs(family, epoch: int) -> dict:
     """Per-epoch model arguments (e.g. a KL warm-up weight) as float32 scalars."""
-    schedule = getattr(family, "epoch_kwargs", None)
-    return {k: jnp.float32(v) for k, v in (schedule(epoch) if schedule else {}).items()}
+    return {k: jnp.float32(v) for k, v in family.epoch_kwargs(epoch).items()}
 
 
 def batch_plan(n: int, batch_size: int) -> tuple[int, int]:
@@ -162,10 +160,8 @@ class Validator:
     """
 
     def __init__(self, family, svi: SVI, split, key, num_samples: int, placement: Placement):
-        validation_scores = getattr(family, "validate", family.evaluate)
-
         def score(state, x, y, key):
-            return validation_scores(variables(svi, state), x, y, key, num_samples)
+            return family.validate(variables(svi, state), x, y, key, num_samples)
 
         self.score = jax.jit(score)
         self.x, self.y = placement.replicate((split.x, split.y))

@@ -131,7 +131,7 @@ def estimate(
     resident, passes = [train.x, train.y], []
     if data.val is not None:  # engine.Validator's pass
         resident += [data.val.x, data.val.y]
-        passes.append((getattr(family, "validate", family.evaluate), data.val, val_samples))
+        passes.append((family.validate, data.val, val_samples))
     if test_samples is not None:  # run.py's test metrics and saved predictions
         resident += [data.test.x, data.test.y]
         passes += [(fn, data.test, test_samples) for fn in (family.evaluate, family.artifacts)]

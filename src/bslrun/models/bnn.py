@@ -43,11 +43,15 @@ from bslrun.config import (
 from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import outputs_per_coordinate
 from bslrun.inference import guides
+from bslrun.models.batching import chunked_map
+from bslrun.models.family import Family
 from bslrun.models.nets import MLP, FlatView
 
 SITE = "w"
 MIN_SCALE = 1e-3  # keeps heteroscedastic scales away from 0 (and the NLL finite)
 EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large nets
+PREDICT_ROWS = 1024  # rows per chunk of ``predict``: bounds memory for any number of rows
+INTERVAL = (0.025, 0.975)  # the central 95% predictive interval of predictions.npz
 PLANE_SIDE = 100  # grid points per axis of plots/uncertainty.png (2D inputs)
 # A MADE's weights and masks (constants in the compiled program), with Adam's two moments:
 # beyond this many parameters a flow posterior needs gigabytes.
@@ -55,15 +59,17 @@ FLOW_MAX_PARAMETERS = 50_000_000
 DF_INIT = 10.0  # initial learned Student-t degrees of freedom (close to Normal)
 
 
-class BnnFamily:
+class BnnFamily(Family):
+    name = "bnn"
+    saves = "predictions"
+    offers = "predict (posterior predictive) and sample (weight draws)"
+
     def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         # Enum(value) accepts members and plain strings alike (handy in library use).
         likelihood = Likelihood(cfg.likelihood or natural_likelihood(spec.task)).value
         check_likelihood_fits(cfg, spec.task, spec.name)
         check_noise_fits(cfg, Likelihood(likelihood))
-        self.cfg = cfg
-        self.spec = spec
-        self.n_train = n_train
+        super().__init__(cfg, spec, n_train)
         self.likelihood = likelihood
         self.posterior = Posterior(cfg.posterior).value
         out_dim = {"regression": 1, "student_t": 1, "heteroscedastic": 2}.get(
@@ -216,26 +222,62 @@ class BnnFamily:
     def eval_samples(self, eval_cfg) -> int:
         return eval_cfg.num_samples
 
-    def artifacts(self, params, x, y, key, num_samples):
-        _, _, predictive = self._draws(params, x, key, num_samples)
-        if self.spec.task == "classification":
-            probs = jnp.mean(jax.nn.softmax(predictive.logits, axis=-1), axis=0)
-            out = {"y": y, "probs": probs, "prediction": jnp.argmax(probs, axis=-1)}
-            if self.spec.input_dim == 2:
-                out.update(x=x, **self._plane(params, x, key, num_samples))
-            return out
+    # ------------------------------------------------------------- predictions
+
+    def predict(self, params, x, key, num_samples, levels=INTERVAL):
+        """Posterior predictive summaries per row of x (n, d), from S = num_samples weight
+        draws w_s ~ q (drawn once from ``key``), in chunks of PREDICT_ROWS rows.
+
+        Regression (original units): ``mean``, ``std`` (total), ``epistemic_std``
+        (std_s of the component means), ``aleatoric_std`` (sqrt E_s[component variance])
+        and ``quantiles`` (n, len(levels)) of the mixture (1/S) sum_s p(y | x, w_s).
+        Classification: ``probs`` (n, C) = mean_s softmax f(x; w_s), their ``entropy``
+        H[p], the ``mutual_information`` H[p] - mean_s H[p_s] between the label and w
+        (Houlsby et al. 2011; the epistemic part), and the arg-max ``prediction``.
+        """
+        weights, _ = guides.sample_and_log_prob(
+            self.posterior_distribution(params), key, (num_samples,)
+        )
+
+        def rows(xc, _):
+            outputs = jax.lax.map(
+                lambda w: self.forward(w, xc), weights, batch_size=min(num_samples, EVAL_CHUNK)
+            )
+            predictive = self._observation(outputs, xc, params)
+            if self.spec.task == "classification":
+                return classification_summary(predictive.logits)
+            return self._regression_summary(predictive, levels)
+
+        return chunked_map(rows, x, key, min(x.shape[0], PREDICT_ROWS))
+
+    def _regression_summary(self, predictive, levels) -> dict:
         mu, sigma, df = self._original_units(predictive)
         epistemic = jnp.std(mu, axis=0)
         aleatoric = jnp.sqrt(jnp.mean(metrics.component_variance(sigma, df), axis=0))
+        quantiles = [metrics.mixture_quantile(q, mu, sigma, df) for q in levels]
         return {
-            "y": self.spec.y_scaler.inverse(y),
             "mean": jnp.mean(mu, axis=0),
+            "std": jnp.sqrt(epistemic**2 + aleatoric**2),
             "epistemic_std": epistemic,
             "aleatoric_std": aleatoric,
-            "std": jnp.sqrt(epistemic**2 + aleatoric**2),
-            "lower_95": metrics.mixture_quantile(0.025, mu, sigma, df),
-            "upper_95": metrics.mixture_quantile(0.975, mu, sigma, df),
+            "quantiles": jnp.stack(quantiles, axis=-1) if levels else jnp.zeros((mu.shape[1], 0)),
         }
+
+    def sample(self, params, key, num: int):
+        """``num`` weight vectors w ~ q (num, number of weights)."""
+        q = self.posterior_distribution(params)
+        return guides.sample_and_log_prob(q, key, (num,))[0]
+
+    def artifacts(self, params, x, y, key, num_samples):
+        """``predict``'s summaries of the test set beside its targets (original units)."""
+        out = self.predict(params, x, key, num_samples)
+        if self.spec.task == "classification":
+            out["y"] = y
+            if self.spec.input_dim == 2:
+                out.update(x=x, **self._plane(params, x, key, num_samples))
+            return out
+        lower, upper = jnp.moveaxis(out.pop("quantiles"), -1, 0)
+        return {"y": self.spec.y_scaler.inverse(y), **out, "lower_95": lower, "upper_95": upper}
 
     def _plane(self, params, x, key, num_samples):
         """Predictive class probabilities and entropy on a grid around 2D inputs x."""
@@ -243,10 +285,13 @@ class BnnFamily:
         margin = 0.1 * (high - low)
         axes = [jnp.linspace(low[i] - margin[i], high[i] + margin[i], PLANE_SIDE) for i in (0, 1)]
         grid = jnp.stack(jnp.meshgrid(*axes), axis=-1).reshape(-1, 2)
-        _, _, predictive = self._draws(params, grid, key, num_samples)
-        probs = jnp.mean(jax.nn.softmax(predictive.logits, axis=-1), axis=0)
-        entropy = -jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-12)), axis=-1)
-        return {"grid_x": axes[0], "grid_y": axes[1], "grid_probs": probs, "grid_entropy": entropy}
+        plane = self.predict(params, grid, key, num_samples)
+        return {
+            "grid_x": axes[0],
+            "grid_y": axes[1],
+            "grid_probs": plane["probs"],
+            "grid_entropy": plane["entropy"],
+        }
 
     def plot(self, arrays, plots_dir: Path) -> list:
         if self.spec.task == "classification":
@@ -274,6 +319,20 @@ class BnnFamily:
                 target=self.spec.target_name,
             )
         ]
+
+
+def classification_summary(logits) -> dict:
+    """Per-row summaries of S draws of class logits (S, n, C); see ``BnnFamily.predict``."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    probs = jnp.mean(jnp.exp(log_probs), axis=0)
+    entropy = -jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-30)), axis=-1)
+    expected_entropy = -jnp.mean(jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1), axis=0)
+    return {
+        "probs": probs,
+        "prediction": jnp.argmax(probs, axis=-1),
+        "entropy": entropy,
+        "mutual_information": jnp.maximum(entropy - expected_entropy, 0.0),
+    }
 
 
 def flow_parameters(dim: int, hidden, bins: int) -> int:

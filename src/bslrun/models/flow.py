@@ -51,6 +51,7 @@ from bslrun.flows import (
     spline_coupling_net,
 )
 from bslrun.models.batching import chunked_map
+from bslrun.models.family import Family
 
 EVAL_CHUNK = 4096  # points per log-density pass at evaluation: bounds memory for images
 GRID_SIDE = 200  # plots/density.png: a GRID_SIDE x GRID_SIDE grid over the data's range
@@ -59,14 +60,17 @@ IMAGE_SAMPLES = 64  # sampling an image flow is sequential over 784 pixels: keep
 COUPLING_KINDS = ("realnvp", "nsf")
 
 
-class FlowFamily:
-    artifact_name = "samples.npz"
-    val_samples = 1  # evaluate() draws no posterior samples; one dequantisation draw
+class FlowFamily(Family):
+    name = "flow"
+    saves = "samples"
+    offers = "sample (points) and log_prob (the exact density)"
+
+    @classmethod
+    def random_structure(cls, cfg) -> bool:
+        return PermutationKind(cfg.permutation) is PermutationKind.random
 
     def __init__(self, cfg, spec, n_train: int, key=None):
-        self.cfg = cfg
-        self.spec = spec
-        self.n_train = n_train
+        super().__init__(cfg, spec, n_train)
         self.dim = spec.input_dim
         self.kind = FlowKind(cfg.flow).value
         self.images = spec.image_shape is not None
@@ -178,8 +182,10 @@ class FlowFamily:
 
     # ----------------------------------------------------------- evaluation
 
-    def log_prob(self, params, x, key):
-        """log p(x) per point (n,), in original units; chunked to bound memory."""
+    def log_prob(self, params, x, key, num_samples: int = 1):
+        """log p(x) per point (n,), in original units, of data-module coordinates x (n, D);
+        chunked to bound memory. ``key`` dequantises images; nothing is latent, so
+        ``num_samples`` is not used."""
         flow = self.distribution(self._layer_params(params))
 
         def chunk(xc, kc):
@@ -216,13 +222,25 @@ class FlowFamily:
         """How many points ``artifacts`` draws from the flow."""
         return IMAGE_SAMPLES if self.images else eval_cfg.flow_samples
 
+    # evaluate() draws no posterior samples; one dequantisation draw
+    def val_samples(self, eval_cfg) -> int:
+        return 1
+
+    def final_val_samples(self, eval_cfg) -> int:
+        return 1
+
+    def sample(self, params, key, num: int):
+        """``num`` points x = T(u), u ~ N(0, I), in original units (images: intensities)."""
+        flow = self.distribution(self._layer_params(params))
+        return self.from_flow_space(flow.sample(key, (num,)))
+
     # ------------------------------------------------------------ artifacts
 
     def artifacts(self, params, x, y, key, num_samples: int) -> dict:
         """Samples beside the data; for 2D data, the density on a grid and a pushed base grid."""
         flow = self.distribution(self._layer_params(params))
         sample_key, grid_key = jax.random.split(key)
-        samples = self.from_flow_space(flow.sample(sample_key, (num_samples,)))
+        samples = self.sample(params, sample_key, num_samples)
         out = {"samples": samples, "data": self.spec.x_scaler.inverse(x[: max(num_samples, 1)])}
         if self.dim == 2 and not self.images:
             out.update(self._plane(params, flow, out["data"], grid_key))

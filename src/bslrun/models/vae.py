@@ -35,6 +35,7 @@ from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import InverseAutoregressive, iaf_conditioner
 from bslrun.inference.objectives import ScaledLoss
 from bslrun.models.batching import chunked_map
+from bslrun.models.family import Family
 from bslrun.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 # Importance-weighted evaluation decodes at most this many latent samples at once
@@ -46,15 +47,17 @@ GRID_RECONSTRUCTIONS = 16
 MANIFOLD_SIDE = 20  # the lecture's 2D latent map: a 20 x 20 grid of decoded images
 
 
-class VaeFamily:
-    artifact_name = "samples.npz"
+class VaeFamily(Family):
+    name = "vae"
+    saves = "samples"
+    offers = (
+        "encode, decode, sample (images from the prior) and log_prob (an importance-weighted bound)"
+    )
 
     def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         if spec.image_shape is None:
             raise ConfigError(f"model=vae needs image data; data={spec.name} has no image shape")
-        self.cfg = cfg
-        self.spec = spec
-        self.n_train = n_train
+        super().__init__(cfg, spec, n_train)
         self.latent_dim = cfg.latent_dim
         self.dim = spec.input_dim
         self.likelihood = ImageLikelihood(cfg.likelihood).value
@@ -224,15 +227,17 @@ class VaeFamily:
             "code": loc,
         }
 
-    def evaluate(self, variables, x, y, key, num_samples: int) -> dict:
-        """Test ELBO, importance-weighted NLL bound (K = num_samples), KL, active units.
-
-        Images are processed in chunks so that memory stays bounded for K = 1000.
-        """
+    def _scores(self, variables, x, key, num_samples: int) -> dict:
+        """``_image_scores`` over every image of x, in chunks so that memory stays bounded
+        for K = 1000."""
         chunk = max(1, min(x.shape[0], self.eval_decodes // num_samples))
-        scores = chunked_map(
+        return chunked_map(
             lambda xc, kc: self._image_scores(variables, xc, kc, num_samples), x, key, chunk
         )
+
+    def evaluate(self, variables, x, y, key, num_samples: int) -> dict:
+        """Test ELBO, importance-weighted NLL bound (K = num_samples), KL, active units."""
+        scores = self._scores(variables, x, key, num_samples)
         nll = -jnp.mean(scores["bound"])
         return {
             "nll": nll,
@@ -246,10 +251,34 @@ class VaeFamily:
     # Validation (every epoch and in metrics.json) scores the single-sample bound,
     # -ELBO: importance sampling the validation set each epoch would cost more than
     # the epoch itself. The test set gets eval.iw_samples.
-    val_samples = 1
+    def val_samples(self, eval_cfg) -> int:
+        return 1
+
+    def final_val_samples(self, eval_cfg) -> int:
+        return 1
 
     def eval_samples(self, eval_cfg) -> int:
         return eval_cfg.iw_samples
+
+    # ------------------------------------------------------------ reopening
+
+    def log_prob(self, variables, x, key, num_samples: int):
+        """The importance-weighted lower bound on log p(x) per image (n,), K = num_samples
+        (Burda et al. 2016); its negative mean over the test set is the test ``nll``."""
+        return self._scores(variables, x, key, num_samples)["bound"]
+
+    def encode(self, variables, x):
+        """Encoder outputs (loc, scale), each (n, L): q(z | x) = N(loc, scale^2) (before
+        any IAF steps)."""
+        return self._apply("encoder", variables, x)
+
+    def decode(self, variables, z):
+        """E[x | z] (n, D): pixel probabilities (Bernoulli) or means (Gaussian)."""
+        return self._mean_image(variables, z)
+
+    def sample(self, variables, key, num: int):
+        """``num`` images E[x | z], z ~ N(0, I) (as plots/samples.png shows them)."""
+        return self._mean_image(variables, jax.random.normal(key, (num, self.latent_dim)))
 
     # ------------------------------------------------------------ artifacts
 
@@ -263,9 +292,7 @@ class VaeFamily:
         )["code"]
         originals = x[:GRID_RECONSTRUCTIONS]
         out = {
-            "prior_samples": self._mean_image(
-                variables, jax.random.normal(key, (GRID_SAMPLES, self.latent_dim))
-            ),
+            "prior_samples": self.sample(variables, key, GRID_SAMPLES),
             "originals": originals,
             "reconstructions": self._mean_image(variables, codes[:GRID_RECONSTRUCTIONS]),
             "latent_codes": codes,

@@ -1,0 +1,110 @@
+"""The model-family protocol: every member that the engine, evaluation, plotting and
+reopening (``bslrun.load``) use, in one base class.
+
+A family implements ``model``, ``guide``, ``evaluate``, ``eval_samples``, ``artifacts``
+and ``plot``; it may replace the defaults below (the objective, per-epoch arguments,
+validation), and implements the reopening members it supports. The others refuse with
+one line (``ConfigError``) that says what the family can do instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bslrun.errors import ConfigError
+
+VAL_SAMPLES = 32  # posterior draws per validation pass during training (default)
+
+
+class Family:
+    name = "family"  # model.family
+    saves = "predictions"  # which arrays file the run folder holds (artifacts.RunFolder.arrays)
+    # What the reopening members do for this family, for the one-line refusals.
+    offers = "nothing to reopen"
+
+    @classmethod
+    def random_structure(cls, cfg) -> bool:
+        """Whether building the family for ``cfg`` draws from its ``key`` (e.g. a flow's
+        random permutations); reopening skips deriving the key when it does not."""
+        return False
+
+    def __init__(self, cfg, spec, n_train: int):
+        self.cfg = cfg
+        self.spec = spec
+        self.n_train = n_train  # N: the likelihood of a batch of B is scaled by N / B
+
+    # ----------------------------------------------------------- training
+
+    def model(self, x, y=None, **epoch_kwargs) -> None:
+        """NumPyro model p(y, latents | x) for one minibatch."""
+        raise NotImplementedError
+
+    def guide(self, x, y=None, **epoch_kwargs) -> None:
+        """NumPyro guide q(latents) for the same minibatch."""
+        raise NotImplementedError
+
+    def objective(self, num_particles: int):
+        """The ELBO estimator that SVI minimises (the engine scales it by 1 / N)."""
+        from numpyro.infer import Trace_ELBO
+
+        return Trace_ELBO(num_particles=num_particles)
+
+    def epoch_kwargs(self, epoch: int) -> dict:
+        """Per-epoch keyword arguments of ``model`` and ``guide`` (e.g. a KL weight)."""
+        return {}
+
+    # ---------------------------------------------------------- evaluation
+
+    def evaluate(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
+        """Scalar metrics of the posterior predictive on (x, y); jit-compatible."""
+        raise NotImplementedError
+
+    def validate(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
+        """What a validation epoch scores (must include what is monitored)."""
+        return self.evaluate(params, x, y, key, num_samples)
+
+    def eval_samples(self, eval_cfg) -> int:
+        """Draws that ``evaluate`` (test metrics) and ``artifacts`` use."""
+        raise NotImplementedError
+
+    def val_samples(self, eval_cfg) -> int:
+        """Draws per validation pass during training."""
+        return VAL_SAMPLES
+
+    def final_val_samples(self, eval_cfg) -> int:
+        """Draws for the validation metrics of metrics.json."""
+        return self.eval_samples(eval_cfg)
+
+    def artifacts(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
+        """Arrays worth saving (predictions, samples); jit-compatible."""
+        raise NotImplementedError
+
+    def plot(self, arrays: dict, plots_dir: Path) -> list:
+        """Write the family's figures from ``artifacts`` output; returns the paths."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------- reopening
+
+    def _refuse(self, what: str):
+        raise ConfigError(f"a {self.name} run has no {what}; it offers {self.offers}")
+
+    def predict(self, params: dict, x, key, num_samples: int, levels=()) -> dict:
+        """Per-row posterior predictive summaries for standardised inputs x (n, d)."""
+        self._refuse("predictions")
+
+    def sample(self, params: dict, key, num: int):
+        """``num`` draws from the trained model, in original units."""
+        self._refuse("sampler")
+
+    def log_prob(self, params: dict, x, key, num_samples: int):
+        """log p(x) per row (n,) in original units."""
+        self._refuse("density (log_prob)")
+
+    def encode(self, params: dict, x):
+        """Latent codes of x."""
+        self._refuse("encoder")
+
+    def decode(self, params: dict, z):
+        """Data for latent codes z."""
+        self._refuse("decoder")

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "maf_epoch": "benchmarks.maf_epoch",
     "matmul_peak": "benchmarks.matmul_peak",
     "joblib_sweep": "benchmarks.joblib_sweep",
+    "reopen": "benchmarks.reopen",
 }
 
 

@@ -1,0 +1,422 @@
+"""Reopen a finished run: ``bslrun.load(run_dir)`` gives a ``Run`` that predicts, samples and
+scores from its folder alone (no data set, data cache or ``configs/`` needed).
+
+>>> import bslrun
+>>> run = bslrun.load("experiments/bnn_wine_white/2026-12-01_02-05-45_056218")
+>>> run.metrics["test"]["rmse"]
+0.70...
+>>> pred = run.predict(x_new, num_samples=200, seed=0)   # BNN, original units
+>>> pred.mean, pred.std, pred.quantiles([0.05, 0.95])
+
+Inputs are in the original units of the training data (a run standardises them as it did
+its own); every problem with a folder or an input is one line (``BslrunError``: exit codes
+in errors.py). The files read are described in docs/run-folder.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from bslrun import artifacts, seeding
+from bslrun.config import MODEL_SCHEMAS, EvalConfig
+from bslrun.data import spec_from_json
+from bslrun.errors import ConfigError, DataError, ResourceError
+from bslrun.models import build as build_family
+from bslrun.models import family_class
+
+INTERVAL = (0.025, 0.975)  # lower_95 and upper_95
+
+
+# ------------------------------------------------------------------ predictions
+
+
+@dataclass(frozen=True)
+class RegressionPrediction:
+    """Posterior predictive summaries per row, in the target's original units.
+
+    ``std`` is the total predictive standard deviation; ``epistemic_std`` is the part from
+    the spread of the weights, ``aleatoric_std`` the observation noise (law of total
+    variance). ``lower_95`` and ``upper_95`` bound the central 95% predictive interval.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    epistemic_std: np.ndarray
+    aleatoric_std: np.ndarray
+    lower_95: np.ndarray
+    upper_95: np.ndarray
+    _quantiles: object = field(repr=False, compare=False)
+
+    def quantiles(self, levels) -> np.ndarray:
+        """Predictive quantiles (n, len(levels)) of the same posterior draws.
+
+        >>> pred.quantiles([0.05, 0.5, 0.95])[:, 1]   # the predictive medians
+        """
+        levels = tuple(float(q) for q in np.atleast_1d(levels))
+        if not all(0.0 < q < 1.0 for q in levels):
+            raise ConfigError(f"quantile levels {list(levels)} must lie strictly between 0 and 1")
+        return self._quantiles(levels)
+
+    def columns(self) -> dict:
+        """Named columns, as ``bslrun-predict`` writes them."""
+        names = ("mean", "std", "lower_95", "upper_95", "epistemic_std", "aleatoric_std")
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True)
+class ClassificationPrediction:
+    """Posterior predictive class probabilities per row (n, C), their entropy (total
+    uncertainty), the mutual information between label and weights (its epistemic part)
+    and the most probable class."""
+
+    probs: np.ndarray
+    entropy: np.ndarray
+    mutual_information: np.ndarray
+    prediction: np.ndarray
+    class_names: tuple
+
+    def columns(self) -> dict:
+        out = {f"p_{name}": self.probs[:, k] for k, name in enumerate(self.class_names)}
+        out.update(
+            entropy=self.entropy,
+            mutual_information=self.mutual_information,
+            prediction=np.asarray(self.class_names)[self.prediction],
+        )
+        return out
+
+
+# ------------------------------------------------------------------ the folder
+
+
+def load(run_dir, *, allow_incomplete: bool = False) -> Run:
+    """Reopen the run folder ``run_dir``.
+
+    A run that did not complete (diverged, interrupted, failed) is refused unless
+    ``allow_incomplete``: its parameters are then the last ones saved.
+
+    >>> run = bslrun.load("experiments/maf_moons/2026-12-01_09-00-00_000000")
+    >>> run.sample(1000, seed=0).shape
+    (1000, 2)
+    """
+    return Run(Path(run_dir), allow_incomplete)
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} is missing: the run folder is incomplete; copy the whole folder"
+        ) from None
+    except (OSError, ValueError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ResourceError(
+            f"cannot read the {what} {path} ({reason}); restore it from a copy of the run folder"
+        ) from None
+
+
+def check_format(folder: artifacts.RunFolder) -> dict:
+    """run.json, after checking that this bslrun reads the folder's format."""
+    root = folder.root
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder; give a run folder (experiments/<name>/<time>)")
+    if not folder.manifest.is_file():
+        if folder.metrics.is_file() or folder.hydra_config.is_file():
+            raise ConfigError(
+                f"{root} was written by a bslrun older than run-folder format 1 (it has no "
+                f"run.json) and cannot be reopened; train it again with this version "
+                f"(its overrides are in {folder.hydra_overrides})"
+            )
+        raise ConfigError(
+            f"{root} is not a run folder (no run.json); give experiments/<name>/<time>"
+        )
+    manifest = read_json(folder.manifest, "run description")
+    written = manifest.get("format") if isinstance(manifest, dict) else None
+    if written != artifacts.FORMAT:
+        by = manifest.get("bslrun_version", "?") if isinstance(manifest, dict) else "?"
+        raise ConfigError(
+            f"{root} has run-folder format {written} (written by bslrun {by}); this bslrun "
+            f"reads format {artifacts.FORMAT}: reopen it with bslrun {by}, or train it again"
+        )
+    return manifest
+
+
+def check_completed(folder: artifacts.RunFolder, allow_incomplete: bool) -> dict | None:
+    status = artifacts.read_status(folder.root)
+    state = status["status"] if status else "unknown"
+    if state != "completed" and not allow_incomplete:
+        why = f": {status['error']}" if status and status.get("error") else ""
+        raise ConfigError(
+            f"{folder.root} did not complete (status {state}{why}); its parameters are not "
+            "final: finish it (bslrun trainer.resume=<folder>) or pass allow_incomplete=True "
+            "(bslrun-predict --allow-incomplete) to use the last saved ones"
+        )
+    return status
+
+
+def read_history(path: Path) -> dict:
+    """history.csv as {column: float array} (NaN where a row has no value)."""
+    if not path.is_file():
+        return {}
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        columns = rows[0].keys() if rows else []
+        return {c: np.array([float(r[c]) if r[c] else math.nan for r in rows]) for c in columns}
+    except (OSError, ValueError, TypeError) as error:
+        raise ResourceError(
+            f"cannot read the history {path} ({type(error).__name__}); restore it from a copy "
+            "of the run folder"
+        ) from None
+
+
+def model_config(config: dict, root: Path):
+    """The typed model section of config.json (enums checked against this bslrun)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    section = config.get("model") or {}
+    schema = MODEL_SCHEMAS.get(section.get("family"))
+    if schema is None:
+        raise ConfigError(f"{root}/config.json names no model family this bslrun knows")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), section))
+    except OmegaConfBaseException as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(
+            f"{root}/config.json does not fit this bslrun's model settings ({reason}); "
+            "reopen it with the bslrun version in its run.json"
+        ) from None
+
+
+def as_key(seed):
+    """A PRNG key from an integer seed, or the key itself."""
+    if isinstance(seed, (int, np.integer)):
+        return jax.random.PRNGKey(int(seed))
+    return seed
+
+
+class Run:
+    """A finished run, reopened from its folder. See ``load``.
+
+    Attributes: ``path``; ``config``, ``metrics``, ``status``, ``provenance`` (plain
+    dicts); ``history`` ({column: array}); ``spec`` (the data spec: feature names,
+    scalers); ``eval_keys`` (the keys of the run's own test evaluation: ``seed=
+    run.eval_keys.artifacts`` reproduces its saved arrays).
+    """
+
+    def __init__(self, path: Path, allow_incomplete: bool = False):
+        folder = artifacts.RunFolder(path)
+        self.path = folder.root
+        self.provenance = check_format(folder)
+        self.status = check_completed(folder, allow_incomplete)
+        self.config = read_json(folder.config, "config")
+        data = read_json(folder.data_spec, "data spec")
+        try:
+            self.spec = spec_from_json(data)
+            self.n_train = int(data["n_train"])
+            seed = self.config["seed"]
+            self._eval = EvalConfig(**self.config.get("eval", {}))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ResourceError(
+                f"{folder.config} or {folder.data_spec} lacks what run-folder format "
+                f"{artifacts.FORMAT} holds ({type(error).__name__}: {error}); restore them "
+                "from a copy of the run folder"
+            ) from None
+        self.metrics = read_json(folder.metrics, "metrics") if folder.metrics.is_file() else None
+        self.history = read_history(folder.history)
+        model = model_config(self.config, self.path)
+        random = family_class(model.family).random_structure(model)
+        structure = seeding.streams(seed).structure if random else None
+        self.family = build_family(model, self.spec, self.n_train, structure)
+        self.params = read_params(folder.params)
+
+    def __repr__(self) -> str:
+        return f"bslrun.load({str(self.path)!r})  # {self.family.name} on {self.spec.name}"
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+    @cached_property
+    def eval_keys(self) -> seeding.EvalKeys:
+        return seeding.eval_keys(self.config["seed"])
+
+    # ------------------------------------------------------------- programs
+
+    @cached_property
+    def _predict(self):
+        return jax.jit(self.family.predict, static_argnums=(3, 4))
+
+    @cached_property
+    def _log_prob(self):
+        return jax.jit(self.family.log_prob, static_argnums=3)
+
+    @cached_property
+    def _sample(self):
+        return jax.jit(self.family.sample, static_argnums=2)
+
+    @cached_property
+    def _encode(self):
+        return jax.jit(self.family.encode)
+
+    @cached_property
+    def _decode(self):
+        return jax.jit(self.family.decode)
+
+    # ------------------------------------------------------------- the API
+
+    def inputs(self, x) -> np.ndarray:
+        """``x`` (n, d) in original units -> the model's coordinates, checked."""
+        return self.spec.x_scaler.forward(check_inputs(x, self.spec))
+
+    def predict(self, x, num_samples: int | None = None, seed=0):
+        """Posterior predictive of a BNN for inputs x (n, d), or a mapping from feature
+        name to column, in original units; ``num_samples`` posterior draws (default: the
+        run's eval.num_samples) from ``seed`` (an int or a PRNG key).
+
+        >>> pred = run.predict(x_new, num_samples=200, seed=0)
+        >>> pred.mean, pred.std, pred.lower_95           # regression
+        >>> pred.probs, pred.entropy, pred.mutual_information   # classification
+        """
+        xs = self.inputs(x)
+        num_samples = self._draws(num_samples, self.family.eval_samples(self._eval))
+        key = as_key(seed)
+        out = jax.device_get(self._predict(self.params, xs, key, num_samples, INTERVAL))
+        if self.spec.task == "classification":
+            names = self.spec.class_names or tuple(str(k) for k in range(self.spec.num_classes))
+            return ClassificationPrediction(
+                out["probs"], out["entropy"], out["mutual_information"], out["prediction"], names
+            )
+        lower, upper = np.moveaxis(out.pop("quantiles"), -1, 0)
+
+        def quantiles(levels):
+            got = self._predict(self.params, xs, key, num_samples, levels)["quantiles"]
+            return np.asarray(got)
+
+        return RegressionPrediction(**out, lower_95=lower, upper_95=upper, _quantiles=quantiles)
+
+    def log_prob(self, x, num_samples: int | None = None, seed=0) -> np.ndarray:
+        """log p(x) per row (n,) in nats, original units: exact for a flow; for a VAE the
+        importance-weighted bound with ``num_samples`` draws (default eval.iw_samples)."""
+        xs = self.inputs(x)
+        num_samples = self._draws(num_samples, self._eval.iw_samples)
+        if self.family.name == "flow":
+            num_samples = 1  # nothing is latent
+        return np.asarray(self._log_prob(self.params, xs, as_key(seed), num_samples))
+
+    def sample(self, num: int, seed=0) -> np.ndarray:
+        """``num`` draws: points (flow, original units), images (VAE, E[x | z] with
+        z ~ N(0, I)) or weight vectors w ~ q (BNN)."""
+        return np.asarray(self._sample(self.params, as_key(seed), self._draws(num, num)))
+
+    def encode(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """VAE: (loc, scale) of q(z | x) for images x (n, D)."""
+        loc, scale = self._encode(self.params, self.inputs(x))
+        return np.asarray(loc), np.asarray(scale)
+
+    def decode(self, z) -> np.ndarray:
+        """VAE: images E[x | z] (n, D) for codes z (n, L)."""
+        z = np.asarray(z, dtype=np.float32)
+        return np.asarray(self._decode(self.params, np.atleast_2d(z)))
+
+    @staticmethod
+    def _draws(num, default: int) -> int:
+        num = default if num is None else num
+        if not isinstance(num, (int, np.integer)) or num < 1:
+            raise ConfigError(f"the number of draws must be a positive integer, not {num!r}")
+        return int(num)
+
+
+def read_params(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: the run saved no parameters; train it again")
+    try:
+        return artifacts.load_params(path)
+    except Exception as error:  # msgpack raises its own exception types on damage
+        raise ResourceError(
+            f"cannot read the parameters {path} ({type(error).__name__}); restore the file "
+            "from a copy of the run folder"
+        ) from None
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def check_inputs(x, spec) -> np.ndarray:
+    """Inputs as float64 (n, d): a mapping is matched to the features by name; images may
+    come as (n, height, width[, channels]). One DataError line for anything else."""
+    if isinstance(x, Mapping):
+        x = columns_by_name(dict(x), spec)
+    try:
+        array = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"inputs must be numbers (an array of shape (rows, {spec.input_dim})); "
+            "convert text columns first"
+        ) from None
+    if array.ndim == 1 and spec.input_dim == 1:
+        array = array[:, None]
+    if array.ndim > 2 and math.prod(array.shape[1:]) == spec.input_dim:
+        array = array.reshape(len(array), -1)
+    if array.ndim != 2 or array.shape[1] != spec.input_dim:
+        raise DataError(
+            f"inputs of shape {array.shape} do not fit: the run was trained on "
+            f"{spec.input_dim} input columns{named(spec)}; give an array (rows, {spec.input_dim})"
+        )
+    if len(array) == 0:
+        raise DataError("the inputs have no rows; give at least one")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        column = spec.feature_names[j] if spec.feature_names else str(j)
+        raise DataError(
+            f"input row {i} (0-based), column {column!r} holds {array[i, j]}; fill in or "
+            "drop that row"
+        )
+    return array
+
+
+def named(spec) -> str:
+    if not spec.feature_names:
+        return ""
+    shown = ", ".join(spec.feature_names[:12]) + (" ..." if len(spec.feature_names) > 12 else "")
+    return f" ({shown})"
+
+
+def feature_positions(names, spec, source: str = "the inputs") -> list[int]:
+    """Positions in ``names`` of the run's features, in training order. The target column
+    may be present (it is left out); any other unknown or missing column is an error."""
+    if not spec.feature_names:
+        raise DataError(
+            f"data={spec.name} has no feature names; give {source} as an array, not named columns"
+        )
+    names = [str(n) for n in names]
+    missing = [n for n in spec.feature_names if n not in names]
+    extra = [n for n in names if n not in spec.feature_names and n != spec.target_name]
+    if missing:
+        raise DataError(
+            f"missing input column(s) {', '.join(map(repr, missing))} in {source}; the run "
+            f"was trained on{named(spec)}"
+        )
+    if extra:
+        raise DataError(
+            f"column(s) {', '.join(map(repr, extra))} in {source} were not inputs in "
+            f"training; drop them (the run was trained on{named(spec)})"
+        )
+    return [names.index(n) for n in spec.feature_names]
+
+
+def columns_by_name(columns: dict, spec) -> np.ndarray:
+    """The features, in training order, from {name: column} (see ``feature_positions``)."""
+    values = list(columns.values())
+    return np.stack([np.asarray(values[j]) for j in feature_positions(columns, spec)], axis=-1)

@@ -1,0 +1,220 @@
+"""``bslrun-predict`` and ``bslrun-sample``: use a finished run from the command line.
+
+    bslrun-predict RUN_DIR INPUT [--out FILE] [--samples N] [--seed S]
+    bslrun-sample  RUN_DIR [-n N] [--out FILE] [--seed S]
+
+INPUT is a CSV file (columns matched to the training features by name, in any order; the
+target column may be present and is ignored), or an NPY / NPZ array (rows, features).
+A BNN writes its posterior predictive per row (regression: mean, std, lower_95, upper_95,
+epistemic_std, aleatoric_std; classification: one probability column per class, entropy,
+mutual_information, prediction); a flow or VAE writes log_prob per row. The output format
+follows --out's suffix: .csv, .npy (columns in that order; text columns left out) or .npz;
+bslrun-sample also writes .png (an image grid, image data) and .csv (tables). Errors are
+one line with the exit codes of errors.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bslrun.errors import BslrunError, ConfigError, DataError, ResourceError
+
+CSV_FORMAT = "%.9g"  # float32 round-trips through 9 significant digits
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run folder: experiments/<name>/<time>"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="use a run that did not complete (its last saved parameters)",
+    )
+
+
+def predict_parser() -> Parser:
+    parser = Parser(
+        prog="bslrun-predict",
+        description="Predict with a finished BNN run (or score rows under a flow or VAE).",
+    )
+    common(parser)
+    parser.add_argument("input", metavar="INPUT", help="rows to predict: .csv, .npy or .npz")
+    parser.add_argument("--out", help="where to write (.csv, .npy, .npz); default INPUT's "
+                        "name with .predictions.csv, in the current folder")  # fmt: skip
+    parser.add_argument("--samples", type=int, help="posterior draws (default: the run's eval)")
+    parser.add_argument("--key", help="the array of an .npz INPUT holding several")
+    return parser
+
+
+def sample_parser() -> Parser:
+    parser = Parser(
+        prog="bslrun-sample",
+        description="Draw from a finished run: points (flow), images (VAE), weights (BNN).",
+    )
+    common(parser)
+    parser.add_argument("-n", "--num", type=int, default=1000, help="how many (default 1000)")
+    parser.add_argument("--out", help="where to write (.csv, .npy, .npz, .png); default "
+                        "samples.csv for tables, samples.npy otherwise")  # fmt: skip
+    return parser
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_inputs(run, path: str, key: str | None) -> np.ndarray:
+    """INPUT as float64 (rows, features) in the run's feature order."""
+    from bslrun.data import files
+    from bslrun.reopen import feature_positions, named
+
+    table = files.read(path, key, option="INPUT", key_option="--key")
+    if table.row_word == "row":  # a CSV: its header names the columns
+        positions = feature_positions(table.names, run.spec, source=path)
+    else:
+        positions = list(range(len(table.names)))
+        if len(positions) != run.spec.input_dim:  # the width, before the values
+            raise DataError(
+                f"{path} has {len(positions)} columns; the run was trained on "
+                f"{run.spec.input_dim}{named(run.spec)}: give an array (rows, {run.spec.input_dim})"
+            )
+    return files.numeric_block(table, positions, role="prediction input")
+
+
+# ------------------------------------------------------------------ writing
+
+
+def table_bytes(columns: dict, suffix: str) -> bytes:
+    """Named columns as CSV, NPY (numeric columns side by side) or NPZ."""
+    buffer = io.BytesIO()
+    if suffix == ".npz":
+        np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in columns.items()})
+        return buffer.getvalue()
+    if suffix == ".npy":
+        numeric = [np.asarray(v) for v in columns.values() if np.asarray(v).dtype.kind in "biuf"]
+        np.save(buffer, np.column_stack(numeric), allow_pickle=False)
+        return buffer.getvalue()
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    cells = [
+        [CSV_FORMAT % x for x in v] if np.asarray(v).dtype.kind == "f" else [str(x) for x in v]
+        for v in columns.values()
+    ]
+    writer.writerows(zip(*cells, strict=True))
+    return text.getvalue().encode()
+
+
+def write(path: Path, data: bytes) -> None:
+    from bslrun import artifacts
+
+    try:
+        artifacts.write_bytes(path, data)
+    except OSError as error:
+        raise ResourceError(
+            f"cannot write {path} ({error.strerror or error}); choose another --out"
+        ) from None
+
+
+def suffix_of(out: Path, allowed: tuple) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in allowed:
+        raise ConfigError(
+            f"--out={out}: unknown file type {suffix or '(none)'!r}; use {', '.join(allowed)}"
+        )
+    return suffix
+
+
+# ------------------------------------------------------------------ commands
+
+
+def predict(args) -> str:
+    from bslrun.reopen import load
+
+    out = (
+        Path(args.out) if args.out else Path(Path(args.input).name).with_suffix(".predictions.csv")
+    )
+    suffix = suffix_of(out, (".csv", ".npy", ".npz"))
+    run = load(args.run_dir, allow_incomplete=args.allow_incomplete)
+    x = read_inputs(run, args.input, args.key)
+    if run.family.name == "bnn":
+        prediction = run.predict(x, num_samples=args.samples, seed=args.seed)
+        columns = prediction.columns()
+        summary = describe_prediction(run, prediction)
+    else:
+        log_prob = run.log_prob(x, num_samples=args.samples, seed=args.seed)
+        columns = {"log_prob": log_prob}
+        bound = " (importance-weighted bound)" if run.family.name == "vae" else ""
+        summary = f"mean log p(x) {np.mean(log_prob):.4f} nats{bound}"
+    write(out, table_bytes(columns, suffix))
+    return f"wrote {len(x)} rows to {out}: {summary}"
+
+
+def describe_prediction(run, prediction) -> str:
+    if run.spec.task == "classification":
+        names, counts = np.unique(prediction.columns()["prediction"], return_counts=True)
+        shares = ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True))
+        return f"predicted classes {shares}; mean entropy {np.mean(prediction.entropy):.3f} nats"
+    target = run.spec.target_name or "y"
+    return (
+        f"mean predicted {target} {np.mean(prediction.mean):.4g}, mean predictive std "
+        f"{np.mean(prediction.std):.4g}"
+    )
+
+
+def sample(args) -> str:
+    from bslrun import plots
+    from bslrun.reopen import load
+
+    run = load(args.run_dir, allow_incomplete=args.allow_incomplete)
+    images = run.spec.image_shape is not None and run.family.name != "bnn"
+    tabular = run.family.name == "flow" and not images
+    default = "samples.csv" if tabular else "samples.npy"
+    out = Path(args.out or default)
+    allowed = (".npy", ".npz") + ((".csv",) if tabular else ()) + ((".png",) if images else ())
+    suffix = suffix_of(out, allowed)
+    draws = run.sample(args.num, seed=args.seed)
+    if suffix == ".png":
+        grid = draws.reshape(-1, *run.spec.image_shape[:2])
+        try:
+            plots.image_grid(grid, min(len(grid), 16), out, f"{len(grid)} samples")
+        except OSError as error:
+            raise ResourceError(
+                f"cannot write {out} ({error.strerror}); choose another --out"
+            ) from None
+    else:
+        names = run.spec.feature_names if tabular else tuple(str(j) for j in range(draws.shape[1]))
+        write(out, table_bytes(dict(zip(names, draws.T, strict=True)), suffix))
+    what = {"bnn": "weight vectors", "vae": "images", "flow": "points"}[run.family.name]
+    return f"wrote {len(draws)} {what} of shape {draws.shape[1:]} to {out}"
+
+
+def main_with(parser: Parser, command) -> None:
+    args = parser.parse_args()
+    try:
+        print(f"{parser.prog}: {command(args)}")
+    except BslrunError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: stopped by SIGINT; nothing was written", file=sys.stderr)
+        sys.exit(130)
+
+
+def predict_main() -> None:
+    main_with(predict_parser(), predict)
+
+
+def sample_main() -> None:
+    main_with(sample_parser(), sample)

@@ -1,0 +1,460 @@
+"""Reopening finished runs (``bslrun.load``, ``bslrun-predict``, ``bslrun-sample``).
+
+Each family is trained tiny through the command line; the reopened run must reproduce
+the run's own saved arrays bit for bit and its test metrics with the same keys, from the
+run folder alone, and every bad folder or input is one line with its exit code.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import compose
+from test_cli import MNIST_DIR, needs_mnist
+
+import bslrun
+from bslrun import artifacts, reopen_cli, seeding
+from bslrun.data import load as load_data
+from bslrun.errors import ConfigError, DataError, ResourceError
+from bslrun.models import FAMILIES
+from bslrun.models.family import Family
+
+MNIST = (f"data.root={MNIST_DIR}", "data.download=false", "data.train_subset=0.004")
+RUNS = {
+    "wine": ("debug=tiny",),
+    "moons": ("debug=tiny", "experiment=bnn_moons"),
+    "maf": ("debug=tiny", "experiment=lecture_maf_moons"),
+    "vae": ("debug=tiny", "experiment=lecture_vae_mnist", *MNIST, "data.val_size=200"),
+}
+
+
+def train(out: Path, name: str) -> Path:
+    run_dir = out / name
+    result = subprocess.run(
+        [sys.executable, "-m", "bslrun", *RUNS[name], f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, BSLRUN_OUTPUT_DIR=str(out)),
+        timeout=300,
+        cwd=out,
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reopen")
+    names = [n for n in RUNS if n != "vae" or MNIST_DIR.is_dir()]
+    return {name: train(out, name) for name in names}
+
+
+def split_of(name: str, part: str = "test"):
+    """The run's split, reloaded from its data set, in original units (float64)."""
+    cfg = compose(*RUNS[name])
+    data = load_data(cfg.data, seeding.streams(cfg.seed).data)
+    split = getattr(data, part)
+    return data.spec.x_scaler.inverse(split.x.astype(np.float64)), split.y
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------- reproduction
+
+
+def test_a_bnn_regression_run_reproduces_its_predictions_bit_for_bit(trained):
+    run = bslrun.load(trained["wine"])
+    x, _ = split_of("wine")
+    saved = np.load(trained["wine"] / "predictions.npz")
+    pred = run.predict(x, seed=run.eval_keys.artifacts)
+    for name in ("mean", "std", "epistemic_std", "aleatoric_std", "lower_95", "upper_95"):
+        np.testing.assert_array_equal(getattr(pred, name), saved[name], err_msg=name)
+    # The same draws give the interval again, and quantiles in order between its ends.
+    q = pred.quantiles([0.025, 0.5, 0.975])
+    np.testing.assert_array_equal(q[:, 0], pred.lower_95)
+    np.testing.assert_array_equal(q[:, 2], pred.upper_95)
+    assert np.all(q[:, 0] < q[:, 1]) and np.all(q[:, 1] < q[:, 2])
+    # Total variance is epistemic plus aleatoric (law of total variance).
+    np.testing.assert_allclose(
+        pred.std**2, pred.epistemic_std**2 + pred.aleatoric_std**2, rtol=1e-5
+    )
+
+
+def test_a_bnn_regression_run_reproduces_its_test_rmse(trained):
+    run = bslrun.load(trained["wine"])
+    x, y = split_of("wine")
+    pred = run.predict(x, seed=run.eval_keys.test)
+    y = run.spec.y_scaler.inverse(y.astype(np.float64))
+    rmse = np.sqrt(np.mean((pred.mean - y) ** 2))
+    np.testing.assert_allclose(rmse, metrics_of(trained["wine"])["test"]["rmse"], rtol=1e-5)
+
+
+def test_a_bnn_classifier_reproduces_its_probabilities_and_test_nll(trained):
+    run = bslrun.load(trained["moons"])
+    x, y = split_of("moons")
+    saved = np.load(trained["moons"] / "predictions.npz")
+    pred = run.predict(x, seed=run.eval_keys.artifacts)
+    np.testing.assert_array_equal(pred.probs, saved["probs"])
+    np.testing.assert_array_equal(pred.prediction, saved["prediction"])
+    scored = run.predict(x, seed=run.eval_keys.test)
+    nll = -np.mean(np.log(scored.probs[np.arange(len(y)), y]))
+    np.testing.assert_allclose(nll, metrics_of(trained["moons"])["test"]["nll"], rtol=1e-5)
+    # 0 <= I[y; w] <= H[y] <= log C
+    assert np.all(pred.mutual_information >= 0)
+    assert np.all(pred.mutual_information <= pred.entropy + 1e-6)
+    assert np.all(pred.entropy <= np.log(2) + 1e-6)
+    np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_a_flow_reproduces_its_test_nll_and_its_samples(trained):
+    run = bslrun.load(trained["maf"])
+    x, _ = split_of("maf")
+    log_prob = run.log_prob(x, seed=run.eval_keys.test)
+    np.testing.assert_allclose(
+        -np.mean(log_prob), metrics_of(trained["maf"])["test"]["nll"], rtol=1e-5
+    )
+    saved = np.load(trained["maf"] / "samples.npz")["samples"]
+    sample_key = jax.random.split(run.eval_keys.artifacts)[0]
+    np.testing.assert_array_equal(run.sample(len(saved), seed=sample_key), saved)
+
+
+@needs_mnist
+def test_a_vae_reproduces_its_bound_samples_and_reconstructions(trained):
+    run = bslrun.load(trained["vae"])
+    x, _ = split_of("vae")
+    bound = run.log_prob(x, seed=run.eval_keys.test)
+    np.testing.assert_allclose(
+        -np.mean(bound), metrics_of(trained["vae"])["test"]["nll"], rtol=1e-5
+    )
+    saved = np.load(trained["vae"] / "samples.npz")
+    np.testing.assert_array_equal(
+        run.sample(64, seed=run.eval_keys.artifacts), saved["prior_samples"]
+    )
+    loc, scale = run.encode(x[:16])
+    assert loc.shape == scale.shape == (16, 2) and np.all(scale > 0)
+    np.testing.assert_allclose(run.decode(loc), saved["reconstructions"], atol=1e-6)
+    # Images may come as (n, 28, 28).
+    np.testing.assert_array_equal(run.encode(x[:16].reshape(16, 28, 28))[0], loc)
+
+
+def test_the_run_reads_back_as_plain_python(trained):
+    run = bslrun.load(trained["wine"])
+    assert run.config["model"]["family"] == "bnn" and run.status["status"] == "completed"
+    assert run.metrics["test"]["rmse"] > 0
+    assert run.history["epoch"].tolist() == [1.0] and np.isfinite(run.history["train_loss"]).all()
+    assert run.provenance["format"] == artifacts.FORMAT
+    assert run.provenance["command"].startswith("bslrun debug=tiny")
+    assert run.spec.target_name == "quality" and len(run.spec.feature_names) == 11
+    assert run.sample(5, seed=0).shape == (5, run.family.num_weights)
+
+
+def test_the_run_folder_alone_is_enough(trained, tmp_path):
+    """A copy of the folder, in a process that cannot import Hydra, the configs' reader or
+    the data loaders, with no data cache: load, predict, and get the same numbers."""
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(trained["wine"], copy)
+    x, _ = split_of("wine")
+    np.save(tmp_path / "x.npy", x)
+    expected = bslrun.load(trained["wine"]).predict(x, num_samples=16, seed=3).mean
+    script = f"""
+import sys
+BLOCKED = ("hydra", "bslrun.preflight", "bslrun.cli", "bslrun.data.wine", "bslrun.data.mnist")
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(BLOCKED):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import numpy as np, bslrun
+run = bslrun.load({str(copy)!r})
+np.save({str(tmp_path / "mean.npy")!r}, run.predict(np.load({str(tmp_path / "x.npy")!r}), num_samples=16, seed=3).mean)
+"""
+    env = dict(
+        os.environ, BSLRUN_DATA_DIR=str(tmp_path / "no-cache"), BSLRUN_CONFIG_DIR="/nonexistent"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "mean.npy"), expected)
+
+
+def test_named_columns_are_matched_by_name_in_any_order(trained):
+    run = bslrun.load(trained["wine"])
+    x, _ = split_of("wine")
+    names = run.spec.feature_names
+    shuffled = {n: x[:, j] for j, n in reversed(list(enumerate(names)))}
+    shuffled["quality"] = np.zeros(len(x))  # the target column is allowed and ignored
+    np.testing.assert_array_equal(
+        run.predict(shuffled, num_samples=8).mean, run.predict(x, num_samples=8).mean
+    )
+
+
+# ----------------------------------------------------------------- refusals
+
+
+def refused(error_type, call, *words):
+    with pytest.raises(error_type) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message and all(w in message for w in words), message
+    return message
+
+
+def test_bad_inputs_are_one_line_each(trained):
+    run = bslrun.load(trained["wine"])
+    x, _ = split_of("wine")
+    names = run.spec.feature_names
+    refused(DataError, lambda: run.predict(x[:, :10]), "(734, 10)", "11 input columns")
+    with_nan = x.copy()
+    with_nan[3, 2] = np.nan
+    refused(DataError, lambda: run.predict(with_nan), "row 3", repr(names[2]), "nan")
+    columns = {n: x[:, j] for j, n in enumerate(names)}
+    refused(DataError, lambda: run.predict({**columns, "colour": x[:, 0]}), "'colour'", "drop")
+    del columns["alcohol"]
+    refused(DataError, lambda: run.predict(columns), "missing", "'alcohol'")
+    refused(DataError, lambda: run.predict([["a"] * 11]), "numbers")
+    refused(ConfigError, lambda: run.predict(x, num_samples=0), "positive integer")
+    refused(ConfigError, lambda: run.predict(x[:2]).quantiles([0.5, 1.0]), "between 0 and 1")
+
+
+def test_a_family_refuses_what_it_cannot_do_in_one_line(trained):
+    flow = bslrun.load(trained["maf"])
+    refused(ConfigError, lambda: flow.predict(np.zeros((2, 2))), "flow", "no predictions", "sample")
+    refused(ConfigError, lambda: flow.encode(np.zeros((2, 2))), "no encoder")
+    bnn = bslrun.load(trained["wine"])
+    refused(ConfigError, lambda: bnn.log_prob(np.zeros((2, 11))), "bnn", "no density", "predict")
+    refused(ConfigError, lambda: bnn.decode(np.zeros((2, 2))), "no decoder")
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_folders_that_cannot_be_reopened_are_one_line_each(trained, tmp_path):
+    folder = copy_of(trained["wine"], tmp_path)
+    refused(ConfigError, lambda: bslrun.load(tmp_path / "nowhere"), "not a folder")
+    refused(ConfigError, lambda: bslrun.load(tmp_path), "not a run folder")
+    manifest = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**manifest, "format": 99}))
+    refused(ConfigError, lambda: bslrun.load(folder), "format 99", "reads format 1")
+    (folder / "run.json").unlink()
+    refused(ConfigError, lambda: bslrun.load(folder), "older", "train it again")
+
+
+def test_an_unfinished_run_is_refused_unless_allowed(trained, tmp_path):
+    folder = copy_of(trained["wine"], tmp_path)
+    artifacts.write_status(folder, "diverged", started="t", exit_code=4, error="training diverged")
+    refused(
+        ConfigError, lambda: bslrun.load(folder), "did not complete", "diverged", "allow_incomplete"
+    )
+    assert bslrun.load(folder, allow_incomplete=True).predict(np.ones((1, 11))).mean.shape == (1,)
+
+
+def test_damaged_or_missing_files_are_named(trained, tmp_path):
+    folder = copy_of(trained["wine"], tmp_path)
+    params = folder / "checkpoint" / "params.msgpack"
+    params.write_bytes(params.read_bytes()[:40])
+    refused(ResourceError, lambda: bslrun.load(folder), "params.msgpack", "restore")
+    params.unlink()
+    refused(ConfigError, lambda: bslrun.load(folder), "params.msgpack", "missing")
+    spec = json.loads((folder / "data.json").read_text())
+    del spec["x_scaler"]
+    (folder / "data.json").write_text(json.dumps(spec))
+    refused(ResourceError, lambda: bslrun.load(folder), "data.json", "x_scaler")
+    (folder / "data.json").write_text("{")
+    refused(ResourceError, lambda: bslrun.load(folder), "data.json")
+
+
+# ----------------------------------------------------------------- commands
+
+
+def command(main, argv, monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["bslrun-x", *map(str, argv)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_csv(path: Path, names, rows) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(rows)
+    return path
+
+
+def test_predict_command_on_a_csv_with_shuffled_columns(trained, tmp_path):
+    run = bslrun.load(trained["wine"])
+    x, _ = split_of("wine")
+    x = x[:40]
+    order = np.random.default_rng(0).permutation(x.shape[1])
+    names = [run.spec.feature_names[j] for j in order]
+    source = write_csv(tmp_path / "new wines.csv", names, x[:, order].tolist())
+    out = tmp_path / "out.csv"
+    tool = Path(sys.executable).parent / "bslrun-predict"
+    result = subprocess.run(
+        [str(tool), str(trained["wine"]), str(source), "--out", str(out), "--samples", "32", "--seed", "5"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1 and "wrote 40 rows" in result.stdout
+    with out.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == [
+        "mean",
+        "std",
+        "lower_95",
+        "upper_95",
+        "epistemic_std",
+        "aleatoric_std",
+    ]
+    expected = run.predict(x, num_samples=32, seed=5)
+    for column in ("mean", "std", "lower_95", "upper_95"):
+        got = np.array([float(r[column]) for r in table], np.float32)
+        np.testing.assert_array_equal(got, getattr(expected, column), err_msg=column)
+
+
+def test_predict_command_on_arrays_and_a_classifier(trained, tmp_path, monkeypatch, capsys):
+    x, _ = split_of("moons")
+    np.save(tmp_path / "points.npy", x[:10])
+    out = tmp_path / "p.npz"
+    code, stdout, _ = command(
+        reopen_cli.predict_main, [trained["moons"], tmp_path / "points.npy", "--out", out],
+        monkeypatch, capsys,
+    )  # fmt: skip
+    assert code == 0 and "predicted classes" in stdout
+    saved = np.load(out)
+    assert {"p_0", "p_1", "entropy", "mutual_information", "prediction"} <= set(saved.files)
+    np.testing.assert_allclose(saved["p_0"] + saved["p_1"], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case, code, words",
+    [
+        ("regression file for a classifier", 3, ["missing input column", "'x1'"]),
+        ("wrong width", 3, ["has 3 columns", "trained on 2"]),
+        ("nan", 3, ["missing value", "nan"]),
+        ("no such file", 3, ["no such file"]),
+        ("bad suffix", 2, ["--out", ".txt"]),
+        ("not a run", 2, ["not a run folder"]),
+        ("flow given to predict as a bnn", 0, ["log p(x)"]),
+    ],
+)
+def test_predict_command_refusals_are_one_line(
+    trained, tmp_path, monkeypatch, capsys, case, code, words
+):
+    run_dir = trained["moons"]
+    args = []
+    if case == "regression file for a classifier":
+        source = write_csv(tmp_path / "wine.csv", ["alcohol", "quality"], [[9.5, 6], [10.1, 5]])
+    elif case == "wrong width":
+        np.save(tmp_path / "x.npy", np.zeros((4, 3)))
+        source = tmp_path / "x.npy"
+    elif case == "nan":
+        source = write_csv(tmp_path / "x.csv", ["x1", "x2"], [[0.1, 0.2], [float("nan"), 1.0]])
+    elif case == "no such file":
+        source = tmp_path / "absent.csv"
+    elif case == "bad suffix":
+        source = write_csv(tmp_path / "x.csv", ["x1", "x2"], [[0.1, 0.2]])
+        args = ["--out", tmp_path / "out.txt"]
+    elif case == "not a run":
+        source = write_csv(tmp_path / "x.csv", ["x1", "x2"], [[0.1, 0.2]])
+        run_dir = tmp_path
+    else:
+        source = write_csv(tmp_path / "x.csv", ["x2", "x1"], [[0.1, 0.2], [0.3, -0.1]])
+        run_dir = trained["maf"]
+        args = ["--out", tmp_path / "lp.csv"]
+    got, stdout, stderr = command(
+        reopen_cli.predict_main, [run_dir, source, *args], monkeypatch, capsys
+    )
+    assert got == code, stderr
+    text = stderr if code else stdout
+    assert text.count("\n") == 1 and all(w in text for w in words), text
+    if code:
+        assert text.startswith("bslrun-predict: error:")
+
+
+def test_sample_command_writes_points_images_and_weights(trained, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s.csv"
+    code, stdout, _ = command(
+        reopen_cli.sample_main,
+        [trained["maf"], "-n", 7, "--out", out, "--seed", 2],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0 and "wrote 7 points" in stdout
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["x1", "x2"] and len(rows) == 8
+    np.testing.assert_allclose(
+        np.array(rows[1:], float), bslrun.load(trained["maf"]).sample(7, seed=2), rtol=1e-6
+    )
+    code, _, stderr = command(
+        reopen_cli.sample_main, [trained["wine"], "--out", tmp_path / "w.png"], monkeypatch, capsys
+    )
+    assert code == 2 and "'.png'" in stderr
+    code, _, _ = command(
+        reopen_cli.sample_main,
+        [trained["wine"], "-n", 3, "--out", tmp_path / "w.npy"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0 and np.load(tmp_path / "w.npy").shape[0] == 3
+    code, _, stderr = command(
+        reopen_cli.sample_main, [trained["maf"], "-n", 0], monkeypatch, capsys
+    )
+    assert code == 2 and "positive integer" in stderr and stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------- the protocol
+
+
+def test_every_family_follows_the_protocol():
+    for name, target in FAMILIES.items():
+        module, cls = target.split(":")
+        family = getattr(importlib.import_module(module), cls)
+        assert issubclass(family, Family) and family.name == name
+        assert family.saves in artifacts.ARRAY_FILES
+
+
+def test_the_protocol_refuses_what_a_family_does_not_offer():
+    base = Family(cfg=None, spec=None, n_train=1)
+    for member, args in [
+        ("predict", (None, None, None, 1)),
+        ("sample", (None, None, 1)),
+        ("log_prob", (None, None, None, 1)),
+        ("encode", (None, None)),
+        ("decode", (None, None)),
+    ]:
+        refused(ConfigError, lambda m=member, a=args: getattr(base, m)(*a), "has no", "offers")
+
+
+def test_the_data_spec_round_trips_through_json(trained):
+    for name in ("wine", "maf"):
+        cfg = compose(*RUNS[name])
+        spec = load_data(cfg.data, seeding.streams(cfg.seed).data).spec
+        back = json.loads(json.dumps(spec.to_json()))
+        from bslrun.data import spec_from_json
+
+        again = spec_from_json(back)
+        np.testing.assert_array_equal(again.x_scaler.mean, spec.x_scaler.mean)
+        np.testing.assert_array_equal(again.y_scaler.std, spec.y_scaler.std)
+        assert again.feature_names == spec.feature_names and again.task == spec.task
+        if spec.log_density is not None:
+            points = np.random.default_rng(0).normal(size=(50, 2))
+            np.testing.assert_array_equal(again.log_density(points), spec.log_density(points))

@@ -18,10 +18,9 @@ both share the machine's noise.
 
 from __future__ import annotations
 
-
 from benchmarks.common import Options, fused_against_loop, summarise_race
 from bslrun import seeding
-from bslrun.config import BnnConfig, DataConfig, OptimConfig, Posterior, as_dict
+from bslrun.config import BnnConfig, DataConfig, OptimConfig, Posterior, Schedule, as_dict
 from bslrun.data import load as load_data
 from bslrun.inference import engine
 from bslrun.models import build as build_family
@@ -40,7 +39,7 @@ def setup(seed: int, epochs_total: int):
     keys = seeding.streams(seed)
     data_cfg = DataConfig()
     model_cfg = BnnConfig(hidden=[50], posterior=Posterior.mean_field)
-    optim_cfg = OptimConfig()  # Adam, constant lr
+    optim_cfg = OptimConfig(lr=1e-3, schedule=Schedule.constant)  # Adam, constant lr
     data = load_data(data_cfg, keys.data)
     family = build_family(model_cfg, data.spec, len(data.train))
     s = engine.prepare(family, data.train, optim_cfg, BATCH_SIZE, epochs_total, 1, keys.init)

@@ -11,10 +11,9 @@ pattern. Throughput is training examples per second, excluding compilation.
 
 from __future__ import annotations
 
-
 from benchmarks.common import Options, fused_against_loop, summarise_race
 from bslrun import seeding
-from bslrun.config import FlowConfig, OptimConfig, ToyDataConfig, as_dict
+from bslrun.config import FlowConfig, OptimConfig, Schedule, ToyDataConfig, as_dict
 from bslrun.data import load as load_data
 from bslrun.inference import engine
 from bslrun.models import build as build_family
@@ -33,7 +32,7 @@ def setup(seed: int, epochs_total: int):
     keys = seeding.streams(seed)
     data_cfg = ToyDataConfig(name="moons", n_train=10000, n_val=0, n_test=1, noise=0.05)
     model_cfg = FlowConfig(flow="maf", depth=3, hidden=[128, 128])
-    optim_cfg = OptimConfig(lr=1e-3)
+    optim_cfg = OptimConfig(lr=1e-3, schedule=Schedule.constant)
     data = load_data(data_cfg, keys.data)
     family = build_family(model_cfg, data.spec, len(data.train), keys.structure)
     s = engine.prepare(family, data.train, optim_cfg, BATCH_SIZE, epochs_total, 1, keys.init)

@@ -42,7 +42,7 @@ import numpy as np
 from benchmarks import matmul_peak
 from benchmarks.common import Fused, Loop, Options, Race, environment, sanity
 from bslrun import seeding
-from bslrun.config import ImageDataConfig, OptimConfig, VaeConfig, as_dict
+from bslrun.config import ImageDataConfig, OptimConfig, Schedule, VaeConfig, as_dict
 from bslrun.data import load as load_data
 from bslrun.data.splits import IDENTITY, DataSpec, Split
 from bslrun.errors import DataError
@@ -149,7 +149,8 @@ def setup(seed: int, epochs_total: int):
     """Data, family, SVI and the shared initial state, built as ``engine.fit`` builds them."""
     keys = seeding.streams(seed)
     x_np, y_np, spec, data_info = load(seed)
-    model_cfg, optim_cfg = model_config(), OptimConfig()  # Adam, lr 1e-3, constant
+    model_cfg = model_config()
+    optim_cfg = OptimConfig(lr=1e-3, schedule=Schedule.constant)  # Adam, lr 1e-3, constant
     family = build_family(model_cfg, spec, len(x_np))
     train = Split(x_np, y_np)
     s = engine.prepare(family, train, optim_cfg, BATCH_SIZE, epochs_total, 1, keys.init)

@@ -78,7 +78,7 @@ def compose(*overrides: str):
     from hydra import initialize_config_dir
 
     from bslrun import cli
-    from bslrun.config import register
+    from bslrun.registry import register
 
     register()
     with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):

@@ -16,7 +16,6 @@ from bslrun.config import (
     DataConfig,
     Likelihood,
     Posterior,
-    TrainerConfig,
 )
 from bslrun.errors import ConfigError
 
@@ -316,21 +315,3 @@ def test_bnn_hidden_widths_must_be_positive():
         "model.hidden=[8, 0] must list positive layer widths "
         "(or be [] for Bayesian linear regression)"
     )
-
-
-# ------------------------------------------------------------------- trainer defaults
-
-
-def test_trainer_yaml_values_equal_the_schema_defaults():
-    """One home for every default: what configs/trainer/*.yaml states, the schema says too."""
-    import dataclasses
-
-    import yaml
-
-    schema = {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
-    for path in sorted((cli.CONFIG_DIR / "trainer").glob("*.yaml")):
-        values = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "defaults"}
-        assert "max_memory_gb" in values, path
-        for key, value in values.items():
-            default = schema[key]
-            assert value == getattr(default, "value", default), f"{path.name}: {key}"

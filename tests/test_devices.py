@@ -27,12 +27,12 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax
 from test_engine import run_fit, tiny_problem, trainer
-from bslrun.config import OptimConfig
+from bslrun.config import OptimConfig, Schedule
 from bslrun.inference import engine
 from bslrun.inference.devices import Placement
 
 family, data = tiny_problem()
-optim_cfg, out = OptimConfig(lr=1e-2), {{"device_count": jax.device_count()}}
+optim_cfg, out = OptimConfig(lr=1e-2, schedule=Schedule.constant), {{"device_count": jax.device_count()}}
 for devices in (1, 2):
     result = run_fit(family, data, optim_cfg, trainer(epochs=6, patience=0, devices=devices))
     out[devices] = {{

@@ -81,7 +81,9 @@ def test_batch_plan(n, batch, expected):
 
 def test_fit_history_and_decreasing_loss():
     family, data = tiny_problem()
-    result = run_fit(family, data, OptimConfig(lr=0.02), trainer(epochs=30))
+    result = run_fit(
+        family, data, OptimConfig(lr=0.02, schedule=Schedule.constant), trainer(epochs=30)
+    )
     history = result.history
     assert len(history) == result.epochs_run == 30
     assert [row["epoch"] for row in history] == list(range(1, 31))
@@ -123,7 +125,7 @@ def test_early_stopping_when_validation_cannot_improve():
     # validation (same key, same parameters) repeats the first score exactly:
     # nothing after epoch 1 is an improvement.
     family, data = tiny_problem(posterior="map")
-    opt = OptimConfig(name=OptimName.sgd, lr=1e-30, momentum=0.0)
+    opt = OptimConfig(name=OptimName.sgd, lr=1e-30, momentum=0.0, schedule=Schedule.constant)
     result = run_fit(family, data, opt, trainer(epochs=50, patience=3, monitor=Monitor.rmse))
     assert result.stopped_early
     assert result.epochs_run == len(result.history) == 1 + 3
@@ -134,7 +136,7 @@ def test_early_stopping_when_validation_cannot_improve():
 
 def test_patience_zero_never_stops_early():
     family, data = tiny_problem(posterior="map")
-    opt = OptimConfig(name=OptimName.sgd, lr=1e-30, momentum=0.0)
+    opt = OptimConfig(name=OptimName.sgd, lr=1e-30, momentum=0.0, schedule=Schedule.constant)
     result = run_fit(family, data, opt, trainer(epochs=6, patience=0))
     assert not result.stopped_early and result.epochs_run == 6
 
@@ -154,7 +156,7 @@ def check_divergence(error_info, epochs, loss_finite=False):
 
 def test_divergence_from_huge_learning_rate():
     family, data = tiny_problem(val=False, noise_scale=0.3)
-    opt = OptimConfig(name=OptimName.sgd, lr=1e30, momentum=0.0)
+    opt = OptimConfig(name=OptimName.sgd, lr=1e30, momentum=0.0, schedule=Schedule.constant)
     epochs = 10
     with pytest.raises(DivergenceError) as info:
         run_fit(family, data, opt, trainer(epochs=epochs, batch_size=N))
@@ -167,7 +169,7 @@ def test_divergence_result_params_finite_when_update_overflows():
     # lr = 1e38: epoch 1's loss (taken before its update) is finite, but the update
     # itself overflows float32 to inf; epoch 2's loss is then NaN.
     family, data = tiny_problem(val=False, noise_scale=0.3)
-    opt = OptimConfig(name=OptimName.sgd, lr=1e38, momentum=0.0)
+    opt = OptimConfig(name=OptimName.sgd, lr=1e38, momentum=0.0, schedule=Schedule.constant)
     with pytest.raises(DivergenceError) as info:
         run_fit(family, data, opt, trainer(epochs=10, batch_size=N))
     check_divergence(info, 10, loss_finite=True)
@@ -178,7 +180,12 @@ def test_divergence_from_infinite_data():
     family, data = tiny_problem(val=False, noise_scale=0.3)
     data.train.y[3] = np.inf  # the arrays are plain numpy: poison one target
     with pytest.raises(DivergenceError) as info:
-        run_fit(family, data, OptimConfig(lr=1e-3), trainer(epochs=5, batch_size=N))
+        run_fit(
+            family,
+            data,
+            OptimConfig(lr=1e-3, schedule=Schedule.constant),
+            trainer(epochs=5, batch_size=N),
+        )
     check_divergence(info, 5)
     assert len(info.value.result.history) == 1
 

@@ -15,7 +15,7 @@ from conftest import make_dataset, make_spec, perturb
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import Adam
 
-from bslrun.config import FlowConfig, OptimConfig, TrainerConfig
+from bslrun.config import FlowConfig, OptimConfig, Schedule, TrainerConfig
 from bslrun.data.splits import Standardiser
 from bslrun.errors import ConfigError
 from bslrun.inference import engine
@@ -108,7 +108,15 @@ def test_maf_fit_reaches_a_gaussians_entropy():
     data = replace(data, spec=spec)
     fam = FlowFamily(FlowConfig(flow="maf", depth=2, hidden=[16]), spec, 4000, key=KEY)
     trainer = TrainerConfig(epochs=40, batch_size=128, progress=False)
-    result = engine.fit(fam, data, OptimConfig(lr=3e-3), trainer, KEY, jax.random.PRNGKey(1), 1)
+    result = engine.fit(
+        fam,
+        data,
+        OptimConfig(lr=3e-3, schedule=Schedule.constant),
+        trainer,
+        KEY,
+        jax.random.PRNGKey(1),
+        1,
+    )
     test = fam.evaluate(result.params, data.test.x, data.test.y, KEY, 1)
     assert float(test["true_entropy"]) == pytest.approx(entropy, abs=0.05)
     assert abs(float(test["kl_to_true"])) < 0.03

@@ -1,5 +1,5 @@
 """Flows as variational posteriors: the IAF step (bslrun.flows.inverse_autoregressive),
-the BNN's posterior=iaf / iaf_spline (bslrun.inference.guides) and the VAE's
+the BNN's posterior=iaf / iaf_spline (bslrun.models.guides) and the VAE's
 model.posterior_flow.
 
 References are independent of the code under test: log-determinants come from
@@ -41,6 +41,7 @@ from bslrun.config import (
     KLEstimate,
     OptimConfig,
     Posterior,
+    Schedule,
     TrainerConfig,
     VaeConfig,
 )
@@ -48,7 +49,8 @@ from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import InverseAutoregressive, outputs_per_coordinate
 from bslrun.flows.made import MaskedMLP
 from bslrun.flows.spline import MaskedSplineAutoregressive
-from bslrun.inference import engine, guides
+from bslrun.inference import engine
+from bslrun.models import guides
 from bslrun.models.bnn import BnnFamily
 from bslrun.models.vae import VaeFamily
 
@@ -325,7 +327,7 @@ def test_flow_posterior_trains_end_to_end(kind):
     result = engine.fit(
         family,
         data,
-        OptimConfig(lr=1e-2),
+        OptimConfig(lr=1e-2, schedule=Schedule.constant),
         TrainerConfig(epochs=5, batch_size=16, progress=False),
         jax.random.PRNGKey(0),
         jax.random.PRNGKey(1),
@@ -482,7 +484,7 @@ def test_vae_flow_trains_end_to_end(architecture):
     result = engine.fit(
         family,
         image_dataset(x, y),
-        OptimConfig(lr=3e-3),
+        OptimConfig(lr=3e-3, schedule=Schedule.constant),
         TrainerConfig(epochs=1, batch_size=B, progress=False),
         jax.random.PRNGKey(0),
         jax.random.PRNGKey(1),

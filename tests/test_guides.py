@@ -1,4 +1,4 @@
-"""Variational families (bslrun.inference.guides) and their wiring into BnnFamily."""
+"""Variational families (bslrun.models.guides) and their wiring into BnnFamily."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import optax
 import pytest
 from conftest import make_spec
 
-from bslrun.config import BnnConfig, Likelihood, Posterior
-from bslrun.inference import engine, guides
+from bslrun.config import BnnConfig, Likelihood, Posterior, Schedule
+from bslrun.inference import engine
+from bslrun.models import guides
 from bslrun.models.bnn import BnnFamily
 
 D, RANK = 5, 2
@@ -199,7 +200,7 @@ def test_no_hidden_layer_trains_and_validates_with_every_posterior(rng, posterio
     assert family.num_weights == 3 * max(classes, 1)
     trainer = TrainerConfig(epochs=2, batch_size=16, progress=False)
     result = engine.fit(
-        family, data, OptimConfig(lr=0.01), trainer, jax.random.PRNGKey(0),
+        family, data, OptimConfig(lr=0.01, schedule=Schedule.constant), trainer, jax.random.PRNGKey(0),
         jax.random.PRNGKey(1), 4,
     )  # fmt: skip
     last = result.history[-1]

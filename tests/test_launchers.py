@@ -24,10 +24,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_cli import bslrun
 
-import bslrun as package
-from bslrun import cli, report
-from bslrun.config import register
+from bslrun import cli, clock, runs
 from bslrun.errors import ConfigError
+from bslrun.registry import register
 
 FOLDER_NAME = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}")
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
@@ -70,12 +69,12 @@ def test_objective_is_the_monitored_validation_metric():
 
 
 def test_the_start_up_clock_restarts_for_a_later_run_in_the_same_process(monkeypatch):
-    monkeypatch.setattr(package, "_runs", 0)
-    monkeypatch.setattr(package, "_run_start", time.time() - 100.0)  # started 100 s ago
-    package.begin_run()  # the first run counts from the process start
-    assert package.seconds_since_run_start() >= 100.0
-    package.begin_run()  # a second job of a sweep counts from its own start
-    assert 0.0 <= package.seconds_since_run_start() < 1.0
+    monkeypatch.setattr(clock, "_runs", 0)
+    monkeypatch.setattr(clock, "_run_start", time.time() - 100.0)  # started 100 s ago
+    clock.begin_run()  # the first run counts from the process start
+    assert clock.seconds_since_run_start() >= 100.0
+    clock.begin_run()  # a second job of a sweep counts from its own start
+    assert 0.0 <= clock.seconds_since_run_start() < 1.0
 
 
 def test_run_folders_carry_microseconds_so_runs_in_one_second_differ():
@@ -258,7 +257,7 @@ def test_a_crashing_job_is_logged_and_listed_as_failed_and_the_study_goes_on(stu
     log = (sweep / "2" / "run.log").read_text()
     assert "[ERROR] unexpected RuntimeError: injected failure" in log
     assert "Traceback (most recent call last)" in log and "crashing_to_config" in log
-    assert report.load_run(sweep / "2").status == "failed"
+    assert runs.load_run(sweep / "2").status == "failed"
     assert not (sweep / "2" / "metrics.json").exists()
 
 
@@ -270,7 +269,7 @@ def test_an_unexpected_crash_of_a_single_run_is_logged_to_run_log(tmp_path):
     log = (run_dir / "run.log").read_text()
     assert "[ERROR] unexpected RuntimeError: injected failure" in log
     assert "Traceback (most recent call last)" in log and "crashing_to_config" in log
-    assert report.load_run(run_dir).status == "failed"
+    assert runs.load_run(run_dir).status == "failed"
 
 
 def submit_processes(folder: Path) -> list[int]:

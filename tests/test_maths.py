@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from conftest import compose, linear_regression_data, make_dataset
 
-from bslrun.config import BnnConfig, OptimConfig, OptimName, Posterior, Schedule, TrainerConfig
 from bslrun import models
+from bslrun.config import BnnConfig, OptimConfig, OptimName, Posterior, Schedule, TrainerConfig
 from bslrun.inference import engine
 from bslrun.models.bnn import BnnFamily
 

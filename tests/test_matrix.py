@@ -13,9 +13,8 @@ import pytest
 from conftest import compose
 
 from bslrun import run
-from bslrun.data import DATASETS
 from bslrun.errors import ConfigError
-from bslrun.models import FAMILIES
+from bslrun.registry import DATASETS, FAMILIES
 
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MNIST_DIR = SHARED / "data" / "mnist"

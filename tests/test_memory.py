@@ -4,7 +4,6 @@ one line, in seconds, for a model that cannot fit."""
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from conftest import CompileCounter, compose, linear_regression_data, make_dataset
 
 from bslrun import seeding
-from bslrun.config import BnnConfig, OptimConfig, Posterior, TrainerConfig
+from bslrun.config import BnnConfig, OptimConfig, Posterior, Schedule, TrainerConfig
 from bslrun.data import load
 from bslrun.errors import ConfigError
 from bslrun.inference import engine, memory, optim
@@ -41,7 +40,7 @@ def composed(*overrides):
 def test_state_bytes_equal_those_of_an_actual_svi_init(posterior):
     family, data = small_bnn(posterior)
     trainer = TrainerConfig(batch_size=16, progress=False)
-    optim_cfg = OptimConfig()
+    optim_cfg = OptimConfig(schedule=Schedule.constant)
     estimate = memory.estimate(family, data, optim_cfg, trainer, VAL_SAMPLES)
 
     optimiser, _ = optim.build(optim_cfg, ROWS // 16, trainer.epochs)
@@ -87,10 +86,18 @@ def test_peak_follows_liveness():
 
 def test_step_grows_with_batch_and_particles():
     family, data = small_bnn()
-    base = memory.estimate(family, data, OptimConfig(), TrainerConfig(batch_size=8), 1)
-    big = memory.estimate(family, data, OptimConfig(), TrainerConfig(batch_size=32), 1)
+    base = memory.estimate(
+        family, data, OptimConfig(schedule=Schedule.constant), TrainerConfig(batch_size=8), 1
+    )
+    big = memory.estimate(
+        family, data, OptimConfig(schedule=Schedule.constant), TrainerConfig(batch_size=32), 1
+    )
     many = memory.estimate(
-        family, data, OptimConfig(), TrainerConfig(batch_size=8, num_particles=64), 1
+        family,
+        data,
+        OptimConfig(schedule=Schedule.constant),
+        TrainerConfig(batch_size=8, num_particles=64),
+        1,
     )
     # The hidden layer's activations alone: 32 x 7 float32 values, and 64 x 8 x 7.
     assert big.step - base.step >= 4 * 24 * HIDDEN

@@ -24,9 +24,10 @@ import pytest
 from conftest import denied, fail_under
 
 from bslrun.config import Binarize, ImageDataConfig
-from bslrun.data import DATASETS, TASKS, load, mnist
+from bslrun.data import load, mnist
 from bslrun.data.mnist import FASHION_MNIST, MNIST, STEMS, fetch, read_idx
 from bslrun.errors import DataError, ResourceError
+from bslrun.registry import DATASETS
 from bslrun.seeding import streams
 
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -624,9 +625,9 @@ def test_fashion_download_is_checked_against_the_gzip_checksum(monkeypatch, tmp_
 
 
 def test_registered_as_classification_sets():
-    assert DATASETS["mnist"] == "bslrun.data.mnist:load_mnist"
-    assert DATASETS["fashion_mnist"] == "bslrun.data.mnist:load_fashion_mnist"
-    assert TASKS["mnist"] == TASKS["fashion_mnist"] == "classification"
+    assert DATASETS["mnist"].loader == "bslrun.data.mnist:load_mnist"
+    assert DATASETS["fashion_mnist"].loader == "bslrun.data.mnist:load_fashion_mnist"
+    assert DATASETS["mnist"].task == DATASETS["fashion_mnist"].task == "classification"
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
@@ -635,7 +636,7 @@ def test_yaml_composes_to_the_image_schema(name):
     from omegaconf import OmegaConf
 
     from bslrun import cli
-    from bslrun.config import register
+    from bslrun.registry import register
 
     register()
     path = cli.CONFIG_DIR / "data" / f"{name}.yaml"

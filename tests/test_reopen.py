@@ -26,8 +26,8 @@ import bslrun
 from bslrun import artifacts, reopen_cli, seeding
 from bslrun.data import load as load_data
 from bslrun.errors import ConfigError, DataError, ResourceError
-from bslrun.models import FAMILIES
 from bslrun.models.family import Family
+from bslrun.registry import FAMILIES
 
 MNIST = (f"data.root={MNIST_DIR}", "data.download=false", "data.train_subset=0.004")
 RUNS = {
@@ -425,8 +425,8 @@ def test_sample_command_writes_points_images_and_weights(trained, tmp_path, monk
 
 
 def test_every_family_follows_the_protocol():
-    for name, target in FAMILIES.items():
-        module, cls = target.split(":")
+    for name, entry in FAMILIES.items():
+        module, cls = entry.family.split(":")
         family = getattr(importlib.import_module(module), cls)
         assert issubclass(family, Family) and family.name == name
         assert family.saves in artifacts.ARRAY_FILES

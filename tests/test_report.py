@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bslrun import artifacts, published, report
+from bslrun import artifacts, published, report, runs, summary
 
 ERROR_LINE = (
     "[2025-01-01 10:00:00,000][ERROR] training diverged at epoch 3 (loss nan); lower optim.lr"
@@ -106,8 +106,8 @@ def test_failed_and_running_runs_are_listed_and_excluded(sweep, capsys):
 
 def test_divergence_without_error_line_is_failed(tmp_path):
     run = make_run(tmp_path, "0", ["seed=0"], log="training diverged at epoch 2\n", history=True)
-    assert report.classify(run)[0] == "failed"
-    assert report.classify(make_run(tmp_path, "1", ["seed=1"]))[0] == "running"
+    assert runs.classify(run)[0] == "failed"
+    assert runs.classify(make_run(tmp_path, "1", ["seed=1"]))[0] == "running"
 
 
 def test_writes_markdown_csv_html_and_plots(sweep, tmp_path):
@@ -174,24 +174,24 @@ def test_group_by_override_and_missing_keys_from_config(sweep, capsys):
 
 
 def test_pure_helpers():
-    assert report.parse_overrides(["+a.b=1", "seed=2", "hydra.job.num=3", "~x"]) == {
+    assert runs.parse_overrides(["+a.b=1", "seed=2", "hydra.job.num=3", "~x"]) == {
         "a.b": "1",
         "seed": "2",
     }
-    assert report.mean_se([2.0])[:1] == (2.0,) and np.isnan(report.mean_se([2.0])[1])
-    assert report.format_cell(2.0, float("nan"), 1) == "2"
-    assert report.format_cell(1.23456, 0.0123, 3) == "1.235 ± 0.012"
-    assert report.format_cell(float("nan"), float("nan"), 0) == "–"
-    assert sorted(["10", "2", "b", "a"], key=report.sort_key) == ["2", "10", "a", "b"]
-    assert report.compact([3, 0, 1, 2, 2]) == "0-3" and report.compact([0, 1, 2]) == "0,1,2"
-    assert report.compact(["0", "2", "3", "4", "5"]) == "0,2,3,4,5"
-    assert report.compact(["b", "a", "a"]) == "a,b"
+    assert summary.mean_se([2.0])[:1] == (2.0,) and np.isnan(summary.mean_se([2.0])[1])
+    assert summary.format_cell(2.0, float("nan"), 1) == "2"
+    assert summary.format_cell(1.23456, 0.0123, 3) == "1.235 ± 0.012"
+    assert summary.format_cell(float("nan"), float("nan"), 0) == "–"
+    assert sorted(["10", "2", "b", "a"], key=summary.sort_key) == ["2", "10", "a", "b"]
+    assert summary.compact([3, 0, 1, 2, 2]) == "0-3" and summary.compact([0, 1, 2]) == "0,1,2"
+    assert summary.compact(["0", "2", "3", "4", "5"]) == "0,2,3,4,5"
+    assert summary.compact(["b", "a", "a"]) == "a,b"
 
 
 def test_default_metrics_shortlist():
     test = {k: 1.0 for k in ("a", "b", "c", "d", "e", "f", "g", "nll", "rmse")}
-    runs = [report.Run(Path("x"), {}, "completed", report.flatten_metrics({"test": test}))]
-    assert report.default_metrics(runs) == ["test.nll", "test.rmse"]
+    done = [runs.Run(Path("x"), {}, "completed", runs.flatten_metrics({"test": test}))]
+    assert summary.default_metrics(done) == ["test.nll", "test.rmse"]
 
 
 def test_subprocess_entry_point_does_not_import_jax(sweep):
@@ -234,7 +234,7 @@ def test_real_runs(tmp_path):
     assert len(rows) == 1  # seed is not a group key
     assert rows[0]["n"] == "2" and rows[0]["seeds"] == "0,1"
     assert float(rows[0]["test.rmse_se"]) >= 0
-    assert report.default_metrics([report.load_run(p) for p in report.find_run_dirs([tmp_path])])
+    assert summary.default_metrics([runs.load_run(p) for p in runs.find_run_dirs([tmp_path])])
 
 
 SPLIT_RMSE = [0.60, 0.64, 0.62, 0.66, 0.63]
@@ -385,7 +385,7 @@ def test_the_state_comes_from_status_json_not_from_the_log(tmp_path, capsys):
     make_run(tmp_path, "10", ["seed=10"], {"rmse": 0.7})
     make_run(tmp_path, "11", ["seed=11"], log=ERROR_LINE + "\n")
 
-    states = {p.name: report.load_run(p) for p in report.find_run_dirs([tmp_path])}
+    states = {p.name: runs.load_run(p) for p in runs.find_run_dirs([tmp_path])}
     assert {name: run.status for name, run in states.items()} == {
         "0": "completed", "1": "diverged", "2": "interrupted", "3": "failed",
         "4": "running", "5": "killed", "6": "running", "7": "failed", "8": "failed",
@@ -462,7 +462,7 @@ def test_values_not_finite_are_counted_and_shown(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"| map | 5 | 0-4 | {cell} |" in out
     assert "| mean_field | 2 | 0,1 | 0.5 |" in out  # no suffix where nothing is left out
-    assert report.LEFT_OUT_NOTE in out
+    assert summary.LEFT_OUT_NOTE in out
     rows = {r["model.posterior"]: r for r in read_csv(tmp_path / "report.csv")}
     assert (rows["map"]["n"], rows["map"]["test.rmse_n"], rows["map"]["test.rmse_nan"]) == (
         "5", "3", "2",
@@ -480,8 +480,8 @@ def test_a_metric_some_runs_lack_is_counted_as_missing(tmp_path, capsys):
     make_run(tmp_path, "2", ["seed=2"], {"nll": 1.1})
     assert report.main([str(tmp_path), "--metrics", "test.rmse"]) == 0
     assert "| 3 | 0,1,2 | 0.7 (n=1, 1 nan, 1 missing) |" in capsys.readouterr().out
-    assert report.mean_se([1.0, None, math.nan, math.inf, 3.0]) == (2.0, 1.0, 2, 2, 1)
-    assert report.format_cell(math.nan, math.nan, 0, 3) == "– (n=0, 3 nan)"
+    assert summary.mean_se([1.0, None, math.nan, math.inf, 3.0]) == (2.0, 1.0, 2, 2, 1)
+    assert summary.format_cell(math.nan, math.nan, 0, 3) == "– (n=0, 3 nan)"
 
 
 def test_published_cells_count_values_not_finite(split_sweep, capsys):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from test_engine import run_fit, tiny_problem, trainer
 
-from bslrun.config import OptimConfig, as_dict
+from bslrun.config import OptimConfig, Schedule, as_dict
 from bslrun.errors import ConfigError
 from bslrun.inference import checkpoint
 
-OPTIM = OptimConfig(lr=1e-2)
+OPTIM = OptimConfig(lr=1e-2, schedule=Schedule.constant)
 
 
 # ----------------------------------------------------------------------- config check

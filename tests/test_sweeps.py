@@ -15,8 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from test_cli import SHARED, bslrun
 
 from bslrun import cli, preflight
-from bslrun.config import register
 from bslrun.errors import ConfigError
+from bslrun.registry import register
 
 SWEEPS = {
     "seeds": {"seed": ["0", "1", "2", "3", "4"]},

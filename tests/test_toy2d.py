@@ -17,8 +17,9 @@ import pytest
 from scipy.special import ndtr
 
 from bslrun.config import ToyDataConfig
-from bslrun.data import DATASETS, TASKS, load, toy2d
+from bslrun.data import load, toy2d
 from bslrun.errors import DataError
+from bslrun.registry import DATASETS
 
 TOYS = ["moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals", "rings"]
 CLASSES = {
@@ -343,10 +344,10 @@ def test_checkerboard_density_values():
 
 @pytest.mark.parametrize("name", TOYS)
 def test_registered_with_a_config_file(name):
-    module, function = DATASETS[name].split(":")
+    module, function = DATASETS[name].loader.split(":")
     assert module == "bslrun.data.toy2d" and function.isidentifier()
     assert callable(getattr(toy2d, function))
-    assert TASKS[name] == "classification"
+    assert DATASETS[name].task == "classification"
     text = (CONFIGS / f"{name}.yaml").read_text().splitlines()
     assert text[0].startswith("# ") and len(text[0]) > 10
     assert "  - /schema/data/toy@_here_" in text and f"name: {name}" in text

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import make_spec
 from numpyro import handlers
 from numpyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from scipy import integrate, stats
@@ -27,14 +28,14 @@ from bslrun.config import (
     Architecture,
     KLEstimate,
     OptimConfig,
+    Schedule,
     TrainerConfig,
     VaeConfig,
 )
 from bslrun.data.splits import Dataset, DataSpec, Split
-from conftest import make_spec
 from bslrun.inference import engine
-from bslrun.inference.objectives import ScaledLoss
 from bslrun.models import batching
+from bslrun.models.objectives import ScaledLoss
 from bslrun.models.vae import VaeFamily
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -160,7 +161,7 @@ def trained_mlp(images):
     result = engine.fit(
         family,
         image_dataset(x, y),
-        OptimConfig(lr=3e-3),
+        OptimConfig(lr=3e-3, schedule=Schedule.constant),
         TrainerConfig(epochs=10, batch_size=B, progress=False),
         jax.random.PRNGKey(1),
         jax.random.PRNGKey(2),
@@ -513,8 +514,9 @@ def test_iwae_training_loss_is_the_per_datum_iw_bound(mlp_setup, images):
 
 
 def test_conv_with_several_particles_is_refused_up_front():
-    from bslrun.config import Config, ImageDataConfig, validate
+    from bslrun.config import Config, ImageDataConfig
     from bslrun.errors import ConfigError
+    from bslrun.registry import validate
 
     cfg = Config(
         data=ImageDataConfig(),
@@ -543,7 +545,7 @@ def conv_fit():
     result = engine.fit(
         family,
         data,
-        OptimConfig(lr=1e-3),
+        OptimConfig(lr=1e-3, schedule=Schedule.constant),
         TrainerConfig(epochs=2, batch_size=CONV_BATCH, progress=False),
         jax.random.PRNGKey(0),
         jax.random.PRNGKey(1),

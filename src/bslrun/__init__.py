@@ -1,29 +1,9 @@
 """bslrun: run, compare and sweep Bayesian deep learning experiments from one command."""
 
-import time
+from bslrun import clock  # noqa: F401 -- first, so the process clock starts before JAX loads
+from bslrun.version import __version__
 
-# Taken before JAX is imported, so timing.startup_s covers the whole start-up.
-PROCESS_START = time.time()
-_run_start = PROCESS_START
-_runs = 0
-
-
-def begin_run() -> None:
-    """Mark the start of a run. The first run of a process counts from the process start
-    (imports included); a later one (the next job of a sweep on Hydra's basic launcher,
-    which runs its jobs in one process) from its own start, not from the jobs before it."""
-    global _run_start, _runs
-    if _runs:
-        _run_start = time.time()
-    _runs += 1
-
-
-def seconds_since_run_start() -> float:
-    """timing.startup_s: seconds from the start of this run (see ``begin_run``)."""
-    return time.time() - _run_start
-
-
-__version__ = "0.1.0"
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir, *, allow_incomplete: bool = False):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-import bslrun  # first import: starts the clock
+from bslrun import clock
 from bslrun.errors import BslrunError, ResourceError, RunInterrupted, os_error_in
 from bslrun.preflight import CONFIG_DIR, PROG, check_output_folder, prevalidate, to_config
 
@@ -58,7 +58,7 @@ def help_text() -> str:
         f"       {PROG} -m key=a,b,c ...                           a sweep (one run per value)",
         f"       {PROG} -m hydra/launcher=joblib key=a,b ...       its jobs in parallel here",
         f"       {PROG} -m hydra/launcher=slurm key=a,b ...        ... or on a SLURM cluster",
-        f"       {PROG} -m sweep=optuna_bnn                        an optuna search (README)",
+        f"       {PROG} -m sweep=optuna_bnn                        an optuna search (docs/sweeps.md)",
         f"       {PROG} --cfg job [overrides]                      print the composed config",
         f"       {PROG} --hydra-help                               Hydra's own flags",
         "",
@@ -80,7 +80,7 @@ def help_text() -> str:
         "",
         f"Every key can be overridden (key=value); '{PROG} --cfg job' lists them with their",
         "current values. Runs are written to experiments/<name>/<timestamp>/ (set",
-        "BSLRUN_OUTPUT_DIR to change the root). See README.md for the full reference.",
+        "BSLRUN_OUTPUT_DIR to change the root). The manual: docs/ (make docs).",
     ]
     return "\n".join(lines)
 
@@ -187,7 +187,7 @@ def task(dcfg) -> float | None:
     from bslrun import artifacts
     from bslrun.lifecycle import RunLock, StopSignals, now
 
-    bslrun.begin_run()
+    clock.begin_run()
     log = logging.getLogger(PROG)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -242,13 +242,13 @@ def task(dcfg) -> float | None:
 def failed_jobs(sweep_dir: Path) -> list[str]:
     """``"<job folder>: <its last error>"`` for each job folder under ``sweep_dir`` that has
     no metrics.json, read as ``bslrun-report`` reads it."""
-    from bslrun import report
+    from bslrun.runs import find_run_dirs, load_run, relative
 
     if not sweep_dir.is_dir():
         return []
-    runs = [report.load_run(path) for path in report.find_run_dirs([sweep_dir])]
+    runs = [load_run(path) for path in find_run_dirs([sweep_dir])]
     return [
-        f"{report.relative(run.path, Path.cwd())}: {LOG_PREFIX.sub('', run.message)}"
+        f"{relative(run.path, Path.cwd())}: {LOG_PREFIX.sub('', run.message)}"
         for run in runs
         if run.status != "completed"
     ]
@@ -284,7 +284,7 @@ def main() -> None:
 
     import hydra
 
-    from bslrun.config import register
+    from bslrun.registry import register
 
     register()
     try:

@@ -113,11 +113,13 @@ class Binarize(str, Enum):
 class FractionSplits:
     """Rows cut into seeded train/validation/test fractions; standardised on training rows."""
 
+    # Fractions of the rows for training, validation (0: none) and test; they sum to 1.
     train_fraction: float = 0.75
     val_fraction: float = 0.10
     test_fraction: float = 0.15
     # Fraction of the training split actually used (the lecture's small-data experiment).
     train_subset: float = 1.0
+    # Standardise inputs (and regression targets) with the training rows' mean and std.
     standardize: bool = True
 
 
@@ -129,6 +131,7 @@ class DataConfig(FractionSplits):
     # A standard benchmark split: folder with data.txt, index_features.txt,
     # index_target.txt, index_train_<k>.txt and index_test_<k>.txt.
     split_dir: str | None = None
+    # Which split of data.split_dir (index_train_<split>.txt).
     split: int = 0
 
 
@@ -143,6 +146,7 @@ class ImageDataConfig:
     download: bool = True
     # Training images held out (seeded) for validation.
     val_size: int = 10000
+    # Fraction of the training images actually used.
     train_subset: float = 1.0
     # null: dynamic for model=vae (binary pixels), none (intensities) for other models.
     binarize: Binarize | None = None
@@ -155,6 +159,7 @@ class ToyDataConfig:
     """2D toy densities sampled afresh from the seed (moons, checkerboard, rings, ...)."""
 
     name: str = "moons"
+    # Points drawn for training, validation (0: none) and test.
     n_train: int = 10000
     n_val: int = 2000
     n_test: int = 5000
@@ -183,11 +188,14 @@ class FileDataConfig(FractionSplits):
 @dataclass
 class BnnConfig:
     family: str = "bnn"
-    hidden: list[int] = field(default_factory=lambda: [50])
+    # Hidden layer widths; [] is Bayesian linear (or logistic) regression.
+    hidden: list[int] = field(default_factory=lambda: [50, 50])
     activation: Activation = Activation.relu
     # null: the data's natural likelihood (regression or classification).
     likelihood: Likelihood | None = None
+    # Variational family of q(w).
     posterior: Posterior = Posterior.mean_field
+    # Standard deviation of the Gaussian prior N(0, s^2) on every weight and bias.
     prior_scale: float = 1.0
     # Initial standard deviation of the Gaussian posteriors.
     init_scale: float = 1e-3
@@ -209,12 +217,16 @@ class BnnConfig:
 @dataclass
 class VaeConfig:
     family: str = "vae"
+    # Encoder and decoder networks.
     architecture: Architecture = Architecture.mlp
     # Encoder widths for architecture=mlp; the decoder mirrors them.
     hidden: list[int] = field(default_factory=lambda: [400])
     activation: Activation = Activation.relu
+    # Dimension L of the latent code z.
     latent_dim: int = 20
+    # p(x | z) per pixel.
     likelihood: ImageLikelihood = ImageLikelihood.bernoulli
+    # The ELBO's KL term: closed form, or Monte Carlo on the sampled z.
     kl: KLEstimate = KLEstimate.analytic
     # Linear KL warm-up from 0 to 1 over this many epochs (0: no warm-up).
     beta_warmup_epochs: int = 0
@@ -229,12 +241,14 @@ class VaeConfig:
 @dataclass
 class FlowConfig:
     family: str = "flow"
+    # The kind of layer (bijection).
     flow: FlowKind = FlowKind.maf
     # Number of flow layers (each followed by a permutation unless permutation=none).
     depth: int = 5
     # Hidden widths of each layer's conditioner (MADE or coupling MLP).
     hidden: list[int] = field(default_factory=lambda: [128, 128])
     activation: Activation = Activation.relu
+    # The permutation between layers.
     permutation: PermutationKind = PermutationKind.reverse
     # Rational-quadratic splines (nsf, nsf_ar): bins on [-tail_bound, tail_bound],
     # identity (linear tails) outside.
@@ -247,11 +261,17 @@ class FlowConfig:
 @dataclass
 class OptimConfig:
     name: OptimName = OptimName.adam
-    lr: float = 1e-3
+    # Peak learning rate.
+    lr: float = 3e-3
+    # Decoupled weight decay (adamw).
     weight_decay: float = 0.0
+    # Momentum (sgd).
     momentum: float = 0.9
+    # Nesterov momentum (sgd).
     nesterov: bool = False
-    schedule: Schedule = Schedule.constant
+    # Learning-rate schedule over the whole run.
+    schedule: Schedule = Schedule.cosine
+    # Linear warm-up epochs of the warmup_* schedules.
     warmup_epochs: int = 0
     # Final learning rate of the cosine schedules, as a fraction of lr.
     final_lr_fraction: float = 0.0
@@ -261,16 +281,21 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
+    # Passes over the training split (fewer if early stopping ends the run).
     epochs: int = 300
     batch_size: int = 64
+    # Monte Carlo samples of the ELBO per step.
     num_particles: int = 1
+    # Validate every this many epochs.
     eval_every: int = 1
     # Stop after this many validations without improvement; 0 disables early stopping.
     # Without a validation split there is nothing to monitor and it has no effect.
     patience: int = 50
+    # The validation metric early stopping and restore_best follow (and an optuna sweep minimises).
     monitor: Monitor = Monitor.nll
     # Keep the parameters of the best validation epoch (true) or of the last epoch.
     restore_best: bool = True
+    # Show a progress bar (on interactive terminals).
     progress: bool = True
     # Save the training state (parameters, optimiser, keys, early-stopping bookkeeping) to
     # <run>/checkpoint/train every this many epochs, and after the last; 0 disables it.
@@ -297,7 +322,9 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    # The run's name: its folder is experiments/<name>/<timestamp>/.
     name: str = "default"
+    # Root of every random draw: same seed, same machine, same numbers.
     seed: int = 0
     # Typed by the chosen group's own schema (see register()).
     data: Any = None
@@ -305,25 +332,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-MODEL_SCHEMAS = {"bnn": BnnConfig, "vae": VaeConfig, "flow": FlowConfig}
-
-
-def register() -> None:
-    """Store the schemas so that YAML files can extend them (``/schema/...``)."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    store.store(name="schema", node=Config)
-    store.store(group="schema/data", name="data", node=DataConfig)
-    store.store(group="schema/data", name="images", node=ImageDataConfig)
-    store.store(group="schema/data", name="toy", node=ToyDataConfig)
-    store.store(group="schema/data", name="file", node=FileDataConfig)
-    for name, schema in MODEL_SCHEMAS.items():
-        store.store(group="schema/model", name=name, node=schema)
-    store.store(group="schema/optim", name="optim", node=OptimConfig)
-    store.store(group="schema/trainer", name="trainer", node=TrainerConfig)
 
 
 # --------------------------------------------------------------------------- checks
@@ -413,7 +421,7 @@ DATA_CHECKS = {
 }
 
 
-def _check_vae(m: VaeConfig) -> None:
+def check_vae(m: VaeConfig) -> None:
     if any(h <= 0 for h in m.hidden):
         raise ConfigError(f"model.hidden={list(m.hidden)} must list positive layer widths")
     for key in ("latent_dim", "iw_samples"):
@@ -437,7 +445,7 @@ def _widths(key: str, widths) -> None:
         raise ConfigError(f"{key}={list(widths or [])} must list positive layer widths")
 
 
-def _check_flow(m: FlowConfig) -> None:
+def check_flow(m: FlowConfig) -> None:
     _widths("model.hidden", m.hidden)
     if m.depth < 1:
         raise ConfigError(f"model.depth={m.depth} must be a positive integer")
@@ -451,28 +459,6 @@ def _check_flow(m: FlowConfig) -> None:
 def natural_likelihood(task: str) -> Likelihood:
     """The BNN likelihood a data set's targets call for."""
     return Likelihood.classification if task == "classification" else Likelihood.regression
-
-
-def data_task(d) -> str | None:
-    """ "regression", "classification" or "density" (no target), as far as the config tells;
-    None when only the file's contents can tell (data=file with data.target and no data.task)."""
-    from bslrun.data import TASKS
-
-    if isinstance(d, FileDataConfig):
-        if d.target is None:
-            return "density"
-        return FileTask(d.task).value if d.task is not None else None
-    return TASKS[d.name]
-
-
-def resolve_defaults(cfg: Config) -> None:
-    """Fill the null "natural choice" values that depend on the model-data pairing."""
-    family = getattr(cfg.model, "family", None)
-    task = data_task(cfg.data)
-    if family == "bnn" and cfg.model.likelihood is None and task in TASKS_WITH_TARGETS:
-        cfg.model.likelihood = natural_likelihood(task)
-    if isinstance(cfg.data, ImageDataConfig) and cfg.data.binarize is None:
-        cfg.data.binarize = Binarize.dynamic if family == "vae" else Binarize.none
 
 
 TASKS_WITH_TARGETS = ("regression", "classification")
@@ -499,7 +485,7 @@ def check_likelihood_fits(m: BnnConfig, task: str | None, data_name: str) -> Non
         )
 
 
-def _check_bnn(m: BnnConfig) -> None:
+def check_bnn(m: BnnConfig) -> None:
     # hidden=[]: no hidden layer, f(x; w) = W x + b, i.e. Bayesian linear (or logistic) regression.
     if any(h <= 0 for h in m.hidden):
         raise ConfigError(
@@ -539,7 +525,7 @@ def check_noise_fits(m: BnnConfig, likelihood: Likelihood | None) -> None:
         )
 
 
-def _check_optim(o: OptimConfig) -> None:
+def check_optim(o: OptimConfig) -> None:
     _positive("optim.lr", o.lr)
     _non_negative("optim.weight_decay", o.weight_decay)
     if not 0 <= o.momentum < 1:
@@ -551,7 +537,7 @@ def _check_optim(o: OptimConfig) -> None:
         _positive("optim.clip_norm", o.clip_norm)
 
 
-def _check_trainer(t: TrainerConfig) -> None:
+def check_trainer(t: TrainerConfig) -> None:
     for key in ("epochs", "batch_size", "num_particles", "eval_every"):
         value = getattr(t, key)
         if value < 1:
@@ -578,7 +564,7 @@ def _check_trainer(t: TrainerConfig) -> None:
 MAX_SEED = 2**31 - 1
 
 
-def _check_seed(seed: int) -> None:
+def check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"seed={seed} is out of range; use an integer from 0 to {MAX_SEED}")
 
@@ -595,7 +581,7 @@ NAME_RULE = (
 )
 
 
-def _check_name(name) -> None:
+def check_name(name) -> None:
     text = str(name)
     if not text:
         raise ConfigError(f"name is empty; {NAME_RULE}")
@@ -604,68 +590,6 @@ def _check_name(name) -> None:
         raise ConfigError(f"name={text[:32]!r}... is {size} bytes long; {NAME_RULE}")
     if not _NAME.fullmatch(text):
         raise ConfigError(f"name={text!r} is not a safe run name; {NAME_RULE}")
-
-
-def validate(cfg: Config) -> Config:
-    """Check ranges and cross-field rules; raise ConfigError naming the key."""
-    from bslrun.data import DATASETS
-    from bslrun.models import FAMILIES
-
-    if type(cfg.data) not in DATA_CHECKS:
-        raise ConfigError("data is not set; choose one with data=<name>")
-    if cfg.data.name not in DATASETS:
-        raise ConfigError(
-            f"data.name={cfg.data.name!r} is unknown; choose one of {', '.join(sorted(DATASETS))}"
-        )
-    family = getattr(cfg.model, "family", None)
-    if family not in FAMILIES:
-        raise ConfigError(
-            f"model.family={family!r} is unknown; choose one of {', '.join(sorted(FAMILIES))}"
-        )
-    _check_seed(cfg.seed)
-    _check_name(cfg.name)
-    resolve_defaults(cfg)
-    DATA_CHECKS[type(cfg.data)](cfg.data)
-    {"bnn": _check_bnn, "vae": _check_vae, "flow": _check_flow}[family](cfg.model)
-    if family == "bnn":
-        check_likelihood_fits(cfg.model, data_task(cfg.data), cfg.data.name)
-    if (
-        family == "flow"
-        and isinstance(cfg.data, ImageDataConfig)
-        and Binarize(cfg.data.binarize) is not Binarize.none
-    ):
-        raise ConfigError(
-            "model=flow models dequantised 8-bit intensities; use data.binarize=none "
-            f"(not {Binarize(cfg.data.binarize).value})"
-        )
-    if (
-        family == "vae"
-        and Architecture(cfg.model.architecture) is Architecture.conv
-        and cfg.trainer.num_particles > 1
-    ):
-        raise ConfigError(
-            "trainer.num_particles > 1 is not available with model.architecture=conv "
-            "(NumPyro drops batch-norm state with several particles); use "
-            "trainer.num_particles=1 or model.architecture=mlp"
-        )
-    if family == "vae" and not isinstance(cfg.data, ImageDataConfig):
-        raise ConfigError(
-            f"model=vae needs an image data set; data={cfg.data.name} is tabular "
-            "(use data=mnist or data=fashion_mnist)"
-        )
-    _check_optim(cfg.optim)
-    _check_trainer(cfg.trainer)
-    for key in ("num_samples", "iw_samples"):
-        if getattr(cfg.eval, key) < 1:
-            raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)} must be a positive integer")
-    if cfg.optim.warmup_epochs >= cfg.trainer.epochs and cfg.optim.schedule.name.startswith(
-        "warmup"
-    ):
-        raise ConfigError(
-            f"optim.warmup_epochs={cfg.optim.warmup_epochs} must be below "
-            f"trainer.epochs={cfg.trainer.epochs}"
-        )
-    return cfg
 
 
 def as_dict(obj: Any) -> Any:

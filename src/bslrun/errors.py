@@ -4,7 +4,7 @@ The CLI turns a :class:`BslrunError` into one line on stderr, the exit code belo
 and the run's ``status.json``; anything else is a bug: its traceback goes to run.log
 (and to the terminal), the status is ``failed`` and the exit code 1.
 
-Exit codes (the README lists them): 0 success; 1 a bug, or a sweep with failed jobs;
+Exit codes (docs/errors.md lists them): 0 success; 1 a bug, or a sweep with failed jobs;
 2 config; 3 data; 4 divergence; 5 environment (disk, permissions, memory, a damaged
 checkpoint, a run folder in use); 130 interrupted by SIGINT (Ctrl-C); 143 stopped by
 SIGTERM or a cluster's preemption signal.

@@ -41,7 +41,7 @@ def to_config(dcfg):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from bslrun.config import validate
+    from bslrun.registry import validate
 
     try:
         cfg = OmegaConf.to_object(dcfg)
@@ -277,8 +277,8 @@ def prevalidate(argv: list[str]) -> Plan:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bslrun.config import register
-    from bslrun.report import is_hydra_override
+    from bslrun.registry import register
+    from bslrun.runs import is_hydra_override
 
     register()
     args, _ = get_args_parser().parse_known_args(argv)

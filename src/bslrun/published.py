@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from importlib import resources
 
 from bslrun.errors import BslrunError, ConfigError
-from bslrun import report
+from bslrun import runs, summary
 
 DATA_FILE = "published.json"
 
 
 @dataclass
 class Ours:
-    """One group of runs: its label, run count and {metric: report.Stat}."""
+    """One group of runs: its label, run count and {metric: summary.Stat}."""
 
     label: str
     n: int
@@ -54,13 +54,13 @@ def compare(done: list, keys: list[str], name: str) -> tuple:
     ``done`` must hold the metrics its columns compare."""
     bench = load(name)
     needed = metrics(bench)
-    missing = [m for m in needed if m not in report.available_metrics(done)]
+    missing = [m for m in needed if m not in summary.available_metrics(done)]
     if missing:
         raise ConfigError(
             f"--published {name} compares {', '.join(needed)}; the runs' metrics.json lack "
             f"{', '.join(missing)}"
         )
-    rows = report.summarise(done, keys, needed)
+    rows = summary.summarise(done, keys, needed)
     return bench, [Ours(label(bench, keys, row), len(row.runs), row.stats) for row in rows]
 
 
@@ -73,7 +73,7 @@ def label(bench: dict, keys: list[str], row) -> str:
     config keys, then the row's group keys (values shared by its runs joined with /)."""
     parts = []
     for key in [*bench.get("describe", []), *keys]:
-        values = sorted({report.group_value(run, key) for run in row.runs} - {report.MISSING})
+        values = sorted({runs.group_value(run, key) for run in row.runs} - {runs.MISSING})
         if not values:
             continue
         part = f"{key.rsplit('.', 1)[-1]}={'/'.join(values)}"
@@ -99,7 +99,7 @@ def cells(bench: dict, ours: list[Ours]) -> list[list[str]]:
         values = []
         for column in columns:
             stat = group.stats[column["metric"]]
-            values.append(report.format_cell(column["sign"] * stat.mean, *stat[1:]))
+            values.append(summary.format_cell(column["sign"] * stat.mean, *stat[1:]))
         table.append([group.label, str(group.n), *values, "these runs"])
     for row in bench["rows"]:
         values = [_number(row.get(c["name"])) for c in columns]
@@ -118,7 +118,7 @@ def notes(bench: dict) -> list[str]:
 
 def markdown(bench: dict, ours: list[Ours]) -> str:
     """The section for report.md and published.md."""
-    table = report.markdown_table(cells(bench, ours))
+    table = summary.markdown_table(cells(bench, ours))
     lines = [f"## {title(bench)}", "", table, ""]
     lines += [f"- {note}" for note in notes(bench)]
     return "\n".join(lines) + "\n"

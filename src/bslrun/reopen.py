@@ -28,11 +28,12 @@ import jax
 import numpy as np
 
 from bslrun import artifacts, seeding
-from bslrun.config import MODEL_SCHEMAS, EvalConfig
+from bslrun.config import EvalConfig
 from bslrun.data import spec_from_json
 from bslrun.errors import ConfigError, DataError, ResourceError
 from bslrun.models import build as build_family
 from bslrun.models import family_class
+from bslrun.registry import FAMILIES
 
 INTERVAL = (0.025, 0.975)  # lower_95 and upper_95
 
@@ -185,11 +186,11 @@ def model_config(config: dict, root: Path):
     from omegaconf.errors import OmegaConfBaseException
 
     section = config.get("model") or {}
-    schema = MODEL_SCHEMAS.get(section.get("family"))
-    if schema is None:
+    entry = FAMILIES.get(section.get("family"))
+    if entry is None:
         raise ConfigError(f"{root}/config.json names no model family this bslrun knows")
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), section))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(entry.schema), section))
     except OmegaConfBaseException as error:
         reason = str(error).splitlines()[0]
         raise ConfigError(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import jax
 
-import bslrun
 from bslrun import artifacts, plots, seeding
+from bslrun.version import __version__
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import ConfigError, DivergenceError, RunInterrupted
@@ -39,7 +39,7 @@ def versions() -> dict:
 def git_state() -> dict | None:
     """{"commit", "dirty"} of the checkout bslrun runs from; None when installed from a wheel
     (or git is missing)."""
-    checkout = Path(bslrun.__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[2]  # src/bslrun/run.py -> the checkout
     if not (checkout / ".git").exists():
         return None
     try:
@@ -61,7 +61,7 @@ def provenance() -> dict:
     devices = jax.devices()
     return {
         "format": artifacts.FORMAT,
-        "bslrun_version": bslrun.__version__,
+        "bslrun_version": __version__,
         "command": shlex.join(["bslrun", *sys.argv[1:]]),
         "git": git_state(),
         "jax_backend": jax.default_backend(),

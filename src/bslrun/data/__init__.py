@@ -1,51 +1,16 @@
-"""Datasets: a registry from config names to loaders.
+"""Data sets: ``load`` finds a data set's loader in the registry (``bslrun.registry``).
 
-A loader has the signature ``load(cfg: DataConfig, key) -> Dataset``. The
-registry maps names to module paths so that validating a config does not
-import JAX.
+A loader has the signature ``load(cfg, key) -> Dataset``.
 """
 
 from __future__ import annotations
 
-import importlib
-
-# name -> "module:function"
-DATASETS = {
-    "wine_white": "bslrun.data.wine:load_white",
-    "wine_red": "bslrun.data.wine:load_red",
-    "mnist": "bslrun.data.mnist:load_mnist",
-    "fashion_mnist": "bslrun.data.mnist:load_fashion_mnist",
-    "moons": "bslrun.data.toy2d:load",
-    "circles": "bslrun.data.toy2d:load",
-    "8gaussians": "bslrun.data.toy2d:load",
-    "checkerboard": "bslrun.data.toy2d:load",
-    "pinwheel": "bslrun.data.toy2d:load",
-    "2spirals": "bslrun.data.toy2d:load",
-    "rings": "bslrun.data.toy2d:load",
-    "file": "bslrun.data.files:load",
-}
-
-# name -> the kind of target it provides, so that configs are checked before loading
-TASKS = {
-    "wine_white": "regression",
-    "wine_red": "regression",
-    "mnist": "classification",
-    "fashion_mnist": "classification",
-    "moons": "classification",
-    "circles": "classification",
-    "8gaussians": "classification",
-    "checkerboard": "classification",
-    "pinwheel": "classification",
-    "2spirals": "classification",
-    "rings": "classification",
-    "file": None,  # the config (data.target, data.task) or the file's contents tell
-}
+from bslrun import registry
 
 
 def load(cfg, key):
     """Load ``cfg.name`` and split it with randomness from ``key``."""
-    module, function = DATASETS[cfg.name].split(":")
-    return getattr(importlib.import_module(module), function)(cfg, key)
+    return registry.load(registry.DATASETS[cfg.name].loader)(cfg, key)
 
 
 def spec_from_json(d: dict):

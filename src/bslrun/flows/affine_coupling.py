@@ -20,7 +20,7 @@ from numpyro.distributions.transforms import Transform
 
 from bslrun.flows.affine_autoregressive import params_equiv
 from bslrun.flows.made import stable_log_scale
-from bslrun.models.nets import MLP
+from bslrun.nets import MLP
 
 
 def coupling_net(

@@ -32,7 +32,7 @@ from numpyro.distributions.transforms import Transform
 
 from bslrun.flows.affine_autoregressive import params_equiv
 from bslrun.flows.made import MaskedMLP
-from bslrun.models.nets import MLP
+from bslrun.nets import MLP
 
 # Floors keep every bin at least 1e-3 * 2B wide and tall, and every slope >= 1e-3, so
 # 1 / s and log g' stay within float32's comfortable range.

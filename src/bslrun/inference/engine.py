@@ -21,15 +21,14 @@ from dataclasses import asdict, dataclass, field
 import jax
 import jax.numpy as jnp
 from numpyro.infer import SVI
-from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
 
-from bslrun import seconds_since_run_start
+from bslrun.clock import seconds_since_run_start
 from bslrun.config import Monitor
 from bslrun.errors import DivergenceError, RunInterrupted
-from bslrun.inference import optim
+from bslrun.inference import memory, optim
 from bslrun.inference.devices import Placement
-from bslrun.inference.objectives import ScaledLoss
+from bslrun.inference.svi import batch_plan, epoch_kwargs, make_svi, variables
 
 
 @dataclass
@@ -40,39 +39,6 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     timing: dict = field(default_factory=dict)
-
-
-def make_svi(family, optimiser, num_particles: int) -> SVI:
-    """SVI whose loss is the negative ELBO per training datum.
-
-    The family chooses its objective (``family.objective(num_particles)``: Trace_ELBO
-    by default, or e.g. an importance-weighted bound). The 1/N is applied to the loss,
-    outside any log-sum-exp of the objective.
-    """
-    loss = family.objective(num_particles)
-    per_datum = 1.0 / family.n_train
-    return SVI(
-        family.model,
-        family.guide,
-        optax_to_numpyro(optimiser),
-        ScaledLoss(loss, lambda *args: per_datum),
-    )
-
-
-def variables(svi: SVI, state) -> dict:
-    """Constrained parameters plus mutable state (batch-norm statistics), by site name."""
-    return {**svi.get_params(state), **(state.mutable_state or {})}
-
-
-def epoch_kwargs(family, epoch: int) -> dict:
-    """Per-epoch model arguments (e.g. a KL warm-up weight) as float32 scalars."""
-    return {k: jnp.float32(v) for k, v in family.epoch_kwargs(epoch).items()}
-
-
-def batch_plan(n: int, batch_size: int) -> tuple[int, int]:
-    """(batch size, batches per epoch) with fixed shapes; a batch never exceeds n."""
-    batch_size = min(batch_size, n)
-    return batch_size, n // batch_size
 
 
 def all_finite(tree) -> jax.Array:
@@ -274,8 +240,6 @@ def fit(
     ``stop_requested()`` (a signal number or None) is asked at every epoch boundary:
     when it answers, a checkpoint is saved and RunInterrupted (with ``.result``) raised.
     """
-    from bslrun.inference import memory  # it builds on this module's SVI pieces
-
     # Before anything compiles: training, and the final evaluation with ``eval_samples``.
     memory.check(family, data, optim_cfg, trainer_cfg, val_samples, eval_samples)
     epochs_key, val_key = jax.random.split(key)

@@ -35,7 +35,7 @@ from jax.extend.core import Var, jaxprs_in_params
 
 from bslrun.errors import ConfigError
 from bslrun.inference import optim
-from bslrun.inference.engine import batch_plan, epoch_kwargs, make_svi, variables
+from bslrun.inference.svi import batch_plan, epoch_kwargs, make_svi, variables
 
 GB = 1e9
 LOOPS = ("scan", "while")  # their outputs (stacked results, carry) live while the body runs

@@ -1,4 +1,4 @@
-"""Model families: a registry from ``model.family`` to a class; the protocol they all
+"""Model families (registered in ``bslrun.registry.FAMILIES``); the protocol they all
 follow is ``bslrun.models.family.Family``.
 
 Every family is trained by the same engine (``bslrun.inference.engine``): it
@@ -8,20 +8,12 @@ engine, and knows how to evaluate, describe and reopen its posterior.
 
 from __future__ import annotations
 
-import importlib
-
-# name -> "module:class"; kept as strings so config validation needs no JAX.
-FAMILIES = {
-    "bnn": "bslrun.models.bnn:BnnFamily",
-    "vae": "bslrun.models.vae:VaeFamily",
-    "flow": "bslrun.models.flow:FlowFamily",
-}
+from bslrun import registry
 
 
 def family_class(name: str):
-    """The ``Family`` subclass registered as ``name``."""
-    module, cls = FAMILIES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The ``Family`` subclass registered as ``name`` (``bslrun.registry.FAMILIES``)."""
+    return registry.load(registry.FAMILIES[name].family)
 
 
 def build(cfg, spec, n_train: int, key=None):

@@ -5,7 +5,7 @@ Blundell et al. 2015). With no hidden layer (``model.hidden=[]``) the network is
 affine map f(x; w) = W^T x + b: Bayesian linear regression (conjugate, with a fixed
 ``noise_scale``, so its posterior has a closed form; Bishop 2006, sec. 3.3) or Bayesian
 multinomial logistic regression. The variational posterior q(w) is one of the families
-in ``bslrun.inference.guides``. Likelihoods, for network output f(x; w):
+in ``bslrun.models.guides``. Likelihoods, for network output f(x; w):
 
 - regression:      y ~ N(f(x), sigma(x)^2), sigma learned (type-II maximum likelihood) or fixed
 - student_t:       y ~ t_df(f(x), sigma(x)), df > 2 learned with sigma, or fixed
@@ -42,10 +42,10 @@ from bslrun.config import (
 )
 from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import outputs_per_coordinate
-from bslrun.inference import guides
+from bslrun.models import guides
 from bslrun.models.batching import chunked_map
 from bslrun.models.family import Family
-from bslrun.models.nets import MLP, FlatView
+from bslrun.nets import MLP, FlatView
 
 SITE = "w"
 MIN_SCALE = 1e-3  # keeps heteroscedastic scales away from 0 (and the NLL finite)

@@ -1,0 +1,26 @@
+"""When the process and the current run started (``timing.startup_s`` in metrics.json).
+
+Imported first by the package (``bslrun/__init__.py``), so ``PROCESS_START`` is taken
+before JAX is imported and the start-up time includes every import.
+"""
+
+import time
+
+PROCESS_START = time.time()
+_run_start = PROCESS_START
+_runs = 0
+
+
+def begin_run() -> None:
+    """Mark the start of a run. The first run of a process counts from the process start
+    (imports included); a later one (the next job of a sweep on Hydra's basic launcher,
+    which runs its jobs in one process) from its own start, not from the jobs before it."""
+    global _run_start, _runs
+    if _runs:
+        _run_start = time.time()
+    _runs += 1
+
+
+def seconds_since_run_start() -> float:
+    """timing.startup_s: seconds from the start of this run (see ``begin_run``)."""
+    return time.time() - _run_start

@@ -1,0 +1,252 @@
+"""Reading run folders: find them, and read each one's state, overrides and metrics.
+
+A run folder is any folder holding ``.hydra/config.yaml``. A run's state is the one its
+``status.json`` records (``artifacts.read_status``); a ``running`` run whose process has
+gone on this host is ``killed``. Folders written before status.json existed are judged by
+their ``metrics.json`` and ``run.log`` (``classify``). Nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from bslrun.artifacts import STATUS_FILE, RunFolder, read_status
+from bslrun.errors import ConfigError
+
+
+SECTIONS = ("test", "val", "train", "data", "timing")
+# Replicates, never group keys by default: column name -> override key.
+REPLICATES = {"seeds": "seed", "splits": "data.split"}
+EXCLUDED_KEYS = tuple(REPLICATES.values())
+MISSING = "(default)"
+METRICS_FILE = RunFolder(".").metrics.name
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: dict
+    # "completed", or why not: "failed", "diverged", "interrupted", "running", "killed"
+    # (running, but its process is gone) or "damaged" (a file of the folder is unreadable)
+    status: str
+    metrics: dict = field(default_factory=dict)  # flat: "test.rmse" -> float
+    seed: object = None
+    message: str = ""  # one line: the error, or why the run is not completed
+
+
+# ------------------------------------------------------------------ reading
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Every folder under ``paths`` (recursively) holding ``.hydra/config.yaml``, sorted."""
+    found = set()
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path} does not exist; give a run folder or a folder of runs")
+        if RunFolder(path).hydra_config.is_file():
+            found.add(path.resolve())
+        marker = RunFolder(".").hydra_config.as_posix()  # .hydra/config.yaml
+        found.update(p.parent.parent.resolve() for p in path.rglob(marker))
+    return sorted(found)
+
+
+def is_hydra_override(override: str) -> bool:
+    """``hydra.x=...``, ``hydra/launcher=joblib``: Hydra's own settings, not the run's."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def parse_overrides(lines: list) -> dict:
+    """``["seed=3", "+a.b=1", "hydra.x=y"]`` -> ``{"seed": "3", "a.b": "1"}`` (no hydra.*)."""
+    out = {}
+    for line in lines or []:
+        key, sep, value = str(line).partition("=")
+        if sep and not is_hydra_override(key):
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def read_yaml(path: Path) -> tuple[object, str]:
+    """(the YAML's value, "") or (None, why it cannot be read)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(path.read_text(), Loader=loader), ""
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8
+        return None, one_line(error)
+
+
+def load_yaml(path: Path):
+    """The YAML's value; None when absent or unreadable."""
+    return read_yaml(path)[0]
+
+
+def read_overrides(run_dir: Path) -> tuple[dict, str]:
+    """(the run's overrides, "") or ({}, why .hydra/overrides.yaml is unusable). A folder
+    without the file (made by hand) has no overrides."""
+    path = RunFolder(run_dir).hydra_overrides
+    if not path.exists():
+        return {}, ""
+    lines, problem = read_yaml(path)
+    if not problem and not isinstance(lines, (list, type(None))):
+        kind = "a mapping" if isinstance(lines, dict) else "a single value"
+        problem = f"{kind}, not a list of overrides"
+    if problem:
+        return {}, (
+            f"unreadable .hydra/overrides.yaml ({problem}); restore the list Hydra wrote "
+            "(- key=value lines) or move the folder out of the report's path"
+        )
+    return parse_overrides(lines), ""
+
+
+def flatten_metrics(metrics: dict) -> dict:
+    """Numeric leaves of the metric sections as ``section.name`` -> float (None -> nan)."""
+    flat = {}
+    for section in SECTIONS:
+        for key, value in (metrics.get(section) or {}).items():
+            if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                flat[f"{section}.{key}"] = math.nan if value is None else float(value)
+    return flat
+
+
+def read_metrics(run_dir: Path) -> tuple[dict | None, str]:
+    """(metrics.json as a dict, "") or (None, why it is missing or unusable)."""
+    path = RunFolder(run_dir).metrics
+    if not path.is_file():
+        return None, f"recorded as completed but {METRICS_FILE} is missing; rerun it"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"unreadable {METRICS_FILE} ({one_line(error)}); rerun it"
+    sections_ok = isinstance(metrics, dict) and all(
+        isinstance(metrics.get(s) or {}, dict) for s in SECTIONS
+    )
+    if not sections_ok:
+        return None, f"{METRICS_FILE} is not an object of metric sections (test, ...); rerun it"
+    return metrics, ""
+
+
+def error_line(log_text: str) -> str:
+    """The last line of a run.log that records an error (the CLI logs it at ERROR level)."""
+    hits = [
+        line.strip()
+        for line in log_text.splitlines()
+        if "[ERROR]" in line or "error:" in line.lower() or "Traceback" in line
+    ]
+    return hits[-1] if hits else ""
+
+
+def read_log(run_dir: Path) -> str:
+    try:
+        return RunFolder(run_dir).log.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def classify(run_dir: Path) -> tuple[str, str]:
+    """A folder written before status.json existed, without metrics.json: ("failed", the
+    error line) or ("running", why), from run.log's wording."""
+    text = read_log(run_dir)
+    line = error_line(text)
+    if line:
+        return "failed", line
+    if RunFolder(run_dir).history.is_file() and "diverged" in text:
+        return "failed", "training diverged (see run.log)"
+    return "running", "no metrics.json and no error in run.log (still running, or killed)"
+
+
+def running_state(status: dict) -> tuple[str, str]:
+    """("running", since when and where) or, when its process is gone from this host,
+    ("killed", why): a run that ends in any way bslrun sees records its end."""
+    pid, host = status.get("pid"), status.get("host")
+    if host == socket.gethostname() and type(pid) is int and 0 < pid < 2**31:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return "killed", (
+                f"process {pid} ended without recording an end "
+                "(out of memory, SIGKILL or power loss)"
+            )
+        except OSError:
+            pass  # PermissionError: it exists, as another user's process
+    return "running", f"running since {status.get('started')} (process {pid} on {host})"
+
+
+def recorded_state(run_dir: Path, status: dict | None) -> tuple[str, str]:
+    """(state, message) from status.json, or from the old signs when there is none."""
+    if status is None:
+        if RunFolder(run_dir).metrics.is_file():
+            return "completed", ""
+        return classify(run_dir)
+    state = status["status"]
+    if state == "running":
+        return running_state(status)
+    if state == "completed":
+        return state, ""
+    error = status.get("error")
+    if not error:
+        line = error_line(read_log(run_dir))
+        error = line or f"no error recorded (exit code {status.get('exit_code')}); see run.log"
+    return state, " ".join(str(error).split())
+
+
+def load_run(run_dir: Path) -> Run:
+    overrides, problem = read_overrides(run_dir)
+    if problem:
+        return Run(run_dir, {}, "damaged", message=problem)
+    seed = overrides.get("seed")
+    status = read_status(run_dir)
+    if status is None and RunFolder(run_dir).status.exists():
+        message = (
+            f"unreadable {STATUS_FILE} (not a JSON object with a known status); delete it "
+            "to judge the run by its run.log and metrics.json"
+        )
+        return Run(run_dir, overrides, "damaged", seed=seed, message=message)
+    state, message = recorded_state(run_dir, status)
+    if state != "completed":
+        if state == "killed" and RunFolder(run_dir).metrics.is_file():
+            message += "; its metrics.json is left out: rerun it"
+        return Run(run_dir, overrides, state, seed=seed, message=message)
+    metrics, problem = read_metrics(run_dir)
+    if metrics is None:
+        return Run(run_dir, overrides, "failed", seed=seed, message=problem)
+    seed = metrics.get("seed", seed)
+    return Run(run_dir, overrides, "completed", flatten_metrics(metrics), seed)
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def config_value(run_dir: Path, key: str) -> str:
+    """A key missing from a run's overrides: the config group chosen, else the config value."""
+    choices = load_yaml(RunFolder(run_dir).hydra_settings)
+    for part in ("hydra", "runtime", "choices"):
+        choices = choices.get(part) if isinstance(choices, dict) else None
+    if isinstance(choices, dict) and key in choices:
+        return str(choices[key])
+    node = load_yaml(RunFolder(run_dir).hydra_config)
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return MISSING if node is None or isinstance(node, (dict, list)) else str(node)
+
+
+def group_value(run: Run, key: str) -> str:
+    return run.overrides[key] if key in run.overrides else config_value(run.path, key)
+
+
+def relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base.resolve()))
+    except ValueError:
+        return str(path)

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench flow-toys uci-wine-red report lint clean
+.PHONY: help install run test test-full bench flow-toys uci-wine-red report lint docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,7 +54,20 @@ lint: $(STAMP)  ## ruff (installed on demand)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-clean:  ## remove .venv, caches and run folders (experiments/README.md stays)
-	rm -rf $(VENV) .pytest_cache benchmarks/results
+# The docs extra (MkDocs, Material theme) goes into the same .venv, on demand.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# --strict: a warning (broken link or anchor, page missing from nav) fails the build.
+# The reference hook imports bslrun.config; no bytecode is written into the checkout.
+# NO_MKDOCS_2_WARNING silences Material's banner about its own end of life (not a docs problem).
+docs: $(DOCS_STAMP)  ## build the documentation site into site/ (mkdocs, warnings are errors)
+	PYTHONDONTWRITEBYTECODE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+clean:  ## remove .venv, caches, site/ and run folders (experiments/README.md stays)
+	rm -rf $(VENV) .pytest_cache benchmarks/results site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find experiments -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench flow-toys uci-wine-red report lint docs clean
+.PHONY: help install run test test-full bench flow-toys uci-wine-red report lint format docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,10 +49,19 @@ uci-wine-red: $(STAMP)  ## UCI red wine, 20 splits, then the table beside the pu
 report: $(STAMP)  ## summarise run folders: DIR=experiments/<name> (default: experiments)
 	$(BIN)/bslrun-report $(or $(DIR),experiments) $(ARGS)
 
-lint: $(STAMP)  ## ruff (installed on demand)
-	$(BIN)/pip install --quiet ruff
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+# Pinned: a new ruff release must not fail CI on unchanged code.
+RUFF := ruff==0.17.6
+LINTED := src tests benchmarks docs/hooks
+
+lint: $(STAMP)  ## ruff: lint (with import order and a complexity limit) and format check
+	$(BIN)/pip install --quiet '$(RUFF)'
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+format: $(STAMP)  ## ruff: sort imports, fix what can be fixed, format
+	$(BIN)/pip install --quiet '$(RUFF)'
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 # The docs extra (MkDocs, Material theme) goes into the same .venv, on demand.
 DOCS_STAMP := $(VENV)/.docs-installed

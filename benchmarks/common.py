@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bslrun import seeding
+from bslrun import artifacts, seeding
 from bslrun.inference import engine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -55,13 +54,8 @@ def environment() -> dict:
 
 def write(name: str, result: dict, results_dir: Path = RESULTS_DIR) -> Path:
     """Write ``result`` to ``results_dir/<name>.json`` atomically; return the path."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{name}.json"
     payload = {"benchmark": name, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return artifacts.write_json(results_dir / f"{name}.json", payload)
 
 
 def sanity(epochs: int, fused_loss: float, loop_loss: float, tolerance: float,

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from conftest import denied, fail_under
 
+from bslrun import artifacts
 from bslrun.config import Binarize, ImageDataConfig
 from bslrun.data import load, mnist
 from bslrun.data.mnist import FASHION_MNIST, MNIST, STEMS, fetch, read_idx
@@ -498,7 +499,7 @@ def test_download_that_cannot_be_written(monkeypatch, tmp_path, fake_fashion, ca
     def refused(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(folder))
 
-    monkeypatch.setattr(mnist.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(artifacts.tempfile, "mkstemp", refused)
     cfg = image_cfg(name="fashion_mnist", root=str(tmp_path), download=True)
     with pytest.raises(exc_type, match="cannot write .*writable folder") as excinfo:
         fetch(FASHION_MNIST, cfg)

@@ -178,9 +178,8 @@ def write_npz(path: Path, arrays: dict) -> Path:
 
 def save_params(path: Path, params: dict) -> Path:
     """A pytree of parameters (nested dicts of arrays) as flax msgpack (no code runs on load)."""
-    from flax import serialization
-
     import jax
+    from flax import serialization
 
     host = jax.tree.map(np.asarray, params)
     return write_bytes(path, serialization.msgpack_serialize(host))

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 
-from bslrun.errors import BslrunError, ConfigError
 from bslrun import runs, summary
+from bslrun.errors import BslrunError, ConfigError
 
 DATA_FILE = "published.json"
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bslrun.config import (
     DATA_CHECKS,
+    TASKS_WITH_TARGETS,
     Architecture,
     Binarize,
     BnnConfig,
@@ -35,7 +36,6 @@ from bslrun.config import (
     check_trainer,
     check_vae,
     natural_likelihood,
-    TASKS_WITH_TARGETS,
 )
 from bslrun.errors import ConfigError
 
@@ -139,6 +139,13 @@ def validate(cfg: Config) -> Config:
     resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)
     FAMILIES[family].check(cfg.model)
+    check_pairing(cfg, family)
+    check_training(cfg)
+    return cfg
+
+
+def check_pairing(cfg: Config, family: str) -> None:
+    """Rules that involve both the model and the data (or the trainer)."""
     if family == "bnn":
         check_likelihood_fits(cfg.model, data_task(cfg.data), cfg.data.name)
     if (
@@ -165,6 +172,10 @@ def validate(cfg: Config) -> Config:
             f"model=vae needs an image data set; data={cfg.data.name} is tabular "
             "(use data=mnist or data=fashion_mnist)"
         )
+
+
+def check_training(cfg: Config) -> None:
+    """The optimiser, the trainer and the evaluation, and how they fit together."""
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     for key in ("num_samples", "iw_samples"):
@@ -177,4 +188,3 @@ def validate(cfg: Config) -> Config:
             f"optim.warmup_epochs={cfg.optim.warmup_epochs} must be below "
             f"trainer.epochs={cfg.trainer.epochs}"
         )
-    return cfg

@@ -19,10 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-
 from bslrun.artifacts import write_bytes
 from bslrun.errors import BslrunError, ConfigError, ResourceError
-
 from bslrun.runs import MISSING, Run, find_run_dirs, group_value, load_run, one_line
 from bslrun.summary import (
     cell_note,

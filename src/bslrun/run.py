@@ -14,12 +14,12 @@ from pathlib import Path
 import jax
 
 from bslrun import artifacts, plots, seeding
-from bslrun.version import __version__
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import ConfigError, DivergenceError, RunInterrupted
 from bslrun.inference import checkpoint, engine
 from bslrun.models import build as build_family
+from bslrun.version import __version__
 
 log = logging.getLogger("bslrun")
 

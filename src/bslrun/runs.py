@@ -15,10 +15,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from bslrun.artifacts import STATUS_FILE, RunFolder, read_status
 from bslrun.errors import ConfigError
-
 
 SECTIONS = ("test", "val", "train", "data", "timing")
 # Replicates, never group keys by default: column name -> override key.

@@ -16,15 +16,19 @@ class Streams(NamedTuple):
     data: jax.Array  # splits, subsets, shuffles done on the host
     init: jax.Array  # network and variational parameter initialisation
     train: jax.Array  # minibatch order and Monte Carlo draws of the ELBO
-    eval: jax.Array  # posterior predictive draws
-    sample: jax.Array  # samples written to the experiment folder
+    eval: jax.Array  # posterior predictive draws, and the arrays saved in the run folder
     structure: jax.Array  # fixed choices of a model's structure (a flow's random permutations)
+
+
+# Each stream's fold_in index. 4 was a stream never drawn from; it stays retired, so that
+# "structure" keeps the numbers (a flow's permutations) it has always given.
+INDEX = {"data": 0, "init": 1, "train": 2, "eval": 3, "structure": 5}
 
 
 @jax.jit
 def _derive(seed):
     root = jax.random.PRNGKey(seed)
-    return tuple(jax.random.fold_in(root, i) for i in range(len(Streams._fields)))
+    return tuple(jax.random.fold_in(root, INDEX[name]) for name in Streams._fields)
 
 
 def streams(seed: int) -> Streams:

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import numpy as np
 
 from bslrun.errors import ConfigError
-
 from bslrun.runs import EXCLUDED_KEYS, MISSING, REPLICATES, Run, group_value, relative
 
 PREFERRED = ("accuracy", "bits_per_dim", "coverage_95", "ece", "elbo", "kl_to_true", "nll", "rmse")

@@ -25,7 +25,6 @@ import hashlib
 import os
 import stat
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -35,6 +34,7 @@ from urllib.request import urlopen
 import jax
 import numpy as np
 
+from bslrun import artifacts
 from bslrun.config import Binarize
 from bslrun.data import paths
 from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split, subsample
@@ -297,25 +297,16 @@ def download(source: Source, stem: str, folder: Path) -> tuple[Path, np.ndarray]
 
 
 def write_atomic(target: Path, blob: bytes) -> None:
-    """Write ``blob`` to a temporary file beside ``target``, then rename it into place."""
-    tmp = None
+    """Write ``blob`` to ``target`` atomically (``artifacts.write_bytes``: a temporary file
+    beside it, renamed into place, readable by others as the umask allows)."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared data folder from others
-        os.replace(tmp, target)
-        tmp = None
+        artifacts.write_bytes(target, blob)
     except OSError as exc:  # a file in the way is the user's to fix, a full disk the machine's
         error = ResourceError if exc.errno in paths.MACHINE else DataError
         raise error(
             f"cannot write {paths.shown(target)} ({exc.strerror or exc}); set data.root or "
             f"${ROOT_ENV} to a writable folder"
         ) from None
-    finally:  # also on Ctrl-C: no partial file is left behind
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def fetch(source: Source, cfg) -> dict:

@@ -20,6 +20,8 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
 from numpyro.distributions.util import array_equiv
 
+from bslrun.config import Activation
+from bslrun.flows.layer import Layer
 from bslrun.flows.made import MADE
 
 
@@ -85,3 +87,11 @@ class MaskedAffineAutoregressive(Transform):
         if not isinstance(other, MaskedAffineAutoregressive) or self.made != other.made:
             return False
         return params_equiv(self.params, other.params, static)
+
+
+MAF = Layer(
+    conditioner=lambda dim, cfg: MADE(
+        dim, tuple(cfg.hidden), activation=Activation(cfg.activation).value, zero_output=True
+    ),
+    bijection=lambda net, params, dim, cfg: MaskedAffineAutoregressive(net, params),
+)

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
 
+from bslrun.config import Activation
 from bslrun.flows.affine_autoregressive import params_equiv
+from bslrun.flows.layer import Layer
 from bslrun.flows.made import stable_log_scale
 from bslrun.nets import MLP
 
@@ -85,3 +87,12 @@ class AffineCoupling(Transform):
         ):
             return False
         return params_equiv(self.params, other.params, static)
+
+
+REALNVP = Layer(
+    conditioner=lambda dim, cfg: coupling_net(
+        dim, dim // 2, tuple(cfg.hidden), Activation(cfg.activation).value, zero_output=True
+    ),
+    bijection=lambda net, params, dim, cfg: AffineCoupling(net, params, dim // 2),
+    coupling=True,
+)

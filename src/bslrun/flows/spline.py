@@ -30,7 +30,9 @@ from jax import lax
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
 
+from bslrun.config import Activation
 from bslrun.flows.affine_autoregressive import params_equiv
+from bslrun.flows.layer import Layer
 from bslrun.flows.made import MaskedMLP
 from bslrun.nets import MLP
 
@@ -283,3 +285,32 @@ class MaskedSplineAutoregressive(Transform):
         if (self.made, self.bins, self.tail_bound) != (other.made, other.bins, other.tail_bound):
             return False
         return params_equiv((self.params, self.context), (other.params, other.context), static)
+
+
+NSF = Layer(
+    conditioner=lambda dim, cfg: spline_coupling_net(
+        dim,
+        dim // 2,
+        tuple(cfg.hidden),
+        cfg.bins,
+        Activation(cfg.activation).value,
+        zero_output=True,
+    ),
+    bijection=lambda net, params, dim, cfg: SplineCoupling(
+        net, params, dim // 2, cfg.bins, cfg.tail_bound
+    ),
+    coupling=True,
+)
+
+NSF_AR = Layer(
+    conditioner=lambda dim, cfg: MaskedMLP(
+        dim,
+        tuple(cfg.hidden),
+        3 * cfg.bins - 1,
+        activation=Activation(cfg.activation).value,
+        zero_output=True,
+    ),
+    bijection=lambda net, params, dim, cfg: MaskedSplineAutoregressive(
+        net, params, cfg.bins, cfg.tail_bound
+    ),
+)

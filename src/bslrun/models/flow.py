@@ -36,20 +36,9 @@ import numpyro
 import numpyro.distributions as dist
 
 from bslrun import metrics, plots
-from bslrun.config import Activation, FlowKind, PermutationKind
+from bslrun.config import FlowKind, PermutationKind
 from bslrun.errors import ConfigError
-from bslrun.flows import (
-    MADE,
-    AffineCoupling,
-    Flow,
-    MaskedAffineAutoregressive,
-    MaskedMLP,
-    MaskedSplineAutoregressive,
-    Permutation,
-    SplineCoupling,
-    coupling_net,
-    spline_coupling_net,
-)
+from bslrun.flows import LAYERS, Flow, Permutation
 from bslrun.models.batching import chunked_map
 from bslrun.models.family import Family
 
@@ -57,7 +46,6 @@ EVAL_CHUNK = 4096  # points per log-density pass at evaluation: bounds memory fo
 GRID_SIDE = 200  # plots/density.png: a GRID_SIDE x GRID_SIDE grid over the data's range
 BASE_LINES, LINE_POINTS = 13, 200  # plots/base_to_data.png: lines of the grid u in [-3, 3]^2
 IMAGE_SAMPLES = 64  # sampling an image flow is sequential over 784 pixels: keep it small
-COUPLING_KINDS = ("realnvp", "nsf")
 
 
 class FlowFamily(Family):
@@ -73,14 +61,15 @@ class FlowFamily(Family):
         super().__init__(cfg, spec, n_train)
         self.dim = spec.input_dim
         self.kind = FlowKind(cfg.flow).value
+        self.layer = LAYERS[self.kind]
         self.images = spec.image_shape is not None
         permutation = PermutationKind(cfg.permutation).value
-        if self.kind in COUPLING_KINDS and self.dim < 2:
+        if self.layer.coupling and self.dim < 2:
             raise ConfigError(
                 f"model.flow={self.kind} splits the coordinates in two, but data={spec.name} "
                 "has one column; use model.flow=maf or nsf_ar"
             )
-        if self.kind in COUPLING_KINDS and permutation == "none" and cfg.depth > 1:
+        if self.layer.coupling and permutation == "none" and cfg.depth > 1:
             raise ConfigError(
                 f"model.flow={self.kind} with model.permutation=none would leave half the "
                 "coordinates untouched by every layer; use model.permutation=reverse or random"
@@ -88,7 +77,9 @@ class FlowFamily(Family):
         if permutation == "random" and key is None:
             raise ValueError("a random permutation needs a key")
         self.permutations = make_permutations(permutation, self.dim, cfg.depth, key)
-        self.conditioners = [self._conditioner() for _ in range(cfg.depth)]
+        # Each layer's network starts as the identity (its output layer at zero), so training
+        # starts from the base density, free of the spikes random spline knots put in it.
+        self.conditioners = [self.layer.conditioner(self.dim, cfg) for _ in range(cfg.depth)]
         # Standardised tables: x = a z + b in original units, so log p(x) = log p(z) - sum log a.
         self.log_jacobian_to_original = -float(jnp.sum(jnp.log(jnp.asarray(spec.x_scaler.std))))
         if spec.x_scaler.std.ndim == 0:
@@ -96,37 +87,9 @@ class FlowFamily(Family):
 
     # --------------------------------------------------------------- layers
 
-    def _conditioner(self):
-        """Each layer's network; its output layer starts at zero, so every layer starts
-        as the identity and training starts from the base density, free of the spikes
-        that random spline knots put in it."""
-        cfg, hidden = self.cfg, tuple(self.cfg.hidden)
-        act = Activation(cfg.activation).value
-        split = self.dim // 2
-        if self.kind == "maf":
-            return MADE(self.dim, hidden, activation=act, zero_output=True)
-        if self.kind == "nsf_ar":
-            return MaskedMLP(self.dim, hidden, 3 * cfg.bins - 1, activation=act, zero_output=True)
-        if self.kind == "realnvp":
-            return coupling_net(self.dim, split, hidden, act, zero_output=True)
-        return spline_coupling_net(self.dim, split, hidden, cfg.bins, act, zero_output=True)
-
-    def _input_width(self) -> int:
-        return self.dim // 2 if self.kind in COUPLING_KINDS else self.dim
-
-    def _layer(self, net, params):
-        cfg, split = self.cfg, self.dim // 2
-        if self.kind == "maf":
-            return MaskedAffineAutoregressive(net, params)
-        if self.kind == "nsf_ar":
-            return MaskedSplineAutoregressive(net, params, cfg.bins, cfg.tail_bound)
-        if self.kind == "realnvp":
-            return AffineCoupling(net, params, split)
-        return SplineCoupling(net, params, split, cfg.bins, cfg.tail_bound)
-
     def _declare(self) -> list:
         """numpyro.param for each layer's conditioner, initialised lazily from SVI's key."""
-        width = self._input_width()
+        width = self.layer.input_width(self.dim)
         return [
             numpyro.param(f"layer_{k}", lambda key, net=net: net.init(key, jnp.zeros((1, width))))
             for k, net in enumerate(self.conditioners)
@@ -136,7 +99,7 @@ class FlowFamily(Family):
         """The flow x = T(u), u ~ N(0, I_D), from one parameter pytree per layer."""
         transforms = []
         for k, (net, params) in enumerate(zip(self.conditioners, layer_params, strict=True)):
-            transforms.append(self._layer(net, params))
+            transforms.append(self.layer.bijection(net, params, self.dim, self.cfg))
             if k < len(self.conditioners) - 1 and self.permutations[k] is not None:
                 transforms.append(self.permutations[k])
         base = dist.Normal(jnp.zeros(self.dim), 1.0).to_event(1)

@@ -33,9 +33,9 @@ from bslrun import metrics, plots
 from bslrun.config import Activation, Architecture, ImageLikelihood, KLEstimate
 from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import InverseAutoregressive, iaf_conditioner
-from bslrun.models.objectives import ScaledLoss
 from bslrun.models.batching import chunked_map
 from bslrun.models.family import Family
+from bslrun.models.objectives import ScaledLoss
 from bslrun.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 # Importance-weighted evaluation decodes at most this many latent samples at once

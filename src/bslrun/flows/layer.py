@@ -1,0 +1,21 @@
+"""What ``model=flow`` needs to know of a kind of layer: each bijection module defines one
+``Layer``, and ``bslrun.flows.LAYERS`` maps ``model.flow`` names to them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Layer:
+    # (dim, flow config) -> the conditioner network (a Flax module) whose output layer
+    # starts at zero, so the layer starts as the identity.
+    conditioner: Callable
+    # (conditioner, its parameters, dim, flow config) -> the bijection (a numpyro Transform).
+    bijection: Callable
+    # Splits the coordinates in two (needs dim >= 2; the conditioner reads dim // 2 of them).
+    coupling: bool = False
+
+    def input_width(self, dim: int) -> int:
+        return dim // 2 if self.coupling else dim

@@ -8,7 +8,7 @@ Direction, as ``TransformedDistribution(base, [MaskedAffineAutoregressive(...)])
   log_abs_det_jacobian(z, x) = log|det dx/dz| = sum_i log sigma_i(x_<i)
 which needs only x, so log_prob costs one MADE pass per layer: under jit XLA's common
 subexpression elimination merges the identical MADE(x) in ``_inverse`` and
-``log_abs_det_jacobian`` (tests/test_flows.py counts the compiled matmuls).
+``log_abs_det_jacobian`` (tests/flows/test_flows.py counts the compiled matmuls).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from bslrun.errors import DataError, ResourceError
 from bslrun.registry import DATASETS
 from bslrun.seeding import streams
 
-SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
 MNIST_DIR = SHARED / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(
     not all((MNIST_DIR / f"{s}.gz").is_file() for s in STEMS),

@@ -20,11 +20,12 @@ from conftest import compose
 from bslrun.errors import ConfigError
 from bslrun.inference.devices import Placement
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
+TESTS = [str(HERE), str(HERE.parent)]  # test_engine, and the conftest it imports
 
 CHILD = """
 import json, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {tests!r}
 import jax
 from test_engine import run_fit, tiny_problem, trainer
 from bslrun.config import OptimConfig, Schedule
@@ -54,7 +55,7 @@ def two_devices() -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     env["JAX_PLATFORMS"] = "cpu"
     child = subprocess.run(
-        [sys.executable, "-c", CHILD.format(tests=str(TESTS))],
+        [sys.executable, "-c", CHILD.format(tests=TESTS)],
         env=env,
         capture_output=True,
         text=True,

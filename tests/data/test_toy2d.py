@@ -42,7 +42,7 @@ BOXES = {
     "2spirals": ((-3.8, 3.8), (-3.8, 3.8)),
     "rings": ((-3.6, 3.6), (-3.6, 3.6)),
 }
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
 # ----------------------------------------------------------------------------- helpers

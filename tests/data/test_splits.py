@@ -24,7 +24,7 @@ from bslrun.seeding import streams
 
 # The project's shared data sits beside the repository (../shared), in CI too;
 # BSLRUN_SHARED_DIR points elsewhere.
-SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
 # The red-wine benchmark splits: the folder the shared README names, or the layout of
 # the UCI_Datasets repository that this machine's copy keeps.
 SPLIT_DIR = next(

@@ -25,7 +25,9 @@ from bslrun.config import (
     FileTask,
     FlowConfig,
     ImageDataConfig,
+    OptimConfig,
     ToyDataConfig,
+    TrainerConfig,
     VaeConfig,
     check_bnn,
     check_flow,
@@ -82,8 +84,6 @@ def register() -> None:
     """Store the schemas in Hydra's ConfigStore so that YAML files can extend them."""
     from hydra.core.config_store import ConfigStore
 
-    from bslrun.config import EvalConfig, OptimConfig, TrainerConfig
-
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for schema in {entry.schema for entry in DATASETS.values()}:
@@ -92,7 +92,6 @@ def register() -> None:
         store.store(group="schema/model", name=name, node=entry.schema)
     store.store(group="schema/optim", name="optim", node=OptimConfig)
     store.store(group="schema/trainer", name="trainer", node=TrainerConfig)
-    del EvalConfig  # eval has no group: its values live in config.yaml
 
 
 def load(path: str):

@@ -318,7 +318,7 @@ class Run:
     def sample(self, num: int, seed=0) -> np.ndarray:
         """``num`` draws: points (flow, original units), images (VAE, E[x | z] with
         z ~ N(0, I)) or weight vectors w ~ q (BNN)."""
-        return np.asarray(self._sample(self.params, as_key(seed), self._draws(num, num)))
+        return np.asarray(self._sample(self.params, as_key(seed), self._draws(num, None)))
 
     def encode(self, x) -> tuple[np.ndarray, np.ndarray]:
         """VAE: (loc, scale) of q(z | x) for images x (n, D)."""
@@ -331,7 +331,8 @@ class Run:
         return np.asarray(self._decode(self.params, np.atleast_2d(z)))
 
     @staticmethod
-    def _draws(num, default: int) -> int:
+    def _draws(num, default: int | None) -> int:
+        """``num`` checked to be a positive integer; ``default`` where it is None."""
         num = default if num is None else num
         if not isinstance(num, (int, np.integer)) or num < 1:
             raise ConfigError(f"the number of draws must be a positive integer, not {num!r}")

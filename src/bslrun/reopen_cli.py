@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bslrun import artifacts
 from bslrun.errors import BslrunError, ConfigError, DataError, ResourceError
 
 CSV_FORMAT = "%.9g"  # float32 round-trips through 9 significant digits
@@ -116,11 +117,10 @@ def table_bytes(columns: dict, suffix: str) -> bytes:
     return text.getvalue().encode()
 
 
-def write(path: Path, data: bytes) -> None:
-    from bslrun import artifacts
-
+def write(path: Path, save) -> None:
+    """``save(path)``, with a machine's refusal as one line naming --out."""
     try:
-        artifacts.write_bytes(path, data)
+        save(path)
     except OSError as error:
         raise ResourceError(
             f"cannot write {path} ({error.strerror or error}); choose another --out"
@@ -157,7 +157,7 @@ def predict(args) -> str:
         columns = {"log_prob": log_prob}
         bound = " (importance-weighted bound)" if run.family.name == "vae" else ""
         summary = f"mean log p(x) {np.mean(log_prob):.4f} nats{bound}"
-    write(out, table_bytes(columns, suffix))
+    write(out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
     return f"wrote {len(x)} rows to {out}: {summary}"
 
 
@@ -187,15 +187,14 @@ def sample(args) -> str:
     draws = run.sample(args.num, seed=args.seed)
     if suffix == ".png":
         grid = draws.reshape(-1, *run.spec.image_shape[:2])
-        try:
-            plots.image_grid(grid, min(len(grid), 16), out, f"{len(grid)} samples")
-        except OSError as error:
-            raise ResourceError(
-                f"cannot write {out} ({error.strerror}); choose another --out"
-            ) from None
+        write(
+            out,
+            lambda path: plots.image_grid(grid, min(len(grid), 16), path, f"{len(grid)} samples"),
+        )
     else:
         names = run.spec.feature_names if tabular else tuple(str(j) for j in range(draws.shape[1]))
-        write(out, table_bytes(dict(zip(names, draws.T, strict=True)), suffix))
+        columns = dict(zip(names, draws.T, strict=True))
+        write(out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
     what = {"bnn": "weight vectors", "vae": "images", "flow": "points"}[run.family.name]
     return f"wrote {len(draws)} {what} of shape {draws.shape[1:]} to {out}"
 

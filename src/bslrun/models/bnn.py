@@ -181,10 +181,15 @@ class BnnFamily(Family):
         for x (batch shape (S, n))."""
         q = self.posterior_distribution(params)
         weights, log_q = guides.sample_and_log_prob(q, key, (num_samples,))
+        return weights, log_q, self._predictive(params, weights, x)
+
+    def _predictive(self, params, weights, x):
+        """p(y | x, w_s) for each weight draw w_s (S, D): batch shape (S, n)."""
+        draws = weights.shape[0]
         outputs = jax.lax.map(
-            lambda w: self.forward(w, x), weights, batch_size=min(num_samples, EVAL_CHUNK)
+            lambda w: self.forward(w, x), weights, batch_size=min(draws, EVAL_CHUNK)
         )
-        return weights, log_q, self._observation(outputs, x, params)
+        return self._observation(outputs, x, params)
 
     def _original_units(self, predictive):
         """Location and scale (S, n) of a Normal or Student-t predictive, mapped back
@@ -240,10 +245,7 @@ class BnnFamily(Family):
         )
 
         def rows(xc, _):
-            outputs = jax.lax.map(
-                lambda w: self.forward(w, xc), weights, batch_size=min(num_samples, EVAL_CHUNK)
-            )
-            predictive = self._observation(outputs, xc, params)
+            predictive = self._predictive(params, weights, xc)
             if self.spec.task == "classification":
                 return classification_summary(predictive.logits)
             return self._regression_summary(predictive, levels)

@@ -315,3 +315,34 @@ def test_bnn_hidden_widths_must_be_positive():
         "model.hidden=[8, 0] must list positive layer widths "
         "(or be [] for Bayesian linear regression)"
     )
+
+
+def test_checking_every_data_set_imports_no_jax():
+    """The registry imports the data modules to find the data sets; a config error must
+    still come before JAX is imported (about half a second)."""
+    import subprocess
+    import sys
+
+    from bslrun.registry import datasets
+
+    # Each data set with a family that accepts it (a flow models MNIST's raw intensities).
+    commands = [
+        [f"data={name}", "model=flow", "data.binarize=none"]
+        if "mnist" in name
+        else [f"data={name}"]
+        for name in sorted(set(datasets()) - {"file"})
+    ]
+    code = (
+        "import sys\n"
+        "from bslrun.preflight import prevalidate\n"
+        f"for argv in {commands!r}:\n"
+        "    prevalidate(argv)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'numpyro')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_model_group_and_its_family_agree():
+    with pytest.raises(ConfigError, match="choose the family with model=vae"):
+        cli.prevalidate(["model.family=vae"])

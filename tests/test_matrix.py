@@ -13,12 +13,14 @@ import pytest
 from conftest import compose
 
 from bslrun import run
+from bslrun.config import ToyDataConfig
 from bslrun.errors import ConfigError
-from bslrun.registry import DATASETS, FAMILIES
+from bslrun.registry import FAMILIES, datasets
 
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MNIST_DIR = SHARED / "data" / "mnist"
-TOYS = ["moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals", "rings"]
+DATASETS = datasets()
+TOYS = [name for name, entry in DATASETS.items() if entry.schema is ToyDataConfig]
 
 TINY_MODEL = {
     "bnn": ["model.hidden=[8]"],

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from bslrun.errors import ConfigError
 
@@ -186,7 +186,29 @@ class FileDataConfig(FractionSplits):
 
 
 @dataclass
-class BnnConfig:
+class ModelConfig:
+    """A model family's config group. Each subclass is a registered family: its ``family``
+    names it, ``implementation`` ("module:class", imported on use) is its
+    ``bslrun.models.family.Family``, ``check`` validates it and ``check_fits`` its pairing
+    with the data and the trainer."""
+
+    implementation: ClassVar[str]
+    # How the family reads images when data.binarize is left null.
+    natural_binarize: ClassVar[Binarize] = Binarize.none
+
+    def fill_defaults(self, task: str | None) -> None:
+        """Fill the null "natural choice" values that depend on the data's task."""
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+    def check_fits(self, cfg: Config, task: str | None) -> None:
+        """Rules that involve the data (``task``: see ``registry.data_task``) or the trainer."""
+
+
+@dataclass
+class BnnConfig(ModelConfig):
+    implementation: ClassVar[str] = "bslrun.models.bnn:BnnFamily"
     family: str = "bnn"
     # Hidden layer widths; [] is Bayesian linear (or logistic) regression.
     hidden: list[int] = field(default_factory=lambda: [50, 50])
@@ -213,9 +235,48 @@ class BnnConfig:
     flow_steps: int = 2
     flow_hidden: list[int] = field(default_factory=lambda: [256])
 
+    def fill_defaults(self, task: str | None) -> None:
+        if self.likelihood is None and task in TASKS_WITH_TARGETS:
+            self.likelihood = natural_likelihood(task)
+
+    def check(self) -> None:
+        """Ranges and cross-field rules of this group: ConfigError naming the key."""
+        # hidden=[]: no hidden layer, f(x; w) = W x + b, i.e. Bayesian linear (or logistic) regression.
+        if any(h <= 0 for h in self.hidden):
+            raise ConfigError(
+                f"model.hidden={list(self.hidden)} must list positive layer widths "
+                "(or be [] for Bayesian linear regression)"
+            )
+        _widths("model.flow_hidden", self.flow_hidden)
+        if self.flow_steps < 1:
+            raise ConfigError(f"model.flow_steps={self.flow_steps} must be a positive integer")
+        _positive("model.prior_scale", self.prior_scale)
+        _positive("model.init_scale", self.init_scale)
+        if self.rank < 1:
+            raise ConfigError(f"model.rank={self.rank} must be at least 1")
+        if self.noise_scale is not None:
+            _positive("model.noise_scale", self.noise_scale)
+        likelihood = None if self.likelihood is None else Likelihood(self.likelihood)
+        if self.df is not None:
+            if not (self.df > 2 and math.isfinite(self.df)):
+                raise ConfigError(
+                    f"model.df={self.df} must be above 2 (a Student-t with finite variance)"
+                )
+            if likelihood is not Likelihood.student_t:
+                raise ConfigError(
+                    "model.df is the Student-t's degrees of freedom: add "
+                    "model.likelihood=student_t, or set model.df=null"
+                )
+        check_noise_fits(self, likelihood)
+
+    def check_fits(self, cfg: Config, task: str | None) -> None:
+        check_likelihood_fits(self, task, cfg.data.name)
+
 
 @dataclass
-class VaeConfig:
+class VaeConfig(ModelConfig):
+    implementation: ClassVar[str] = "bslrun.models.vae:VaeFamily"
+    natural_binarize: ClassVar[Binarize] = Binarize.dynamic
     family: str = "vae"
     # Encoder and decoder networks.
     architecture: Architecture = Architecture.mlp
@@ -237,9 +298,44 @@ class VaeConfig:
     posterior_flow: int = 0
     posterior_flow_hidden: list[int] = field(default_factory=lambda: [256])
 
+    def check(self) -> None:
+        """Ranges and cross-field rules of this group: ConfigError naming the key."""
+        if any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"model.hidden={list(self.hidden)} must list positive layer widths")
+        for key in ("latent_dim", "iw_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive integer")
+        if self.beta_warmup_epochs < 0:
+            raise ConfigError(f"model.beta_warmup_epochs={self.beta_warmup_epochs} must be >= 0")
+        if self.posterior_flow < 0:
+            raise ConfigError(
+                f"model.posterior_flow={self.posterior_flow} must be zero (off) or positive"
+            )
+        _widths("model.posterior_flow_hidden", self.posterior_flow_hidden)
+        if self.iw_samples > 1 and Architecture(self.architecture) is Architecture.conv:
+            raise ConfigError(
+                "model.iw_samples > 1 is not available with model.architecture=conv (NumPyro's "
+                "importance-weighted objective cannot carry batch-norm statistics); use "
+                "model.architecture=mlp or model.iw_samples=1"
+            )
+
+    def check_fits(self, cfg: Config, task: str | None) -> None:
+        if not isinstance(cfg.data, ImageDataConfig):
+            raise ConfigError(
+                f"model=vae needs an image data set; data={cfg.data.name} is tabular "
+                "(use data=mnist or data=fashion_mnist)"
+            )
+        if Architecture(self.architecture) is Architecture.conv and cfg.trainer.num_particles > 1:
+            raise ConfigError(
+                "trainer.num_particles > 1 is not available with model.architecture=conv "
+                "(NumPyro drops batch-norm state with several particles); use "
+                "trainer.num_particles=1 or model.architecture=mlp"
+            )
+
 
 @dataclass
-class FlowConfig:
+class FlowConfig(ModelConfig):
+    implementation: ClassVar[str] = "bslrun.models.flow:FlowFamily"
     family: str = "flow"
     # The kind of layer (bijection).
     flow: FlowKind = FlowKind.maf
@@ -256,6 +352,25 @@ class FlowConfig:
     tail_bound: float = 5.0
     # Images: dequantised intensities s in (0, 1) are modelled as logit(a + (1 - 2a) s).
     logit_alpha: float = 1e-6
+
+    def check(self) -> None:
+        """Ranges and cross-field rules of this group: ConfigError naming the key."""
+        _widths("model.hidden", self.hidden)
+        if self.depth < 1:
+            raise ConfigError(f"model.depth={self.depth} must be a positive integer")
+        if self.bins < 2:
+            raise ConfigError(f"model.bins={self.bins} must be at least 2")
+        _positive("model.tail_bound", self.tail_bound)
+        if not 0 < self.logit_alpha < 0.5:
+            raise ConfigError(f"model.logit_alpha={self.logit_alpha} must lie in (0, 0.5)")
+
+    def check_fits(self, cfg: Config, task: str | None) -> None:
+        images = isinstance(cfg.data, ImageDataConfig)
+        if images and Binarize(cfg.data.binarize) is not Binarize.none:
+            raise ConfigError(
+                "model=flow models dequantised 8-bit intensities; use data.binarize=none "
+                f"(not {Binarize(cfg.data.binarize).value})"
+            )
 
 
 @dataclass
@@ -421,39 +536,9 @@ DATA_CHECKS = {
 }
 
 
-def check_vae(m: VaeConfig) -> None:
-    if any(h <= 0 for h in m.hidden):
-        raise ConfigError(f"model.hidden={list(m.hidden)} must list positive layer widths")
-    for key in ("latent_dim", "iw_samples"):
-        if getattr(m, key) < 1:
-            raise ConfigError(f"model.{key}={getattr(m, key)} must be a positive integer")
-    if m.beta_warmup_epochs < 0:
-        raise ConfigError(f"model.beta_warmup_epochs={m.beta_warmup_epochs} must be >= 0")
-    if m.posterior_flow < 0:
-        raise ConfigError(f"model.posterior_flow={m.posterior_flow} must be zero (off) or positive")
-    _widths("model.posterior_flow_hidden", m.posterior_flow_hidden)
-    if m.iw_samples > 1 and Architecture(m.architecture) is Architecture.conv:
-        raise ConfigError(
-            "model.iw_samples > 1 is not available with model.architecture=conv (NumPyro's "
-            "importance-weighted objective cannot carry batch-norm statistics); use "
-            "model.architecture=mlp or model.iw_samples=1"
-        )
-
-
 def _widths(key: str, widths) -> None:
     if not widths or any(h <= 0 for h in widths):
         raise ConfigError(f"{key}={list(widths or [])} must list positive layer widths")
-
-
-def check_flow(m: FlowConfig) -> None:
-    _widths("model.hidden", m.hidden)
-    if m.depth < 1:
-        raise ConfigError(f"model.depth={m.depth} must be a positive integer")
-    if m.bins < 2:
-        raise ConfigError(f"model.bins={m.bins} must be at least 2")
-    _positive("model.tail_bound", m.tail_bound)
-    if not 0 < m.logit_alpha < 0.5:
-        raise ConfigError(f"model.logit_alpha={m.logit_alpha} must lie in (0, 0.5)")
 
 
 def natural_likelihood(task: str) -> Likelihood:
@@ -483,34 +568,6 @@ def check_likelihood_fits(m: BnnConfig, task: str | None, data_name: str) -> Non
             f"model.likelihood={Likelihood(m.likelihood).value} does not fit data={data_name}, "
             f"a {task} data set; use model.likelihood={fitting}"
         )
-
-
-def check_bnn(m: BnnConfig) -> None:
-    # hidden=[]: no hidden layer, f(x; w) = W x + b, i.e. Bayesian linear (or logistic) regression.
-    if any(h <= 0 for h in m.hidden):
-        raise ConfigError(
-            f"model.hidden={list(m.hidden)} must list positive layer widths "
-            "(or be [] for Bayesian linear regression)"
-        )
-    _widths("model.flow_hidden", m.flow_hidden)
-    if m.flow_steps < 1:
-        raise ConfigError(f"model.flow_steps={m.flow_steps} must be a positive integer")
-    _positive("model.prior_scale", m.prior_scale)
-    _positive("model.init_scale", m.init_scale)
-    if m.rank < 1:
-        raise ConfigError(f"model.rank={m.rank} must be at least 1")
-    if m.noise_scale is not None:
-        _positive("model.noise_scale", m.noise_scale)
-    likelihood = None if m.likelihood is None else Likelihood(m.likelihood)
-    if m.df is not None:
-        if not (m.df > 2 and math.isfinite(m.df)):
-            raise ConfigError(f"model.df={m.df} must be above 2 (a Student-t with finite variance)")
-        if likelihood is not Likelihood.student_t:
-            raise ConfigError(
-                "model.df is the Student-t's degrees of freedom: add "
-                "model.likelihood=student_t, or set model.df=null"
-            )
-    check_noise_fits(m, likelihood)
 
 
 def check_noise_fits(m: BnnConfig, likelihood: Likelihood | None) -> None:

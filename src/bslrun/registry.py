@@ -1,50 +1,49 @@
 """Registries: every data set and model family by its config name, with the facts that
-checking a config needs (schema, task, checks) and where its code lives. Code is named as
-"module:attribute" and imported on use, so checking a config imports no JAX.
+checking a config needs (schema, task, checks) and where its code lives.
 
-Adding a data set: its loader module, a line in ``DATASETS`` and ``configs/data/<name>.yaml``.
-Adding a model family: its module, a line in ``FAMILIES`` (with its schema and checks in
-config.py) and ``configs/model/<name>.yaml``.
+Each entry lives beside its code, and the registries collect them:
+
+- a data set is a ``DataSet`` in the ``DATASETS`` of a module of ``bslrun.data`` (whose
+  modules import no JAX, so checking a config does not wait for it), plus its
+  ``configs/data/<name>.yaml``;
+- a model family is a ``config.ModelConfig`` subclass (its schema, ``check`` and
+  ``implementation``, a "module:class" imported on use), its module, and its
+  ``configs/model/<name>.yaml``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bslrun.config import (
     DATA_CHECKS,
-    TASKS_WITH_TARGETS,
-    Architecture,
-    Binarize,
-    BnnConfig,
     Config,
     DataConfig,
     FileDataConfig,
     FileTask,
-    FlowConfig,
     ImageDataConfig,
+    ModelConfig,
     OptimConfig,
     ToyDataConfig,
     TrainerConfig,
-    VaeConfig,
-    check_bnn,
-    check_flow,
-    check_likelihood_fits,
     check_name,
     check_optim,
     check_seed,
     check_trainer,
-    check_vae,
-    natural_likelihood,
 )
 from bslrun.errors import ConfigError
+
+# Where data sets are found; imported by name, as the loaders are imported on use.
+DATA_PACKAGE = "bslrun.data"
 
 
 @dataclass(frozen=True)
 class DataSet:
-    loader: str  # "module:function", function(cfg, key) -> Dataset
+    loader: Callable  # loader(cfg, key) -> bslrun.data.splits.Dataset
     schema: type  # the dataclass of its config group
     task: str | None  # "regression" or "classification"; None: the config or the file tells
 
@@ -52,26 +51,25 @@ class DataSet:
 @dataclass(frozen=True)
 class ModelFamily:
     family: str  # "module:class", a bslrun.models.family.Family
-    schema: type
-    check: Callable  # check(model config): ConfigError naming the key
+    schema: type  # a config.ModelConfig subclass: the group's fields and checks
 
 
-TOYS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals", "rings")
-DATASETS = {
-    "wine_white": DataSet("bslrun.data.wine:load_white", DataConfig, "regression"),
-    "wine_red": DataSet("bslrun.data.wine:load_red", DataConfig, "regression"),
-    "mnist": DataSet("bslrun.data.mnist:load_mnist", ImageDataConfig, "classification"),
-    "fashion_mnist": DataSet(
-        "bslrun.data.mnist:load_fashion_mnist", ImageDataConfig, "classification"
-    ),
-    **{toy: DataSet("bslrun.data.toy2d:load", ToyDataConfig, "classification") for toy in TOYS},
-    "file": DataSet("bslrun.data.files:load", FileDataConfig, None),
-}
+@functools.cache
+def datasets() -> dict[str, DataSet]:
+    """Every data set by name, from the ``DATASETS`` of each module of ``bslrun.data``."""
+    package = importlib.import_module(DATA_PACKAGE)
+    found: dict[str, DataSet] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{DATA_PACKAGE}.{info.name}")
+        for name, entry in getattr(module, "DATASETS", {}).items():
+            if found.setdefault(name, entry) is not entry:
+                raise RuntimeError(f"two data sets are named {name!r}")
+    return found
+
 
 FAMILIES = {
-    "bnn": ModelFamily("bslrun.models.bnn:BnnFamily", BnnConfig, check_bnn),
-    "vae": ModelFamily("bslrun.models.vae:VaeFamily", VaeConfig, check_vae),
-    "flow": ModelFamily("bslrun.models.flow:FlowFamily", FlowConfig, check_flow),
+    schema.family: ModelFamily(schema.implementation, schema)
+    for schema in ModelConfig.__subclasses__()
 }
 
 
@@ -86,7 +84,7 @@ def register() -> None:
 
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
-    for schema in {entry.schema for entry in DATASETS.values()}:
+    for schema in {entry.schema for entry in datasets().values()}:
         store.store(group="schema/data", name=DATA_SCHEMA_NAMES[schema], node=schema)
     for name, entry in FAMILIES.items():
         store.store(group="schema/model", name=name, node=entry.schema)
@@ -107,70 +105,41 @@ def data_task(d) -> str | None:
         if d.target is None:
             return "density"
         return FileTask(d.task).value if d.task is not None else None
-    return DATASETS[d.name].task
+    return datasets()[d.name].task
 
 
 def resolve_defaults(cfg: Config) -> None:
     """Fill the null "natural choice" values that depend on the model-data pairing."""
-    family = getattr(cfg.model, "family", None)
-    task = data_task(cfg.data)
-    if family == "bnn" and cfg.model.likelihood is None and task in TASKS_WITH_TARGETS:
-        cfg.model.likelihood = natural_likelihood(task)
+    cfg.model.fill_defaults(data_task(cfg.data))
     if isinstance(cfg.data, ImageDataConfig) and cfg.data.binarize is None:
-        cfg.data.binarize = Binarize.dynamic if family == "vae" else Binarize.none
+        cfg.data.binarize = cfg.model.natural_binarize
 
 
 def validate(cfg: Config) -> Config:
     """Check ranges and cross-field rules; raise ConfigError naming the key."""
     if type(cfg.data) not in DATA_CHECKS:
         raise ConfigError("data is not set; choose one with data=<name>")
-    if cfg.data.name not in DATASETS:
-        raise ConfigError(
-            f"data.name={cfg.data.name!r} is unknown; choose one of {', '.join(sorted(DATASETS))}"
-        )
+    if cfg.data.name not in datasets():
+        names = ", ".join(sorted(datasets()))
+        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; choose one of {names}")
     family = getattr(cfg.model, "family", None)
     if family not in FAMILIES:
         raise ConfigError(
             f"model.family={family!r} is unknown; choose one of {', '.join(sorted(FAMILIES))}"
         )
+    if type(cfg.model) is not FAMILIES[family].schema:
+        raise ConfigError(
+            f"model.family={family} does not match the model group's settings; choose the "
+            f"family with model={family} and leave model.family as it is"
+        )
     check_seed(cfg.seed)
     check_name(cfg.name)
     resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)
-    FAMILIES[family].check(cfg.model)
-    check_pairing(cfg, family)
+    cfg.model.check()
+    cfg.model.check_fits(cfg, data_task(cfg.data))
     check_training(cfg)
     return cfg
-
-
-def check_pairing(cfg: Config, family: str) -> None:
-    """Rules that involve both the model and the data (or the trainer)."""
-    if family == "bnn":
-        check_likelihood_fits(cfg.model, data_task(cfg.data), cfg.data.name)
-    if (
-        family == "flow"
-        and isinstance(cfg.data, ImageDataConfig)
-        and Binarize(cfg.data.binarize) is not Binarize.none
-    ):
-        raise ConfigError(
-            "model=flow models dequantised 8-bit intensities; use data.binarize=none "
-            f"(not {Binarize(cfg.data.binarize).value})"
-        )
-    if (
-        family == "vae"
-        and Architecture(cfg.model.architecture) is Architecture.conv
-        and cfg.trainer.num_particles > 1
-    ):
-        raise ConfigError(
-            "trainer.num_particles > 1 is not available with model.architecture=conv "
-            "(NumPyro drops batch-norm state with several particles); use "
-            "trainer.num_particles=1 or model.architecture=mlp"
-        )
-    if family == "vae" and not isinstance(cfg.data, ImageDataConfig):
-        raise ConfigError(
-            f"model=vae needs an image data set; data={cfg.data.name} is tabular "
-            "(use data=mnist or data=fashion_mnist)"
-        )
 
 
 def check_training(cfg: Config) -> None:

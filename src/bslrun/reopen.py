@@ -311,7 +311,7 @@ class Run:
         importance-weighted bound with ``num_samples`` draws (default eval.iw_samples)."""
         xs = self.inputs(x)
         num_samples = self._draws(num_samples, self._eval.iw_samples)
-        if self.family.name == "flow":
+        if self.family.exact_log_prob:
             num_samples = 1  # nothing is latent
         return np.asarray(self._log_prob(self.params, xs, as_key(seed), num_samples))
 

@@ -148,14 +148,14 @@ def predict(args) -> str:
     suffix = suffix_of(out, (".csv", ".npy", ".npz"))
     run = load(args.run_dir, allow_incomplete=args.allow_incomplete)
     x = read_inputs(run, args.input, args.key)
-    if run.family.name == "bnn":
+    if run.family.predicts:
         prediction = run.predict(x, num_samples=args.samples, seed=args.seed)
         columns = prediction.columns()
         summary = describe_prediction(run, prediction)
     else:
         log_prob = run.log_prob(x, num_samples=args.samples, seed=args.seed)
         columns = {"log_prob": log_prob}
-        bound = " (importance-weighted bound)" if run.family.name == "vae" else ""
+        bound = "" if run.family.exact_log_prob else " (importance-weighted bound)"
         summary = f"mean log p(x) {np.mean(log_prob):.4f} nats{bound}"
     write(out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
     return f"wrote {len(x)} rows to {out}: {summary}"
@@ -178,8 +178,8 @@ def sample(args) -> str:
     from bslrun.reopen import load
 
     run = load(args.run_dir, allow_incomplete=args.allow_incomplete)
-    images = run.spec.image_shape is not None and run.family.name != "bnn"
-    tabular = run.family.name == "flow" and not images
+    images = run.spec.image_shape is not None and run.family.samples_data
+    tabular = run.family.samples_data and not images
     default = "samples.csv" if tabular else "samples.npy"
     out = Path(args.out or default)
     allowed = (".npy", ".npz") + ((".csv",) if tabular else ()) + ((".png",) if images else ())
@@ -195,8 +195,7 @@ def sample(args) -> str:
         names = run.spec.feature_names if tabular else tuple(str(j) for j in range(draws.shape[1]))
         columns = dict(zip(names, draws.T, strict=True))
         write(out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
-    what = {"bnn": "weight vectors", "vae": "images", "flow": "points"}[run.family.name]
-    return f"wrote {len(draws)} {what} of shape {draws.shape[1:]} to {out}"
+    return f"wrote {len(draws)} {run.family.samples_are} of shape {draws.shape[1:]} to {out}"
 
 
 def main_with(parser: Parser, command) -> None:

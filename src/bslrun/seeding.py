@@ -6,10 +6,15 @@ the numbers drawn from the others.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import TYPE_CHECKING, NamedTuple
 
-import jax
 import numpy as np
+
+# JAX is imported on first use: the data modules, which the registry imports to check a
+# config, use only ``numpy_rng``, and checking a config should not wait for JAX.
+if TYPE_CHECKING:
+    import jax
 
 
 class Streams(NamedTuple):
@@ -25,14 +30,20 @@ class Streams(NamedTuple):
 INDEX = {"data": 0, "init": 1, "train": 2, "eval": 3, "structure": 5}
 
 
-@jax.jit
-def _derive(seed):
-    root = jax.random.PRNGKey(seed)
-    return tuple(jax.random.fold_in(root, INDEX[name]) for name in Streams._fields)
+@functools.cache
+def _derive():
+    import jax
+
+    @jax.jit
+    def derive(seed):
+        root = jax.random.PRNGKey(seed)
+        return tuple(jax.random.fold_in(root, INDEX[name]) for name in Streams._fields)
+
+    return derive
 
 
 def streams(seed: int) -> Streams:
-    return Streams(*_derive(seed))
+    return Streams(*_derive()(seed))
 
 
 class EvalKeys(NamedTuple):
@@ -45,7 +56,16 @@ class EvalKeys(NamedTuple):
 
 def eval_keys(seed: int) -> EvalKeys:
     """The keys a run with ``seed`` evaluated with (a reopened run reproduces its numbers)."""
+    import jax
+
     return EvalKeys(*jax.random.split(streams(seed).eval, 3))
+
+
+def split_keys(key: jax.Array, num: int) -> jax.Array:
+    """``jax.random.split`` for the modules that otherwise need no JAX (the data loaders)."""
+    import jax
+
+    return jax.random.split(key, num)
 
 
 def numpy_rng(key: jax.Array) -> np.random.Generator:

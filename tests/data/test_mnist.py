@@ -28,7 +28,7 @@ from bslrun.config import Binarize, ImageDataConfig
 from bslrun.data import load, mnist
 from bslrun.data.mnist import FASHION_MNIST, MNIST, STEMS, fetch, read_idx
 from bslrun.errors import DataError, ResourceError
-from bslrun.registry import DATASETS
+from bslrun.registry import datasets
 from bslrun.seeding import streams
 
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
@@ -626,9 +626,10 @@ def test_fashion_download_is_checked_against_the_gzip_checksum(monkeypatch, tmp_
 
 
 def test_registered_as_classification_sets():
-    assert DATASETS["mnist"].loader == "bslrun.data.mnist:load_mnist"
-    assert DATASETS["fashion_mnist"].loader == "bslrun.data.mnist:load_fashion_mnist"
-    assert DATASETS["mnist"].task == DATASETS["fashion_mnist"].task == "classification"
+    registered = datasets()
+    assert registered["mnist"].loader is mnist.load_mnist
+    assert registered["fashion_mnist"].loader is mnist.load_fashion_mnist
+    assert registered["mnist"].task == registered["fashion_mnist"].task == "classification"
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])

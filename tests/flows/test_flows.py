@@ -151,3 +151,12 @@ def histogram_total_variation(flow, key, draws: int = 100_000) -> float:
 
 def test_flow_samples_match_density(flow2d):
     assert histogram_total_variation(flow2d, jax.random.PRNGKey(7)) < 0.05
+
+
+def test_every_flow_kind_has_one_layer():
+    """config.FlowKind (what model.flow accepts) and the collected layers name the same set."""
+    from bslrun.config import FlowKind
+    from bslrun.flows import LAYERS
+
+    assert set(LAYERS) == {kind.value for kind in FlowKind}
+    assert all(layer.name == name for name, layer in LAYERS.items())

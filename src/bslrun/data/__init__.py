@@ -1,6 +1,9 @@
 """Data sets: ``load`` finds a data set's loader in the registry (``bslrun.registry``).
 
-A loader has the signature ``load(cfg, key) -> Dataset``.
+A module here registers its data sets in a module-level ``DATASETS`` dict of
+``registry.DataSet`` (loader, schema, task); a loader has the signature
+``load(cfg, key) -> Dataset``. The modules import JAX only inside functions, so that the
+registry can collect them while checking a config.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from bslrun import registry
 
 def load(cfg, key):
     """Load ``cfg.name`` and split it with randomness from ``key``."""
-    return registry.load(registry.DATASETS[cfg.name].loader)(cfg, key)
+    return registry.datasets()[cfg.name].loader(cfg, key)
 
 
 def spec_from_json(d: dict):

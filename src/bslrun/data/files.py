@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bslrun.config import FileDataConfig
 from bslrun.data import arrays, paths
 from bslrun.data.splits import Dataset, assemble, split_indices, subsample
 from bslrun.errors import DataError
+from bslrun.registry import DataSet
 from bslrun.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,10 @@ def load(cfg, key) -> Dataset:
     fields = dict(name="file", task=task, num_classes=len(classes), target_name=target_name)
     fields.update(feature_names=names, class_names=tuple(classes))
     return assemble(x, y, parts, cfg, fields, regression=task == "regression")
+
+
+# The task of data=file is the config's (data.task) or the file's: None here.
+DATASETS = {"file": DataSet(load, FileDataConfig, None)}
 
 
 def split_rows(cfg, key, path: str, n: int):

@@ -31,15 +31,15 @@ from http.client import HTTPException
 from pathlib import Path
 from urllib.request import urlopen
 
-import jax
 import numpy as np
 
 from bslrun import artifacts
-from bslrun.config import Binarize
+from bslrun.config import Binarize, ImageDataConfig
 from bslrun.data import paths
 from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split, subsample
 from bslrun.errors import DataError, ResourceError
-from bslrun.seeding import numpy_rng
+from bslrun.registry import DataSet
+from bslrun.seeding import numpy_rng, split_keys
 
 GZIP_MAGIC = b"\x1f\x8b"
 # IDX element type codes; only unsigned bytes occur in (Fashion-)MNIST.
@@ -370,7 +370,7 @@ def load_images(source: Source, cfg, key) -> Dataset:
     """
     arrays = fetch(source, cfg)
     images, labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
-    val_key, subset_key, bin_key = jax.random.split(key, 3)
+    val_key, subset_key, bin_key = split_keys(key, 3)
     perm = numpy_rng(val_key).permutation(len(images))
     val_idx, train_idx = np.sort(perm[: cfg.val_size]), np.sort(perm[cfg.val_size :])
     train_idx = subsample(numpy_rng(subset_key), train_idx, cfg.train_subset)
@@ -381,7 +381,7 @@ def load_images(source: Source, cfg, key) -> Dataset:
     ys = {"train": labels[train_idx], "test": arrays["t10k-labels-idx1-ubyte"]}
     if len(val_idx):
         xs["val"], ys["val"] = intensities(images, val_idx), labels[val_idx]
-    keys = dict(zip(("train", "val", "test"), jax.random.split(bin_key, 3), strict=True))
+    keys = dict(zip(("train", "val", "test"), split_keys(bin_key, 3), strict=True))
     xs, dynamic = binarise(cfg, keys, xs)
     split = {part: Split(xs[part], ys[part].astype(np.int32)) for part in xs}
     spec = DataSpec(
@@ -406,3 +406,9 @@ def load_mnist(cfg, key) -> Dataset:
 
 def load_fashion_mnist(cfg, key) -> Dataset:
     return load_images(FASHION_MNIST, cfg, key)
+
+
+DATASETS = {
+    "mnist": DataSet(load_mnist, ImageDataConfig, "classification"),
+    "fashion_mnist": DataSet(load_fashion_mnist, ImageDataConfig, "classification"),
+}

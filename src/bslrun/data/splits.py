@@ -13,12 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from bslrun.data import paths
 from bslrun.errors import DataError
-from bslrun.seeding import numpy_rng
+from bslrun.seeding import numpy_rng, split_keys
 
 
 @dataclass(frozen=True)
@@ -231,7 +230,7 @@ def partition(cfg, key, n: int, x, y):
     validation rows are carved from its training part (``val_fraction`` of it).
     ``train_subset`` then keeps a seeded fraction of the training rows.
     """
-    split_rng, val_rng, subset_rng = (numpy_rng(k) for k in jax.random.split(key, 3))
+    split_rng, val_rng, subset_rng = (numpy_rng(k) for k in split_keys(key, 3))
     if cfg.split_dir is not None:
         x, y, train_idx, test_idx = read_split_dir(cfg.split_dir, cfg.split)
         n_val = int(round(cfg.val_fraction * len(train_idx)))

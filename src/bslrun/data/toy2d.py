@@ -38,14 +38,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import i0e, logsumexp
 
+from bslrun.config import ToyDataConfig
 from bslrun.data.splits import IDENTITY, Dataset, DataSpec, Split
 from bslrun.errors import DataError
-from bslrun.seeding import numpy_rng
+from bslrun.registry import DataSet
+from bslrun.seeding import numpy_rng, split_keys
 
 LOG_2PI = math.log(2.0 * math.pi)
 MIN_NODES = 2048  # quadrature nodes per curve, at least
@@ -154,6 +153,8 @@ def sample_pinwheel(rng, n: int, noise: float):
 
 
 # ----------------------------------------------------------------------------- densities
+# The densities import JAX when built: the registry imports this module to check a config,
+# which should not wait for JAX.
 
 
 def kernel_mixture(centres: np.ndarray, weights: np.ndarray, noise: float) -> Callable:
@@ -162,6 +163,10 @@ def kernel_mixture(centres: np.ndarray, weights: np.ndarray, noise: float) -> Ca
     Centres are visited in blocks by ``lax.scan`` with a running log-sum-exp,
     so memory stays O(n * BLOCK) however many centres there are.
     """
+    import jax
+    import jax.numpy as jnp
+    from jax.scipy.special import logsumexp
+
     block = min(BLOCK, len(centres))
     pad = -len(centres) % block
     c = np.concatenate([centres, np.zeros((pad, 2))]).reshape(-1, block, 2)
@@ -216,6 +221,9 @@ def eight_gaussians_density(noise: float) -> Callable:
 
 def circle_mixture(radii, noise: float) -> Callable:
     """Equal-weight mixture of noisy circles (see the module docstring for the Bessel form)."""
+    import jax.numpy as jnp
+    from jax.scipy.special import i0e, logsumexp
+
     r = jnp.asarray(radii, jnp.float32)
     const = -LOG_2PI - 2.0 * math.log(noise) - math.log(len(radii))
 
@@ -229,6 +237,8 @@ def circle_mixture(radii, noise: float) -> Callable:
 
 def checkerboard_log_density(x):
     """-log 32 on the dark squares of [-4, 4]^2 (8 squares of area 4), -inf elsewhere."""
+    import jax.numpy as jnp
+
     x = jnp.asarray(x)
     ij = jnp.floor((x + 4.0) / BOARD_SIDE)
     on_board = jnp.all((ij >= 0) & (ij < 4), axis=-1)
@@ -288,7 +298,7 @@ def load_toy(name: str, cfg, key) -> Dataset:
     toy = TOYS[name]
     noise = resolve_noise(name, cfg.noise)
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
-    keys = dict(zip(sizes, jax.random.split(key, 3), strict=True))
+    keys = dict(zip(sizes, split_keys(key, 3), strict=True))
     parts = {}
     for part, n in sizes.items():
         if n > 0:
@@ -312,3 +322,6 @@ def load_toy(name: str, cfg, key) -> Dataset:
 def load(cfg, key) -> Dataset:
     """The toy named ``cfg.name`` (every toy shares this loader)."""
     return load_toy(cfg.name, cfg, key)
+
+
+DATASETS = {name: DataSet(load, ToyDataConfig, "classification") for name in TOYS}

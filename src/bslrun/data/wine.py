@@ -12,8 +12,10 @@ from importlib import resources
 
 import numpy as np
 
+from bslrun.config import DataConfig
 from bslrun.data.splits import Dataset, assemble, partition
 from bslrun.errors import DataError, ResourceError
+from bslrun.registry import DataSet
 
 FILES = {"white": "winequality-white.csv", "red": "winequality-red.csv"}
 
@@ -57,3 +59,9 @@ def load_white(cfg, key) -> Dataset:
 
 def load_red(cfg, key) -> Dataset:
     return _load("red", cfg, key)
+
+
+DATASETS = {
+    "wine_white": DataSet(load_white, DataConfig, "regression"),
+    "wine_red": DataSet(load_red, DataConfig, "regression"),
+}

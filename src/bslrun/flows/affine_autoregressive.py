@@ -90,6 +90,7 @@ class MaskedAffineAutoregressive(Transform):
 
 
 MAF = Layer(
+    name="maf",
     conditioner=lambda dim, cfg: MADE(
         dim, tuple(cfg.hidden), activation=Activation(cfg.activation).value, zero_output=True
     ),

@@ -90,6 +90,7 @@ class AffineCoupling(Transform):
 
 
 REALNVP = Layer(
+    name="realnvp",
     conditioner=lambda dim, cfg: coupling_net(
         dim, dim // 2, tuple(cfg.hidden), Activation(cfg.activation).value, zero_output=True
     ),

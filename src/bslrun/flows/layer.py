@@ -1,5 +1,5 @@
 """What ``model=flow`` needs to know of a kind of layer: each bijection module defines one
-``Layer``, and ``bslrun.flows.LAYERS`` maps ``model.flow`` names to them."""
+``Layer`` at module level, and ``bslrun.flows.LAYERS`` collects them by name."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Layer:
+    # Its ``model.flow`` value (a member of ``config.FlowKind``).
+    name: str
     # (dim, flow config) -> the conditioner network (a Flax module) whose output layer
     # starts at zero, so the layer starts as the identity.
     conditioner: Callable

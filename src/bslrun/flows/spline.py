@@ -288,6 +288,7 @@ class MaskedSplineAutoregressive(Transform):
 
 
 NSF = Layer(
+    name="nsf",
     conditioner=lambda dim, cfg: spline_coupling_net(
         dim,
         dim // 2,
@@ -303,6 +304,7 @@ NSF = Layer(
 )
 
 NSF_AR = Layer(
+    name="nsf_ar",
     conditioner=lambda dim, cfg: MaskedMLP(
         dim,
         tuple(cfg.hidden),

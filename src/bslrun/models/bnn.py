@@ -63,6 +63,9 @@ class BnnFamily(Family):
     name = "bnn"
     saves = "predictions"
     offers = "predict (posterior predictive) and sample (weight draws)"
+    predicts = True
+    samples_are = "weight vectors"
+    samples_data = False
 
     def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         # Enum(value) accepts members and plain strings alike (handy in library use).

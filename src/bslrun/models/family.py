@@ -22,6 +22,13 @@ class Family:
     saves = "predictions"  # which arrays file the run folder holds (artifacts.RunFolder.arrays)
     # What the reopening members do for this family, for the one-line refusals.
     offers = "nothing to reopen"
+    # What the reopening commands do: predict (True) or score log p(x) (False); what a
+    # sample is, and whether it is a draw of the data (points, images) or of the model.
+    predicts = False
+    samples_are = "draws"
+    samples_data = True
+    # log_prob is exact (nothing latent to average over) or an importance-weighted bound.
+    exact_log_prob = True
 
     @classmethod
     def random_structure(cls, cfg) -> bool:

@@ -52,6 +52,7 @@ class FlowFamily(Family):
     name = "flow"
     saves = "samples"
     offers = "sample (points) and log_prob (the exact density)"
+    samples_are = "points"
 
     @classmethod
     def random_structure(cls, cfg) -> bool:

@@ -53,6 +53,8 @@ class VaeFamily(Family):
     offers = (
         "encode, decode, sample (images from the prior) and log_prob (an importance-weighted bound)"
     )
+    samples_are = "images"
+    exact_log_prob = False
 
     def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         if spec.image_shape is None:

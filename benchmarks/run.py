@@ -25,6 +25,7 @@ BENCHMARKS = {
     "matmul_peak": "benchmarks.matmul_peak",
     "joblib_sweep": "benchmarks.joblib_sweep",
     "reopen": "benchmarks.reopen",
+    "logging_overhead": "benchmarks.logging_overhead",
 }
 
 

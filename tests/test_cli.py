@@ -213,6 +213,20 @@ def test_divergence_exits_4_and_keeps_history_and_parameters(tmp_path):
     assert status["status"] == "diverged" and status["exit_code"] == 4
 
 
+def test_latest_points_at_the_newest_run(default_run):
+    out, _ = default_run
+    latest = out / "latest"
+    assert latest.is_symlink() and not Path(os.readlink(latest)).is_absolute()
+    assert latest.resolve() == run_folder(out).resolve()
+
+
+def test_version_is_bslrun_s(tmp_path):
+    from bslrun.version import __version__
+
+    result = bslrun("--version", out=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"bslrun {__version__}\n"
+
+
 def test_help_and_cfg_job(tmp_path):
     help_run = bslrun("--help", out=tmp_path)
     assert help_run.returncode == 0

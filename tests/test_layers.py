@@ -21,6 +21,7 @@ LAYERS = [
         "bslrun.registry",
         "bslrun.runs",
         "bslrun.lifecycle",
+        "bslrun.loggers",
     ],  # fmt: skip
     ["bslrun.data", "bslrun.nets", "bslrun.plots"],
     ["bslrun.flows"],

@@ -120,6 +120,10 @@ def test_sweep_seeds_runs_five_jobs(tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3", "4"]
+    assert result.stdout.splitlines()[-1] == (
+        "bslrun: sweep finished: 5 job(s), 5 completed, 0 failed; summarise them with: "
+        "bslrun-report sweep"
+    )
     metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
     assert [m["seed"] for m in metrics] == [0, 1, 2, 3, 4]
     # The five jobs ran one after the other in one process; a later job's start-up time

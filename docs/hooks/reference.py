@@ -279,8 +279,8 @@ def _table(cls: type, prefix: str, values: dict[str, dict]) -> str:
     hints = typing.get_type_hints(cls)
     rows = ["| key | type | default | help |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
-        if hints.get(f.name) is typing.Any or dataclasses.is_dataclass(hints.get(f.name)):
-            continue  # a config group of its own
+        if hints.get(f.name) is typing.Any or _sub_schema(hints.get(f.name)) is not None:
+            continue  # a config group, or an option's section, of its own
         type_cell, enum_cls = _type(hints[f.name])
         default = _default_of(f)
         per_option = {o: given.get(f.name, default) for o, given in values.items()}
@@ -291,6 +291,26 @@ def _table(cls: type, prefix: str, values: dict[str, dict]) -> str:
         key = f"{prefix}.{f.name}" if prefix else f.name
         rows.append(f"| `{key}` | {type_cell} | {_defaults_cell(per_option)} | {help_cell} |")
     return "\n".join(rows)
+
+
+def _sub_schema(tp) -> type | None:
+    """The dataclass a field holds (``LoggerConfig.mlflow: MlflowConfig | None``), if any."""
+    inner, _ = _unwrap_optional(tp)
+    return inner if dataclasses.is_dataclass(inner) else None
+
+
+def _sections(cls: type, group: str) -> list[str]:
+    """For a group whose options each fill a section of its schema (``logger``): each
+    section's keys, e.g. ``logger.mlflow.tracking_uri`` under ``logger=mlflow``."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        sub = _sub_schema(hints[f.name])
+        if sub is not None:
+            help_text = _escape(_field_help(cls, f.name) or _doc(sub))
+            out.append(" ".join(p for p in (f"**Keys of `{group}={f.name}`.**", help_text) if p))
+            out.append(_table(sub, f"{group}.{f.name}", {"": {}}))
+    return out
 
 
 def _options_table(options: dict[str, Path], group: str) -> str:
@@ -329,7 +349,10 @@ def _group_section(group: str, ctx: dict) -> str:
         lead = " ".join(p for p in (f"**Keys of {names}.**" if names else "", doc) if p)
         if lead:
             out.append(lead)
-        out.append(_table(cls, group, values))
+        table = _table(cls, group, values)
+        if table.count("\n") > 1:  # rows besides the header
+            out.append(table)
+        out.extend(_sections(cls, group))
     return "\n\n".join(out)
 
 

@@ -37,6 +37,27 @@ FORMAT = 1  # the run-folder format; bslrun.load refuses folders of another form
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
 ARRAY_FILES = {"predictions": "predictions.npz", "samples": "samples.npz"}
+LATEST_LINK = "latest"  # <output folder>/latest: the newest run
+
+
+def output_root() -> Path:
+    """The folder that holds the experiments (the root of config.yaml's hydra.run.dir)."""
+    return Path(os.environ.get("BSLRUN_OUTPUT_DIR", "experiments")).resolve()
+
+
+def point_latest(run_dir: Path) -> None:
+    """Point ``<output folder>/latest`` at ``run_dir`` (a relative link, replaced atomically);
+    skipped for a run outside the output folder, or where links cannot be made."""
+    root = output_root()
+    try:
+        target = Path(run_dir).resolve().relative_to(root)
+    except ValueError:
+        return
+    staged = root / f".{LATEST_LINK}-{os.getpid()}"
+    with contextlib.suppress(OSError):  # a convenience: never a reason to fail a run
+        staged.unlink(missing_ok=True)
+        os.symlink(target, staged, target_is_directory=True)
+        os.replace(staged, root / LATEST_LINK)
 
 
 class RunFolder:

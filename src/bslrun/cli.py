@@ -88,6 +88,7 @@ def help_text() -> str:
 # --------------------------------------------------------------------- main
 
 FAILED_JOBS: list[str] = []
+SWEEPS: list[tuple[Path, int]] = []  # (sweep folder, its job folders) of each finished sweep
 LOG_PREFIX = re.compile(r"^\[[^]]*\]\[[A-Z]+\] ")  # "[time][ERROR] " of a run.log line
 
 
@@ -198,6 +199,7 @@ def task(dcfg) -> float | None:
     try:
         lock.acquire()
         artifacts.write_status(run_dir, "running", started=started)
+        artifacts.point_latest(run_dir)
     except (BslrunError, OSError) as error:
         failure = as_bslrun_error(error) or error
         print(f"{PROG}: error: {failure}", file=sys.stderr)
@@ -210,7 +212,7 @@ def task(dcfg) -> float | None:
             cfg = to_config(dcfg)
             from bslrun.run import format_table, run
 
-            metrics = run(cfg, run_dir, stop)
+            metrics = run(cfg, run_dir, stop, Path(hydra_cfg.sweep.dir) if sweep else None)
         end_status(run_dir, started, "completed", 0, None)
         log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics))
         return objective(metrics, cfg.trainer.monitor.value)
@@ -239,14 +241,17 @@ def task(dcfg) -> float | None:
     return None
 
 
-def failed_jobs(sweep_dir: Path) -> list[str]:
-    """``"<job folder>: <its last error>"`` for each job folder under ``sweep_dir`` that has
-    no metrics.json, read as ``bslrun-report`` reads it."""
-    from bslrun.runs import find_run_dirs, load_run, relative
+def sweep_jobs(sweep_dir: Path) -> list:
+    """The job folders of ``sweep_dir``, read as ``bslrun-report`` reads them."""
+    from bslrun.runs import find_run_dirs, load_run
 
-    if not sweep_dir.is_dir():
-        return []
-    runs = [load_run(path) for path in find_run_dirs([sweep_dir])]
+    return [load_run(path) for path in find_run_dirs([sweep_dir])] if sweep_dir.is_dir() else []
+
+
+def failed_jobs(runs: list) -> list[str]:
+    """``"<job folder>: <its last error>"`` for each job that has no metrics.json."""
+    from bslrun.runs import relative
+
     return [
         f"{relative(run.path, Path.cwd())}: {LOG_PREFIX.sub('', run.message)}"
         for run in runs
@@ -260,7 +265,21 @@ class SweepFailures(Callback):
     (joblib) or on other machines (SLURM), so their folders tell."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        FAILED_JOBS.extend(failed_jobs(Path(config.hydra.sweep.dir)))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = sweep_jobs(sweep_dir)
+        SWEEPS.append((sweep_dir, len(runs)))
+        FAILED_JOBS.extend(failed_jobs(runs))
+
+
+def sweep_summary(sweep_dir: Path, jobs: int, failed: int) -> str:
+    """The line a sweep ends with: its jobs, and the command that tabulates them."""
+    from bslrun.runs import relative
+
+    shown = relative(sweep_dir, Path.cwd())
+    return (
+        f"{PROG}: sweep finished: {jobs} job(s), {jobs - failed} completed, {failed} failed; "
+        f"summarise them with: bslrun-report {shown}"
+    )
 
 
 def main() -> None:
@@ -271,6 +290,11 @@ def main() -> None:
     argv = sys.argv[1:]
     if "--help" in argv or "-h" in argv:
         print(help_text())
+        return
+    if "--version" in argv:  # bslrun's, not Hydra's
+        from bslrun.version import __version__
+
+        print(f"{PROG} {__version__}")
         return
     if not {"--hydra-help", "--info", "--shell-completion", "-sc"} & set(argv):
         try:
@@ -295,6 +319,13 @@ def main() -> None:
             raise
         print(f"{PROG}: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    end_sweeps()
+
+
+def end_sweeps() -> None:
+    """After a sweep: its summary line, then its failed jobs (exit status 1 if any)."""
+    for sweep_dir, jobs in SWEEPS:
+        print(sweep_summary(sweep_dir, jobs, len(FAILED_JOBS)))
     if FAILED_JOBS:
         print(f"{PROG}: {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
         for line in FAILED_JOBS:

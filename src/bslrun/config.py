@@ -436,6 +436,45 @@ class EvalConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    # Event files go to <run folder>/<dir>; tensorboard --logdir <run or sweep folder>.
+    dir: str = "tensorboard"
+
+
+@dataclass
+class MlflowConfig:
+    # Tracking URI: null is a local store, the SQLite database <output folder>/mlflow.db
+    # (mlflow ui --backend-store-uri sqlite:///experiments/mlflow.db); or any MLflow URI
+    # (http://host:5000, databricks, sqlite:///...).
+    tracking_uri: str | None = None
+    # Experiment: null is the run's name; a sweep's jobs go to "<name> sweep <its folder>".
+    experiment: str | None = None
+
+
+@dataclass
+class WandbConfig:
+    project: str = "bslrun"
+    # The W&B team or user; null is your default entity.
+    entity: str | None = None
+    # offline (files under <run folder>/wandb, for wandb sync) or online; null: online when
+    # a key is configured (WANDB_API_KEY or wandb login), offline otherwise.
+    mode: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    """history.csv is always written (the run folder's record); each section, filled by
+    logger=<name> (or several: logger=[csv,tensorboard,mlflow]), adds a logger."""
+
+    # Event files for TensorBoard, written by tensorboardX.
+    tensorboard: TensorBoardConfig | None = None
+    # An MLflow run: parameters, per-epoch and final metrics, plots as artifacts.
+    mlflow: MlflowConfig | None = None
+    # A Weights & Biases run, offline unless a key is configured.
+    wandb: WandbConfig | None = None
+
+
+@dataclass
 class Config:
     # The run's name: its folder is experiments/<name>/<timestamp>/.
     name: str = "default"
@@ -447,6 +486,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 # --------------------------------------------------------------------------- checks

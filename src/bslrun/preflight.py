@@ -41,6 +41,7 @@ def to_config(dcfg):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from bslrun.loggers import check_installed
     from bslrun.registry import validate
 
     try:
@@ -48,7 +49,9 @@ def to_config(dcfg):
     except OmegaConfBaseException as error:
         raise ConfigError(describe_error(error)) from None
     reject_unknown_keys(OmegaConf.to_container(dcfg, resolve=False), cfg)
-    return validate(cfg)
+    validate(cfg)
+    check_installed(cfg.logger)  # a missing extra: one line before anything is written
+    return cfg
 
 
 def reject_unknown_keys(tree: dict, schema, prefix: str = "") -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from bslrun import artifacts, plots, seeding
+from bslrun import artifacts, loggers, plots, seeding
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import ConfigError, DivergenceError, RunInterrupted
@@ -122,11 +122,12 @@ def checkpoints_for(cfg: Config, run_dir: Path) -> checkpoint.Checkpoints:
     return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config)
 
 
-def run(cfg: Config, run_dir: Path, stop=None) -> dict:
+def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) -> dict:
     """Train and evaluate ``cfg``; write the experiment folder; return metrics.
 
     ``stop`` (``lifecycle.StopSignals``) is asked at every epoch boundary whether a signal
     asked the run to stop; once training is over, a stop signal stops at once.
+    ``sweep_dir``: the sweep folder of a sweep job, which groups its runs in the loggers.
     """
     run_dir = Path(run_dir)
     folder = artifacts.RunFolder(run_dir)
@@ -145,6 +146,17 @@ def run(cfg: Config, run_dir: Path, stop=None) -> dict:
     )
     family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
     log.info("model %s", as_dict(cfg.model))
+    group = None if sweep_dir is None else str(sweep_dir)
+    with loggers.opened(cfg, run_dir, group) as tracked:
+        result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch)
+        result.timing["log_s"] = tracked.seconds
+        metrics = evaluate_and_write(cfg, folder, family, data, result)
+        tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
+    return metrics
+
+
+def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
+    """``engine.fit`` with the run's settings; what a stopped or diverged run has is written."""
     try:
         result = engine.fit(
             family, data, cfg.optim, cfg.trainer, keys.init, keys.train,
@@ -152,6 +164,7 @@ def run(cfg: Config, run_dir: Path, stop=None) -> dict:
             desc=cfg.name, checkpoints=checkpoints,
             stop_requested=stop.pending if stop else (lambda: None),
             eval_samples=family.eval_samples(cfg.eval),
+            on_epoch=on_epoch,
         )  # fmt: skip
     except DivergenceError as error:
         write_training(run_dir, error.result)
@@ -166,7 +179,12 @@ def run(cfg: Config, run_dir: Path, stop=None) -> dict:
     if stop:
         stop.now_or_never(f"training finished; results so far are in {run_dir}")
     write_training(run_dir, result)
+    return result
 
+
+def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result) -> dict:
+    """The final evaluation on the test (and validation) split: metrics.json, the arrays
+    file and the family's figures."""
     tick = time.perf_counter()
     test_key, val_key, artifact_key = seeding.eval_keys(cfg.seed)
     num_samples = family.eval_samples(cfg.eval)

@@ -178,7 +178,9 @@ def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(
 
     resumed = bslrun(f"trainer.resume={killed}", output=tmp_path)  # continues in that folder
     assert resumed.returncode == 0, resumed.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]
+    # No new run folder: ``latest`` points at the resumed one.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "latest"]
+    assert (tmp_path / "latest").resolve() == killed.resolve()
     assert "resuming from the last checkpoint" in (killed / "run.log").read_text()
     assert json.loads((killed / "status.json").read_text())["status"] == "completed"
     assert_same_run(killed, uninterrupted, 10)

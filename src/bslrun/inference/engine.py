@@ -227,6 +227,7 @@ def fit(
     checkpoints=None,
     stop_requested=lambda: None,
     eval_samples: int | None = None,
+    on_epoch=lambda row: None,
 ) -> FitResult:
     """Train ``family`` on ``data.train`` by SVI; validate on ``data.val`` if present.
 
@@ -239,6 +240,7 @@ def fit(
     finite parameters) when the loss or the parameters become NaN or infinite.
     ``stop_requested()`` (a signal number or None) is asked at every epoch boundary:
     when it answers, a checkpoint is saved and RunInterrupted (with ``.result``) raised.
+    ``on_epoch(row)`` receives each epoch's history row (the experiment loggers).
     """
     # Before anything compiles: training, and the final evaluation with ``eval_samples``.
     memory.check(family, data, optim_cfg, trainer_cfg, val_samples, eval_samples)
@@ -295,6 +297,7 @@ def fit(
             checkpoints.save(epoch, {"state": state, "best": best_state}, asdict(progress))
         bar.set_postfix(postfix, refresh=False)
         bar.update()
+        on_epoch(row)
         if signum and not progress.finished(epochs):
             bar.close()
             raise _interruption(signum, epoch, svi, state, best_state, progress, validate,

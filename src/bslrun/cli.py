@@ -88,7 +88,7 @@ def help_text() -> str:
 # --------------------------------------------------------------------- main
 
 FAILED_JOBS: list[str] = []
-SWEEPS: list[tuple[Path, int]] = []  # (sweep folder, its job folders) of each finished sweep
+SWEEPS: list[tuple[Path, int, int]] = []  # (sweep folder, jobs, failed jobs) of each sweep
 LOG_PREFIX = re.compile(r"^\[[^]]*\]\[[A-Z]+\] ")  # "[time][ERROR] " of a run.log line
 
 
@@ -267,8 +267,9 @@ class SweepFailures(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = sweep_jobs(sweep_dir)
-        SWEEPS.append((sweep_dir, len(runs)))
-        FAILED_JOBS.extend(failed_jobs(runs))
+        failed = failed_jobs(runs)
+        SWEEPS.append((sweep_dir, len(runs), len(failed)))
+        FAILED_JOBS.extend(failed)
 
 
 def sweep_summary(sweep_dir: Path, jobs: int, failed: int) -> str:
@@ -324,8 +325,8 @@ def main() -> None:
 
 def end_sweeps() -> None:
     """After a sweep: its summary line, then its failed jobs (exit status 1 if any)."""
-    for sweep_dir, jobs in SWEEPS:
-        print(sweep_summary(sweep_dir, jobs, len(FAILED_JOBS)))
+    for sweep in SWEEPS:
+        print(sweep_summary(*sweep))
     if FAILED_JOBS:
         print(f"{PROG}: {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
         for line in FAILED_JOBS:

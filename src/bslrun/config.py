@@ -248,8 +248,7 @@ class BnnConfig(ModelConfig):
                 "(or be [] for Bayesian linear regression)"
             )
         _widths("model.flow_hidden", self.flow_hidden)
-        if self.flow_steps < 1:
-            raise ConfigError(f"model.flow_steps={self.flow_steps} must be a positive integer")
+        check_counts("model", self, ("flow_steps",))
         _positive("model.prior_scale", self.prior_scale)
         _positive("model.init_scale", self.init_scale)
         if self.rank < 1:
@@ -302,15 +301,10 @@ class VaeConfig(ModelConfig):
         """Ranges and cross-field rules of this group: ConfigError naming the key."""
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"model.hidden={list(self.hidden)} must list positive layer widths")
-        for key in ("latent_dim", "iw_samples"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive integer")
+        check_counts("model", self, ("latent_dim", "iw_samples"))
         if self.beta_warmup_epochs < 0:
             raise ConfigError(f"model.beta_warmup_epochs={self.beta_warmup_epochs} must be >= 0")
-        if self.posterior_flow < 0:
-            raise ConfigError(
-                f"model.posterior_flow={self.posterior_flow} must be zero (off) or positive"
-            )
+        _off_or_positive("model.posterior_flow", self.posterior_flow)
         _widths("model.posterior_flow_hidden", self.posterior_flow_hidden)
         if self.iw_samples > 1 and Architecture(self.architecture) is Architecture.conv:
             raise ConfigError(
@@ -356,8 +350,7 @@ class FlowConfig(ModelConfig):
     def check(self) -> None:
         """Ranges and cross-field rules of this group: ConfigError naming the key."""
         _widths("model.hidden", self.hidden)
-        if self.depth < 1:
-            raise ConfigError(f"model.depth={self.depth} must be a positive integer")
+        check_counts("model", self, ("depth",))
         if self.bins < 2:
             raise ConfigError(f"model.bins={self.bins} must be at least 2")
         _positive("model.tail_bound", self.tail_bound)
@@ -497,6 +490,18 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key}={value} must be a positive number")
 
 
+def check_counts(prefix: str, group, keys) -> None:
+    """Each of ``keys`` of ``group`` is a count of at least 1."""
+    for key in keys:
+        if getattr(group, key) < 1:
+            raise ConfigError(f"{prefix}.{key}={getattr(group, key)} must be a positive integer")
+
+
+def _off_or_positive(key: str, value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}={value} must be zero (off) or positive")
+
+
 def _non_negative(key: str, value: float) -> None:
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"{key}={value} must be zero or positive")
@@ -559,9 +564,7 @@ def _check_images(d: ImageDataConfig) -> None:
 
 
 def _check_toy(d: ToyDataConfig) -> None:
-    for key in ("n_train", "n_test"):
-        if getattr(d, key) < 1:
-            raise ConfigError(f"data.{key}={getattr(d, key)} must be a positive integer")
+    check_counts("data", d, ("n_train", "n_test"))
     if d.n_val < 0:
         raise ConfigError(f"data.n_val={d.n_val} must be zero or positive")
     if d.noise is not None:
@@ -635,18 +638,10 @@ def check_optim(o: OptimConfig) -> None:
 
 
 def check_trainer(t: TrainerConfig) -> None:
-    for key in ("epochs", "batch_size", "num_particles", "eval_every"):
-        value = getattr(t, key)
-        if value < 1:
-            raise ConfigError(f"trainer.{key}={value} must be a positive integer")
-    if t.patience < 0:
-        raise ConfigError(f"trainer.patience={t.patience} must be zero (off) or positive")
-    if t.checkpoint_every < 0:
-        raise ConfigError(
-            f"trainer.checkpoint_every={t.checkpoint_every} must be zero (off) or positive"
-        )
-    if t.devices < 1:
-        raise ConfigError(f"trainer.devices={t.devices} must be a positive integer")
+    check_counts("trainer", t, ("epochs", "batch_size", "num_particles", "eval_every"))
+    _off_or_positive("trainer.patience", t.patience)
+    _off_or_positive("trainer.checkpoint_every", t.checkpoint_every)
+    check_counts("trainer", t, ("devices",))
     if t.max_memory_gb is not None:
         _positive("trainer.max_memory_gb", t.max_memory_gb)
     if t.batch_size % t.devices:
@@ -687,6 +682,16 @@ def check_name(name) -> None:
         raise ConfigError(f"name={text[:32]!r}... is {size} bytes long; {NAME_RULE}")
     if not _NAME.fullmatch(text):
         raise ConfigError(f"name={text!r} is not a safe run name; {NAME_RULE}")
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """Nested dicts -> {"a.b": leaf} (lists stay leaves): a config's dotted keys."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def as_dict(obj: Any) -> Any:

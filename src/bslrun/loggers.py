@@ -25,9 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bslrun.artifacts import output_root
-from bslrun.config import LoggerConfig, as_dict
+from bslrun.artifacts import RunFolder, output_root
+from bslrun.config import LoggerConfig, as_dict, flatten
 from bslrun.errors import ConfigError, ResourceError, RunInterrupted
+from bslrun.runs import flatten_metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +56,17 @@ def chosen(cfg: LoggerConfig) -> list[str]:
 def check_installed(cfg: LoggerConfig) -> None:
     """ConfigError naming the ``pip install`` for each chosen logger whose library is missing."""
     for name in chosen(cfg):
-        module, extra = EXTRAS[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(
-                f"logger={name} needs the {module} package; install it with: "
-                f"pip install 'bslrun[{extra}]' (or choose another logger)"
-            )
+        if importlib.util.find_spec(EXTRAS[name][0]) is None:
+            raise ConfigError(missing(name))
 
 
-def flatten(tree, prefix: str = "") -> dict:
-    """Nested dicts -> {"a.b": leaf}; lists stay leaves."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+def missing(name: str) -> str:
+    """The one line that refuses logger ``name`` whose library is not installed."""
+    module, extra = EXTRAS[name]
+    return (
+        f"logger={name} needs the {module} package; install it with: "
+        f"pip install 'bslrun[{extra}]' (or choose another logger)"
+    )
 
 
 def params_of(cfg) -> dict[str, str]:
@@ -78,38 +74,31 @@ def params_of(cfg) -> dict[str, str]:
     return {key: str(value) for key, value in flatten(as_dict(cfg)).items()}
 
 
-def epoch_scalars(row: dict) -> dict[str, float]:
-    """A history row's finite numbers, without the epoch (the step)."""
+def finite_numbers(values: dict) -> dict[str, float]:
+    """The entries that are finite numbers (not flags, text or NaN), as floats."""
     return {
         key: float(value)
-        for key, value in row.items()
-        if key != "epoch" and _is_number(value) and math.isfinite(value)
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     }
+
+
+def epoch_scalars(row: dict) -> dict[str, float]:
+    """A history row's finite numbers, without the epoch (the step)."""
+    return finite_numbers({key: value for key, value in row.items() if key != "epoch"})
 
 
 def final_scalars(metrics: dict) -> dict[str, float]:
     """metrics.json's final numbers: ``test.rmse``, ``train.best_epoch``, ``timing.train_s``."""
-    flat = flatten({section: metrics.get(section) or {} for section in FINAL_SECTIONS})
-    return {
-        key: float(value)
-        for key, value in flat.items()
-        if _is_number(value) and math.isfinite(value)
-    }
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    flat = flatten_metrics(metrics)
+    return finite_numbers({k: v for k, v in flat.items() if k.split(".")[0] in FINAL_SECTIONS})
 
 
 def _require(name: str):
-    module, extra = EXTRAS[name]
     try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ConfigError(
-            f"logger={name} needs the {module} package ({error}); install it with: "
-            f"pip install 'bslrun[{extra}]'"
-        ) from None
+        return importlib.import_module(EXTRAS[name][0])
+    except ImportError:
+        raise ConfigError(missing(name)) from None
 
 
 # ----------------------------------------------------------------------------- the loggers
@@ -131,8 +120,7 @@ class TensorBoardLogger:
                 self.writer.add_scalar(key, value, step)
 
     def finish(self, step: int, metrics: dict, plots: list[Path], status: str) -> None:
-        for key, value in final_scalars(metrics).items():
-            self.writer.add_scalar(key, value, step)
+        self.epochs([(step, final_scalars(metrics))])
         for path in plots:
             self.writer.add_image(f"plots/{path.stem}", _read_png(path), step, dataformats="HWC")
         self.writer.add_text("status", status, step)
@@ -168,6 +156,7 @@ class MlflowLogger:
         if group:
             tags["bslrun.sweep"] = group
         self.run_id = self.client.create_run(experiment, run_name=title, tags=tags).info.run_id
+        self.folder = RunFolder(run_dir)
         params = [Param(key, value[:6000]) for key, value in params_of(cfg).items()]
         for start in range(0, len(params), 100):  # MLflow takes 100 parameters per batch
             self.client.log_batch(self.run_id, params=params[start : start + 100])
@@ -196,8 +185,9 @@ class MlflowLogger:
         self.epochs([(step, final_scalars(metrics))])
         for path in plots:
             self.client.log_artifact(self.run_id, str(path), "plots")
-        for path in _run_records(plots):
-            self.client.log_artifact(self.run_id, str(path))
+        for path in (self.folder.metrics, self.folder.config):
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, self.STATUS.get(status, "FAILED"))
 
     def abort(self, status: str) -> None:
@@ -277,13 +267,6 @@ def local_artifact_root(uri: str) -> str | None:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _run_records(plots: list[Path]) -> list[Path]:
-    if not plots:
-        return []
-    run_dir = plots[0].parent.parent
-    return [p for p in (run_dir / "metrics.json", run_dir / "config.json") if p.is_file()]
 
 
 def _read_png(path: Path):

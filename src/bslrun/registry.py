@@ -30,6 +30,7 @@ from bslrun.config import (
     OptimConfig,
     ToyDataConfig,
     TrainerConfig,
+    check_counts,
     check_name,
     check_optim,
     check_seed,
@@ -146,9 +147,7 @@ def check_training(cfg: Config) -> None:
     """The optimiser, the trainer and the evaluation, and how they fit together."""
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
-    for key in ("num_samples", "iw_samples"):
-        if getattr(cfg.eval, key) < 1:
-            raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)} must be a positive integer")
+    check_counts("eval", cfg.eval, ("num_samples", "iw_samples"))
     if cfg.optim.warmup_epochs >= cfg.trainer.epochs and cfg.optim.schedule.name.startswith(
         "warmup"
     ):

@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from bslrun import artifacts
+from bslrun.config import flatten
 from bslrun.errors import ConfigError, ResourceError, os_error_in
 
 CONFIG_FILE = "config.json"
@@ -40,18 +41,9 @@ def folder(run_dir: Path) -> Path:
     return artifacts.RunFolder(run_dir).checkpoints
 
 
-def _flatten(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
     """``key: saved -> current`` for every config value that differs (keys in MAY_DIFFER aside)."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     keys = [k for k in dict.fromkeys([*old, *new]) if k not in MAY_DIFFER]
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 

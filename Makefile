@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench flow-toys uci-wine-red report lint format docs clean
+.PHONY: help install chromium run test test-full bench flow-toys uci-wine-red report lint format docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,11 +24,18 @@ run: $(STAMP)  ## train the embedded default (BNN on white wine); ARGS="key=valu
 # loadscope keeps each module's tests (and their shared fixtures) in one worker.
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadscope
 
-test: $(STAMP)  ## the test suite without the long statistical checks (under 10 minutes)
+test: $(STAMP) chromium  ## the test suite without the long statistical checks (under 10 minutes)
 	$(PYTEST) -m "not slow"
 
-test-full: $(STAMP)  ## every test, the slow statistical ones included
+test-full: $(STAMP) chromium  ## every test, the slow statistical ones included
 	$(PYTEST)
+
+# The report's HTML is checked in headless Chromium, a Debian package (apt-get as root,
+# else through sudo).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 bench: $(STAMP)  ## throughput benchmarks; writes benchmarks/results/*.json
 	$(BIN)/python -m benchmarks.run

@@ -91,7 +91,7 @@ def test_groups_by_differing_overrides_with_mean_and_standard_error(sweep, capsy
         assert (row["test.rmse_n"], row["test.rmse_nan"]) == ("3", "0")
         assert row["seeds"] == "0,1,2"
     out = capsys.readouterr().out
-    assert "| model.posterior | n | seeds | test.nll | test.rmse |" in out
+    assert "| model.posterior | n | seeds | test.nll ↓ | test.rmse ↓ |" in out
     assert "| map | 3 | 0,1,2 | 1.333 ± 0.088 | 0.900 ± 0.058 |" in out
 
 
@@ -287,7 +287,7 @@ def test_published_table_beside_a_split_sweep(split_sweep, capsys):
     assert vi["source"] == pbp["source"] == "Hernández-Lobato & Adams 2015"
     assert dropout["source"] == "Gal & Ghahramani 2016" and dropout["test_rmse_se"] == ""
     out = capsys.readouterr().out
-    assert "| method | splits | test RMSE | test log-likelihood | source |" in out
+    assert "| method | splits | test RMSE ↓ | test log-likelihood ↑ | source |" in out
     assert (
         "| bslrun (posterior=mean_field) | 5 | 0.630 ± 0.010 | -0.952 ± 0.019 | these runs |" in out
     )

@@ -49,6 +49,26 @@ def load(name: str) -> dict:
     return known[name]
 
 
+def benchmark_of(done: list) -> dict | None:
+    """The benchmark every run in ``done`` was made for, by the name its preset gives the
+    runs (experiment=uci_wine_red names them uci_wine_red); None when they share none."""
+    names = {run.config.get("name") for run in done}
+    return benchmarks().get(names.pop()) if len(names) == 1 else None
+
+
+def references(bench: dict, metric: str) -> list[tuple[str, float]]:
+    """(method, value) of each published row for the bslrun ``metric``, in its sign (a
+    published log-likelihood becomes a test.nll): the reference lines of its plot."""
+    lines = []
+    for column in bench["columns"]:
+        if column["metric"] != metric:
+            continue
+        for row in bench["rows"]:
+            if row.get(column["name"]) is not None:
+                lines.append((row["method"], column["sign"] * row[column["name"]]))
+    return lines
+
+
 def compare(done: list, keys: list[str], name: str) -> tuple:
     """(benchmark, bslrun's groups as Ours) for ``--published name``; the completed runs
     ``done`` must hold the metrics its columns compare."""
@@ -94,7 +114,8 @@ def _number(value: float) -> str:
 def cells(bench: dict, ours: list[Ours]) -> list[list[str]]:
     """Header, then bslrun's rows, then the published ones (as printed in their sources)."""
     columns = bench["columns"]
-    table = [["method", bench.get("replicates", "n"), *[c["label"] for c in columns], "source"]]
+    labels = [summary.marked(c["label"], c["metric"], c["sign"]) for c in columns]
+    table = [["method", bench.get("replicates", "n"), *labels, "source"]]
     for group in ours:
         values = []
         for column in columns:

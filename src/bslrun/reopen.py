@@ -15,8 +15,6 @@ in errors.py). The files read are described in docs/run-folder.md.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Mapping
@@ -34,6 +32,7 @@ from bslrun.errors import ConfigError, DataError, ResourceError
 from bslrun.models import build as build_family
 from bslrun.models import family_class
 from bslrun.registry import FAMILIES
+from bslrun.runs import read_history
 
 INTERVAL = (0.025, 0.975)  # lower_95 and upper_95
 
@@ -163,21 +162,6 @@ def check_completed(folder: artifacts.RunFolder, allow_incomplete: bool) -> dict
             "(bslrun-predict --allow-incomplete) to use the last saved ones"
         )
     return status
-
-
-def read_history(path: Path) -> dict:
-    """history.csv as {column: float array} (NaN where a row has no value)."""
-    if not path.is_file():
-        return {}
-    try:
-        rows = list(csv.DictReader(io.StringIO(path.read_text())))
-        columns = rows[0].keys() if rows else []
-        return {c: np.array([float(r[c]) if r[c] else math.nan for r in rows]) for c in columns}
-    except (OSError, ValueError, TypeError) as error:
-        raise ResourceError(
-            f"cannot read the history {path} ({type(error).__name__}); restore it from a copy "
-            "of the run folder"
-        ) from None
 
 
 def model_config(config: dict, root: Path):

@@ -1,9 +1,12 @@
 """``bslrun-report``: summarise run folders (e.g. a sweep) as one table and a few plots.
 
-Runs are read by ``bslrun.runs`` and summarised by ``bslrun.summary``; the runs that did
-not complete are listed with their error line and stay out of the statistics.
-``--published <benchmark>`` adds the groups beside published results
-(``bslrun.published``).
+Runs are read by ``bslrun.runs`` and summarised by ``bslrun.summary`` (the settings all
+runs share, the group table, a table of every run linked to its folder), drawn by
+``bslrun.report_plots`` (per metric, with reference lines; the learning curves) and put
+on one page by ``bslrun.report_html``. The runs that did not complete are listed with
+their error line and stay out of the statistics. ``--published <benchmark>`` adds the
+groups beside published results (``bslrun.published``); runs made for a benchmark show
+its results as lines on their plots without it.
 
 The table is printed before any file is written, so an output folder that cannot be
 written still shows it. Nothing is re-run and JAX is never imported, so the report starts
@@ -19,18 +22,31 @@ import os
 import sys
 from pathlib import Path
 
-from bslrun.artifacts import write_bytes
+from bslrun.artifacts import RunFolder, write_bytes
 from bslrun.errors import BslrunError, ConfigError, ResourceError
-from bslrun.runs import MISSING, Run, find_run_dirs, group_value, load_run, one_line
+from bslrun.report_html import html_report
+from bslrun.report_plots import learning_curves, plot_metric
+from bslrun.runs import (
+    MISSING,
+    Run,
+    find_run_dirs,
+    group_value,
+    load_run,
+    one_line,
+    read_history,
+)
 from bslrun.summary import (
+    Page,
+    better,
     cell_note,
     choose_metrics,
     csv_report,
     differing_keys,
-    html_report,
     markdown_report,
     others_lines,
-    plot_metric,
+    report_title,
+    runs_cells,
+    shared_settings,
     summarise,
     table_cells,
 )
@@ -114,10 +130,43 @@ def show(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs do
 
 
-def report(args: argparse.Namespace) -> int:
+def benchmark_references(bench: dict | None, metric: str) -> list:
+    """(method, value) of ``bench``'s published rows for ``metric``, in its units."""
+    if bench is None:
+        return []
     from bslrun import published
 
-    bench = published.load(args.published) if args.published else None
+    return published.references(bench, metric)
+
+
+def references(metric: str, bench: dict | None) -> list:
+    """The lines a metric's plot shows: its target (0.95 for coverage_95), then the
+    published results of the runs' benchmark."""
+    way = better(metric)
+    target = [("target", way.target)] if way and way.sign == 0 else []
+    return target + benchmark_references(bench, metric)
+
+
+def histories(runs: list[Run]) -> list[dict]:
+    """The runs' history.csv tables; an unreadable one is empty (left out of the curves)."""
+    tables = []
+    for run in runs:
+        try:
+            tables.append(read_history(RunFolder(run.path).history))
+        except ResourceError:
+            tables.append({})
+    return tables
+
+
+def plot_files(rows: list, keys: list[str], metrics: list[str], bench: dict | None) -> dict:
+    """{heading: PNG} for the HTML page, in order: each metric, then the learning curves."""
+    plots = {m: plot_metric(rows, keys, m, references(m, bench)) for m in metrics}
+    curves = learning_curves(rows, keys, [histories(row.runs) for row in rows])
+    return {**plots, **({"learning curves": curves} if curves else {})}
+
+
+def read_runs(args: argparse.Namespace) -> tuple[list[Run], list[Run], Path]:
+    """(the completed runs, the others, the output folder); an error when none completed."""
     run_dirs = find_run_dirs(args.paths)
     if not run_dirs:
         raise ConfigError(
@@ -134,32 +183,56 @@ def report(args: argparse.Namespace) -> int:
             f"no completed runs among {len(runs)} run folders (listed above); "
             "fix or rerun them, or wait for the running ones"
         )
+    return done, others, out
+
+
+def add_published(page: Page, done: list[Run], keys: list[str], name: str) -> dict:
+    """Put the groups beside benchmark ``name``'s published results on ``page``; the
+    files published.md and published.csv."""
+    from bslrun import published
+
+    bench, ours = published.compare(done, keys, name)
+    page.extra = published.markdown(bench, ours)
+    page.sections = (
+        (published.title(bench), published.cells(bench, ours), published.notes(bench)),
+    )
+    return {
+        "published.md": page.extra.encode(),
+        "published.csv": published.csv_text(bench, ours).encode(),
+    }
+
+
+def report(args: argparse.Namespace) -> int:
+    from bslrun import published
+
+    bench = published.load(args.published) if args.published else None
+    done, others, out = read_runs(args)
     metrics = choose_metrics(done, split_list(args.metrics))
     keys = split_list(args.group_by)
     keys = differing_keys(done) if keys is None else keys
     check_group_keys(done, keys)
     rows = summarise(done, keys, metrics)
-    cells, note = table_cells(rows, keys, metrics), cell_note(rows)
-    extra, sections, files = "", (), {}
-    if bench is not None:
-        ours = published.compare(done, keys, args.published)[1]
-        extra = published.markdown(bench, ours)
-        sections = ((published.title(bench), published.cells(bench, ours), published.notes(bench)),)
-        files["published.md"] = extra.encode()
-        files["published.csv"] = published.csv_text(bench, ours).encode()
-    text = markdown_report(cells, others, out, extra, note)
-    show(text)  # before any file: an unwritable --out still shows the table
-    plots = {m: plot_metric(rows, keys, m) for m in metrics}
-    html_text = html_report(cells, others, out, plots, sections, note)
+    page = Page(
+        report_title(done), shared_settings(done, keys), table_cells(rows, keys, metrics),
+        cell_note(rows, metrics), out, len(done), others,
+        runs_cells(rows, others, keys, metrics, out),
+    )  # fmt: skip
+    extra = add_published(page, done, keys, args.published) if bench else {}
+    show(markdown_report(page, with_runs=False))  # first: an unwritable --out still shows it
+    # Runs made for a benchmark show its published results as lines, even without --published.
+    page.plots = plot_files(rows, keys, metrics, bench or published.benchmark_of(done))
     files = {
-        "report.md": text.encode(),
+        "report.md": markdown_report(page).encode(),
         "report.csv": csv_report(rows, keys, metrics).encode(),
-        "report.html": html_text.encode(),
-        **files,
-        **{f"plots/report_{m.replace('.', '_')}.png": png for m, png in plots.items()},
+        "report.html": html_report(page).encode(),
+        **extra,
+        **{
+            f"plots/report_{h.replace('.', '_').replace(' ', '_')}.png": png
+            for h, png in page.plots.items()
+        },
     }
     write_files(out, files)
-    also = ", published.md, published.csv" if bench else ""
+    also = ", published.md, published.csv" if extra else ""
     print(f"\nwrote {out / 'report.md'}, report.csv, report.html{also} and plots/", file=sys.stderr)
     return 0
 

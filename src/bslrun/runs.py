@@ -8,15 +8,22 @@ their ``metrics.json`` and ``run.log`` (``classify``). Nothing here imports JAX.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
+import numpy as np
+
+from bslrun import config
 from bslrun.artifacts import STATUS_FILE, RunFolder, read_status
-from bslrun.errors import ConfigError
+from bslrun.errors import ConfigError, ResourceError
 
 SECTIONS = ("test", "val", "train", "data", "timing")
 # Replicates, never group keys by default: column name -> override key.
@@ -24,6 +31,13 @@ REPLICATES = {"seeds": "seed", "splits": "data.split"}
 EXCLUDED_KEYS = tuple(REPLICATES.values())
 MISSING = "(default)"
 METRICS_FILE = RunFolder(".").metrics.name
+# The config's enums by class name: OmegaConf accepts, and may save, ``Posterior.mean_field``
+# for ``mean_field``.
+ENUMS = {
+    name: kind
+    for name, kind in vars(config).items()
+    if isinstance(kind, type) and issubclass(kind, Enum) and kind is not Enum
+}
 
 
 @dataclass
@@ -36,6 +50,8 @@ class Run:
     metrics: dict = field(default_factory=dict)  # flat: "test.rmse" -> float
     seed: object = None
     message: str = ""  # one line: the error, or why the run is not completed
+    config: dict = field(default_factory=dict)  # flat: "model.posterior" -> "map" (plain)
+    choices: dict = field(default_factory=dict)  # config groups chosen: "data" -> "wine_red"
 
 
 # ------------------------------------------------------------------ reading
@@ -59,13 +75,39 @@ def is_hydra_override(override: str) -> bool:
     return override.lstrip("+~").startswith(("hydra.", "hydra/"))
 
 
+def has_no_effect(key: str) -> bool:
+    """Whether ``key`` (``a.b`` or a config group ``a/b``) cannot change results
+    (``config.RESULT_NEUTRAL_KEYS``): the report neither groups by it nor lists it."""
+    return not config.changes_results(key)
+
+
+def plain(value) -> str:
+    """One spelling per value, as text: an enum as its value (``Posterior.mean_field`` ->
+    ``mean_field``), booleans and null in YAML's lower case (an override may say
+    ``False``), lists with ", " between items (``[50,50]`` -> ``[50, 50]``)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(plain, value)) + "]"
+    if isinstance(value, (bool, type(None))):
+        return json.dumps(value)
+    text = str(value).strip()
+    kind, _, member = text.partition(".")
+    if kind in ENUMS and member in ENUMS[kind].__members__:
+        return str(ENUMS[kind][member].value)
+    if text.lower() in ("true", "false", "null"):
+        return text.lower()
+    if text.startswith("[") and text.endswith("]"):
+        return re.sub(r"\s*,\s*", ", ", text)
+    return text
+
+
 def parse_overrides(lines: list) -> dict:
-    """``["seed=3", "+a.b=1", "hydra.x=y"]`` -> ``{"seed": "3", "a.b": "1"}`` (no hydra.*)."""
+    """``["seed=3", "+a.b=1", "hydra.x=y"]`` -> ``{"seed": "3", "a.b": "1"}`` (no hydra.*),
+    each value in its ``plain`` spelling."""
     out = {}
     for line in lines or []:
         key, sep, value = str(line).partition("=")
         if sep and not is_hydra_override(key):
-            out[key.lstrip("+~")] = value
+            out[key.lstrip("+~")] = plain(value)
     return out
 
 
@@ -199,48 +241,76 @@ def recorded_state(run_dir: Path, status: dict | None) -> tuple[str, str]:
     return state, " ".join(str(error).split())
 
 
+def read_config(run_dir: Path) -> dict:
+    """The run's config as flat ``plain`` text values: config.json (resolved by bslrun),
+    else .hydra/config.yaml (as composed); {} when neither can be read."""
+    try:
+        tree = json.loads(RunFolder(run_dir).config.read_text())
+    except (OSError, ValueError):
+        tree = load_yaml(RunFolder(run_dir).hydra_config)
+    if not isinstance(tree, dict):
+        return {}
+    return {key: plain(value) for key, value in config.flatten(tree).items()}
+
+
+def read_choices(run_dir: Path) -> dict:
+    """The config groups the run chose (``data`` -> ``wine_red``), from .hydra/hydra.yaml."""
+    choices = load_yaml(RunFolder(run_dir).hydra_settings)
+    for part in ("hydra", "runtime", "choices"):
+        choices = choices.get(part) if isinstance(choices, dict) else None
+    if not isinstance(choices, dict):
+        return {}
+    return {str(k): plain(v) for k, v in choices.items() if v is not None}
+
+
 def load_run(run_dir: Path) -> Run:
     overrides, problem = read_overrides(run_dir)
     if problem:
         return Run(run_dir, {}, "damaged", message=problem)
-    seed = overrides.get("seed")
+    settings = {"config": read_config(run_dir), "choices": read_choices(run_dir)}
+    seed = overrides.get("seed", settings["config"].get("seed"))
     status = read_status(run_dir)
     if status is None and RunFolder(run_dir).status.exists():
         message = (
             f"unreadable {STATUS_FILE} (not a JSON object with a known status); delete it "
             "to judge the run by its run.log and metrics.json"
         )
-        return Run(run_dir, overrides, "damaged", seed=seed, message=message)
+        return Run(run_dir, overrides, "damaged", seed=seed, message=message, **settings)
     state, message = recorded_state(run_dir, status)
     if state != "completed":
         if state == "killed" and RunFolder(run_dir).metrics.is_file():
             message += "; its metrics.json is left out: rerun it"
-        return Run(run_dir, overrides, state, seed=seed, message=message)
+        return Run(run_dir, overrides, state, seed=seed, message=message, **settings)
     metrics, problem = read_metrics(run_dir)
     if metrics is None:
-        return Run(run_dir, overrides, "failed", seed=seed, message=problem)
+        return Run(run_dir, overrides, "failed", seed=seed, message=problem, **settings)
     seed = metrics.get("seed", seed)
-    return Run(run_dir, overrides, "completed", flatten_metrics(metrics), seed)
+    return Run(run_dir, overrides, "completed", flatten_metrics(metrics), seed, **settings)
+
+
+def read_history(path: Path) -> dict:
+    """history.csv as {column: float array} (NaN where a row has no value); {} when absent."""
+    if not path.is_file():
+        return {}
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        columns = rows[0].keys() if rows else []
+        return {c: np.array([float(r[c]) if r[c] else math.nan for r in rows]) for c in columns}
+    except (OSError, ValueError, TypeError) as error:
+        raise ResourceError(
+            f"cannot read the history {path} ({type(error).__name__}); restore it from a copy "
+            "of the run folder"
+        ) from None
 
 
 # ---------------------------------------------------------------- grouping
 
 
-def config_value(run_dir: Path, key: str) -> str:
-    """A key missing from a run's overrides: the config group chosen, else the config value."""
-    choices = load_yaml(RunFolder(run_dir).hydra_settings)
-    for part in ("hydra", "runtime", "choices"):
-        choices = choices.get(part) if isinstance(choices, dict) else None
-    if isinstance(choices, dict) and key in choices:
-        return str(choices[key])
-    node = load_yaml(RunFolder(run_dir).hydra_config)
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return MISSING if node is None or isinstance(node, (dict, list)) else str(node)
-
-
 def group_value(run: Run, key: str) -> str:
-    return run.overrides[key] if key in run.overrides else config_value(run.path, key)
+    """The run's override of ``key``, else the config group it chose, else its config
+    value; MISSING for a key it lacks or leaves null."""
+    value = run.overrides.get(key, run.choices.get(key, run.config.get(key, MISSING)))
+    return MISSING if value == "null" else value
 
 
 def relative(path: Path, base: Path) -> str:

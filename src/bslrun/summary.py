@@ -1,28 +1,38 @@
 """Summary tables of runs: completed runs grouped by the command-line overrides that differ
-between them (the replicates ``seed`` and ``data.split`` excluded); each cell is the mean
-and standard error over the group's finite values, with a count of those that were not
-finite (``(n=4, 1 nan)``). Rendered as Markdown, CSV, HTML and PNG bar charts.
+between them (the replicates ``seed`` and ``data.split``, and keys that cannot change
+results, excluded); each cell is the mean and standard error over the group's finite
+values, with a count of those that were not finite (``(n=4, 1 nan)``). Above the table,
+the settings every run shares; below it, one row per run. Rendered as Markdown, CSV and
+HTML (``report_html``); the figures are ``report_plots``'.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import math
-from dataclasses import dataclass
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from bslrun.errors import ConfigError
-from bslrun.runs import EXCLUDED_KEYS, MISSING, REPLICATES, Run, group_value, relative
+from bslrun.runs import (
+    EXCLUDED_KEYS,
+    MISSING,
+    REPLICATES,
+    Run,
+    group_value,
+    has_no_effect,
+    relative,
+)
 
 PREFERRED = ("accuracy", "bits_per_dim", "coverage_95", "ece", "elbo", "kl_to_true", "nll", "rmse")
 MAX_DEFAULT_METRICS = 6
-TITLE = "bslrun-report"  # of the HTML page
 
 
 class Stat(NamedTuple):
@@ -43,10 +53,12 @@ class Row:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """Override keys (seed excluded) whose values are not the same in every run, sorted.
-    Give the runs that are then grouped (the completed ones): a failed run's extra
-    override is not a group key."""
-    keys = sorted({k for run in runs for k in run.overrides if k not in EXCLUDED_KEYS})
+    """Override keys whose values are not the same in every run, sorted; replicates (seed,
+    data.split) and keys that cannot change results (config.RESULT_NEUTRAL_KEYS) left out. Give
+    the runs that are then grouped (the completed ones): a failed run's extra override is
+    not a group key."""
+    keys = {k for run in runs for k in run.overrides}
+    keys = sorted(k for k in keys if k not in EXCLUDED_KEYS and not has_no_effect(k))
     return [k for k in keys if len({run.overrides.get(k, MISSING) for run in runs}) > 1]
 
 
@@ -115,6 +127,58 @@ def choose_metrics(runs: list[Run], requested: list[str] | None) -> list[str]:
     return requested
 
 
+# Which way each metric is better, by its name in any section of metrics.json: the one
+# home for the marks on the report's columns, its plots' reference lines and the
+# published tables' marks. A metric named in neither set (a spread, a count, a time) has
+# no better way.
+LOWER_IS_BETTER = frozenset(
+    {"bits_per_dim", "ece", "error", "final_loss", "kl_to_true", "neg_elbo", "nll", "rmse"}
+)
+HIGHER_IS_BETTER = frozenset({"accuracy", "elbo", "recon"})
+# coverage_95: the share of points inside their central 95% predictive interval; a
+# calibrated model's is 0.95, so neither more nor less is better.
+COVERAGE = re.compile(r"coverage_(\d+)")
+
+
+class Better(NamedTuple):
+    sign: int  # -1: lower is better; 1: higher; 0: closest to target
+    target: float = math.nan
+
+    @property
+    def mark(self) -> str:
+        return {-1: "↓", 1: "↑"}.get(self.sign, f"→{self.target:g}")
+
+    @property
+    def meaning(self) -> str:
+        return {-1: "lower is better", 1: "higher is better"}.get(
+            self.sign, f"closer to {self.target:g} is better"
+        )
+
+
+def better(metric: str, sign: int = 1) -> Better | None:
+    """Which way ``metric`` (``test.rmse``) is better; ``sign=-1`` for a column that shows
+    its negative (a published log-likelihood is -test.nll). None: neither way."""
+    name = metric.rsplit(".", 1)[-1]
+    match = COVERAGE.fullmatch(name)
+    if match:
+        return Better(0, sign * int(match.group(1)) / 100)
+    if name in LOWER_IS_BETTER | HIGHER_IS_BETTER:
+        return Better(sign if name in HIGHER_IS_BETTER else -sign)
+    return None
+
+
+def marked(label: str, metric: str, sign: int = 1) -> str:
+    """``label`` with the mark of which way ``metric`` is better: ``test.rmse ↓``."""
+    way = better(metric, sign)
+    return label if way is None else f"{label} {way.mark}"
+
+
+def marks_note(metrics: list[str]) -> str:
+    """What the marks on ``metrics`` mean, each once: ``↓ lower is better; ...``."""
+    ways = dict.fromkeys(w for w in map(better, metrics) if w is not None)
+    return "; ".join(f"{w.mark} {w.meaning}" for w in ways)
+
+
 # -------------------------------------------------------------- formatting
 
 
@@ -138,9 +202,12 @@ LEFT_OUT_NOTE = (
 )
 
 
-def cell_note(rows: list[Row]) -> str:
+def cell_note(rows: list[Row], metrics: list[str] = ()) -> str:
+    """What the cells and the marks on the columns mean."""
     left_out = any(s.nan or s.missing for row in rows for s in row.stats.values())
-    return f"{CELL_NOTE} {LEFT_OUT_NOTE}" if left_out else CELL_NOTE
+    marks = marks_note(metrics)
+    parts = [CELL_NOTE, LEFT_OUT_NOTE if left_out else "", f"Columns: {marks}." if marks else ""]
+    return " ".join(p for p in parts if p)
 
 
 def compact(values) -> str:
@@ -166,9 +233,9 @@ def replicates_text(runs: list[Run], column: str) -> str:
 
 
 def table_cells(rows: list[Row], keys: list[str], metrics: list[str]) -> list[list[str]]:
-    """Header row then one row of strings per group."""
+    """Header row (metrics marked with which way is better) then one row per group."""
     replicates = replicate_columns(rows)
-    cells = [[*keys, "n", *replicates, *metrics]]
+    cells = [[*keys, "n", *replicates, *[marked(m, m) for m in metrics]]]
     for row in rows:
         stats = [format_cell(*row.stats[m]) for m in metrics]
         counts = [replicates_text(row.runs, c) for c in replicates]
@@ -176,9 +243,120 @@ def table_cells(rows: list[Row], keys: list[str], metrics: list[str]) -> list[li
     return cells
 
 
-def markdown_table(cells: list[list[str]]) -> str:
+# ------------------------------------------------------- settings and runs
+
+
+def shared_settings(runs: list[Run], keys: list[str] = ()) -> dict:
+    """``{config key: value}`` the same in every run (an override counts over the config
+    file), in the config's order; left out: the group ``keys``, null values, the seed
+    (the table's seeds column) and keys that cannot change results."""
+    first, *rest = runs
+    shared = {}
+    for key in first.config:
+        value = group_value(first, key)
+        if key in keys or key == REPLICATES["seeds"] or has_no_effect(key) or value == MISSING:
+            continue
+        if all(group_value(run, key) == value for run in rest):
+            shared[key] = value
+    return shared
+
+
+def settings_lines(settings: dict) -> list[tuple[str, str]]:
+    """``[("model", "family=bnn, hidden=[50, 50]"), ...]``: one line per config section."""
+    sections: dict = {}
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        sections.setdefault(section if name else "", []).append(f"{name or key}={value}")
+    return [(section, ", ".join(items)) for section, items in sections.items()]
+
+
+def report_title(runs: list[Run]) -> str:
+    """``bslrun report: uci_wine_red`` when every run has that (resolved) name."""
+    names = {run.config.get("name") for run in runs}
+    name = names.pop() if len(names) == 1 else None
+    return f"bslrun report: {name}" if name and "${" not in name else "bslrun report"
+
+
+def shorten(text: str, limit: int) -> str:
+    """At most ``limit`` characters: the middle of a longer text becomes ``…``."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head) :]}"
+
+
+class Link(NamedTuple):
+    """A table cell that links to ``href`` (relative to the report's folder)."""
+
+    text: str
+    href: str
+    title: str = ""  # the whole text, where ``text`` is shortened
+
+
+MAX_LINK_TEXT = 40  # characters: Hydra names a sweep's job folders by their overrides
+
+
+def folder_link(path: Path, base: Path) -> Link:
+    """``path`` shown relative to ``base`` and linked from the report's folder ``base``."""
+    href = Path(os.path.relpath(path, base.resolve())).as_posix()
+    text = relative(path, base)
+    return Link(shorten(text, MAX_LINK_TEXT), urllib.parse.quote(href) + "/", text)
+
+
+def value_text(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if math.isfinite(value) else "–"
+
+
+def run_order(rows: list[Row], others: list[Run]) -> list[Run]:
+    """The completed runs group by group, by seed within one; then the others."""
+    done = [r for row in rows for r in sorted(row.runs, key=lambda r: sort_key(str(r.seed)))]
+    return done + others
+
+
+def runs_cells(rows: list[Row], others: list[Run], keys: list[str], metrics: list, base: Path):
+    """Header then one row per run: its folder (a link), status, group values, seed and
+    metrics (blank where it has none)."""
+    cells = [["run", "status", *keys, "seed", *[marked(m, m) for m in metrics]]]
+    for run in run_order(rows, others):
+        values = [group_value(run, k) for k in keys]
+        numbers = [value_text(run.metrics.get(m)) for m in metrics]
+        seed = "" if run.seed is None else str(run.seed)
+        cells.append([folder_link(run.path, base), run.status, *values, seed, *numbers])
+    return cells
+
+
+# ------------------------------------------------------------------ render
+
+
+@dataclass
+class Page:
+    """Everything the report shows, rendered by ``markdown_report`` and ``report_html.html_report``."""
+
+    title: str
+    settings: dict  # shared by every completed run
+    cells: list  # the group table
+    note: str
+    base: Path  # the report's folder: links and paths are relative to it
+    completed: int  # runs summarised
+    others: list = field(default_factory=list)  # runs not completed
+    runs: list = field(default_factory=list)  # the per-run table's cells
+    extra: str = ""  # Markdown sections after the table
+    sections: tuple = ()  # (title, cells, notes) tables for the HTML page
+    plots: dict = field(default_factory=dict)  # heading -> PNG bytes
+
+
+def cell_markdown(cell) -> str:
+    if isinstance(cell, Link):
+        text = cell.text.replace("[", "\\[").replace("]", "\\]")
+        cell = f"[{text}]({cell.href})"
+    return cell.replace("|", "\\|")
+
+
+def markdown_table(cells: list[list]) -> str:
     def line(items):
-        return "| " + " | ".join(s.replace("|", "\\|") for s in items) + " |"
+        return "| " + " | ".join(map(cell_markdown, items)) + " |"
 
     return "\n".join([line(cells[0]), line(["---"] * len(cells[0])), *map(line, cells[1:])])
 
@@ -187,16 +365,24 @@ def others_lines(others: list[Run], base: Path) -> list[str]:
     return [f"- {r.status}: `{relative(r.path, base)}`: {r.message}" for r in others]
 
 
-def markdown_report(
-    cells: list, others: list[Run], base: Path, extra: str = "", note: str = CELL_NOTE
-) -> str:
-    """The table, then ``extra`` sections (Markdown), then the failed and unfinished runs."""
-    text = "# bslrun report\n\n" + markdown_table(cells) + "\n"
-    text += f"\n{note}\n"
-    if extra:
-        text += "\n" + extra
-    if others:
-        text += "\n## Failed or unfinished runs\n\n" + "\n".join(others_lines(others, base)) + "\n"
+def settings_markdown(settings: dict, count: int) -> str:
+    lines = [f"- **{section or 'run'}**: {text}" for section, text in settings_lines(settings)]
+    head = f"Settings shared by all {count} completed runs:" if count > 1 else "Settings:"
+    return f"{head}\n\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
+def markdown_report(page: Page, with_runs: bool = True) -> str:
+    """Title, shared settings, the table, ``extra`` sections, the failed and unfinished
+    runs, then (``with_runs``) the table of every run."""
+    text = f"# {page.title}\n\n" + settings_markdown(page.settings, page.completed)
+    text += markdown_table(page.cells) + f"\n\n{page.note}\n"
+    if page.extra:
+        text += "\n" + page.extra
+    if page.others:
+        text += "\n## Failed or unfinished runs\n\n"
+        text += "\n".join(others_lines(page.others, page.base)) + "\n"
+    if with_runs and page.runs:
+        text += "\n## Runs\n\n" + markdown_table(page.runs) + "\n"
     return text
 
 
@@ -222,99 +408,3 @@ def csv_report(rows: list[Row], keys: list[str], metrics: list[str]) -> str:
         counts = [replicates_text(row.runs, c) for c in replicates]
         writer.writerow([*row.values, len(row.runs), *counts, *stats])
     return buffer.getvalue()
-
-
-CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}"
-    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-    "th{background:#f3f3f3}img{max-width:100%;margin:1em 0}code{background:#f6f6f6}"
-)
-
-
-def html_table(cells: list) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in cells[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in cells[1:]
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def html_report(
-    cells: list,
-    others: list[Run],
-    base: Path,
-    plots: dict,
-    sections: tuple = (),
-    note: str = CELL_NOTE,
-) -> str:
-    """``sections``: (title, cells, notes) tables shown after the main one."""
-    esc = html.escape
-    parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{TITLE}</title>",
-        f"<style>{CSS}</style></head><body><h1>bslrun report</h1>",
-        html_table(cells),
-        f"<p>{esc(note)}</p>",
-    ]
-    for title, section_cells, notes in sections:
-        items = "".join(f"<li>{esc(note)}</li>" for note in notes)
-        parts.append(f"<h2>{esc(title)}</h2>{html_table(section_cells)}<ul>{items}</ul>")
-    if others:
-        items = "".join(
-            f"<li>{esc(r.status)}: <code>{esc(relative(r.path, base))}</code>: {esc(r.message)}</li>"
-            for r in others
-        )
-        parts.append(f"<h2>Failed or unfinished runs</h2><ul>{items}</ul>")
-    for metric, png in plots.items():
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(
-            f"<h2>{esc(metric)}</h2><img alt='{esc(metric)}' src='data:image/png;base64,{data}'>"
-        )
-    return "".join(parts) + "</body></html>\n"
-
-
-# ------------------------------------------------------------------- plots
-
-
-def group_label(keys: list[str], values: tuple) -> str:
-    if len(keys) == 1:
-        return values[0]
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "all runs"
-
-
-def plot_metric(rows: list[Row], keys: list[str], metric: str) -> bytes:
-    """Mean ± standard error per group, each run as a faint dot; PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(4.0, 1.2 * len(rows) + 2), 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    jitter = np.random.default_rng(0)
-    for i, row in enumerate(rows):
-        values = [r.metrics.get(metric, math.nan) for r in row.runs]
-        values = [v if math.isfinite(v) else math.nan for v in values]  # no inf on the axis
-        ax.scatter(
-            i + jitter.uniform(-0.15, 0.15, len(values)), values, color="C0", alpha=0.3, s=14
-        )
-        mean, se = row.stats[metric][:2]
-        ax.errorbar(
-            i, mean, yerr=0 if not math.isfinite(se) else se, fmt="o", color="C3", capsize=4
-        )
-    labels = [group_label(keys, row.values) for row in rows]
-    rotate = len(rows) > 3 or max(map(len, labels)) > 16
-    ax.set_xticks(
-        range(len(rows)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center"
-    )
-    ax.set_xlabel(keys[0] if len(keys) == 1 else "")
-    ax.set_xlim(-0.5, len(rows) - 0.5)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean ± standard error (dots: runs)")
-    ax.grid(alpha=0.3, axis="y")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-# -------------------------------------------------------------------- main

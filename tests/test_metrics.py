@@ -5,6 +5,7 @@ JAX computes in float32 here, so comparisons use float32-level tolerances.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import optimize, special, stats
@@ -254,3 +255,34 @@ def test_mixture_quantile_of_far_apart_modes_matches_brentq(q):
             continue
         expected = ref_quantile(q, mu_i, sigma_i)
         assert got[i] == pytest.approx(expected, abs=2e-6 * (abs(expected) + max(sigma_i)))
+
+
+def test_ece_and_its_bins_on_a_hand_made_example():
+    # Confidences 0.6, 0.6 (one right) and 0.9, 0.9 (both right), 15 bins of width 1/15:
+    # bin 9 holds the 0.6s (accuracy 1/2, confidence 0.6), bin 13 the 0.9s (1, 0.9).
+    # ECE = (2/4) |0.5 - 0.6| + (2/4) |1 - 0.9| = 0.1.
+    probs = jnp.array([[0.6, 0.4], [0.4, 0.6], [0.9, 0.1], [0.1, 0.9]])
+    labels = jnp.array([0, 0, 0, 1])
+    bins = {k: np.asarray(v) for k, v in metrics.calibration_bins(probs, labels).items()}
+    assert float(metrics.expected_calibration_error(probs, labels)) == pytest.approx(0.1, abs=1e-6)
+    np.testing.assert_array_equal(np.nonzero(np.asarray(bins["counts"]))[0], [9, 13])
+    np.testing.assert_allclose(bins["accuracy"][[9, 13]], [0.5, 1.0])
+    np.testing.assert_allclose(bins["confidence"][[9, 13]], [0.6, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(bins["edges"], np.linspace(0, 1, 16), atol=1e-7)
+
+
+def test_coverage_curve_of_draws_from_the_predictive_is_the_diagonal(rng):
+    """y_i ~ N(mu_i, sigma_i): each central interval at level l holds y_i with probability l,
+    so the observed coverage is Binomial(n, l) / n; 4 sd bounds every level."""
+    n = 4000
+    mu, sigma = rng.normal(size=n), rng.uniform(0.5, 2.0, n)
+    y = mu + sigma * rng.normal(size=n)
+    pit = metrics.mixture_cdf(jnp.asarray(y), jnp.asarray(mu)[None], jnp.asarray(sigma)[None])
+    levels = np.linspace(0.05, 0.95, 19)
+    observed = np.asarray(metrics.coverage_curve(pit, levels))
+    assert np.all(np.abs(observed - levels) < 4 * np.sqrt(levels * (1 - levels) / n))
+    # An overconfident predictive (half the true spread) covers too little at every level.
+    narrow = metrics.mixture_cdf(
+        jnp.asarray(y), jnp.asarray(mu)[None], 0.5 * jnp.asarray(sigma)[None]
+    )
+    assert np.all(np.asarray(metrics.coverage_curve(narrow, levels)) < levels)

@@ -138,17 +138,40 @@ def regression_summary(y, mu, sigma, df=None) -> dict:
     return out
 
 
-def expected_calibration_error(probs, labels, num_bins: int = 15):
-    """ECE: sum_b (n_b / n) |accuracy_b - confidence_b| over equal-width confidence bins.
+def calibration_bins(probs, labels, num_bins: int = 15) -> dict:
+    """Equal-width confidence bins on [0, 1] of (n, C) predictive probabilities.
 
-    ``probs`` is (n, C) predictive probabilities (Guo et al. 2017).
+    Per bin b: ``counts`` n_b, ``accuracy`` acc_b and mean ``confidence`` conf_b of the
+    points whose confidence max_c p(c | x) falls in it (0 where n_b = 0), and the bin
+    ``edges`` (num_bins + 1,). Guo et al. 2017, sec. 2.
     """
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
     bins = jnp.clip((confidence * num_bins).astype(jnp.int32), 0, num_bins - 1)
-    conf_sum = jnp.zeros(num_bins).at[bins].add(confidence)
-    acc_sum = jnp.zeros(num_bins).at[bins].add(correct)
-    return jnp.sum(jnp.abs(acc_sum - conf_sum)) / labels.shape[0]
+    counts = jnp.zeros(num_bins).at[bins].add(1.0)
+    per_bin = jnp.maximum(counts, 1.0)
+    return {
+        "counts": counts,
+        "accuracy": jnp.zeros(num_bins).at[bins].add(correct) / per_bin,
+        "confidence": jnp.zeros(num_bins).at[bins].add(confidence) / per_bin,
+        "edges": jnp.linspace(0.0, 1.0, num_bins + 1),
+    }
+
+
+def expected_calibration_error(probs, labels, num_bins: int = 15):
+    """ECE: sum_b (n_b / n) |accuracy_b - confidence_b| over ``calibration_bins``.
+
+    ``probs`` is (n, C) predictive probabilities (Guo et al. 2017, eq. 3).
+    """
+    bins = calibration_bins(probs, labels, num_bins)
+    gaps = jnp.abs(bins["accuracy"] - bins["confidence"])
+    return jnp.sum(bins["counts"] * gaps) / labels.shape[0]
+
+
+def coverage_curve(pit, levels):
+    """Observed coverage of the central predictive intervals at each nominal level (K,),
+    from PIT values u_i = F_i(y_i) (n,); a calibrated predictive lies on the diagonal."""
+    return jnp.stack([interval_coverage(pit, level) for level in levels])
 
 
 def classification_summary(labels, log_probs) -> dict:

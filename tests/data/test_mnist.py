@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.error import URLError
 
+import jax
 import numpy as np
 import pytest
 from conftest import denied, fail_under
@@ -786,3 +787,34 @@ def test_dynamic_binarisation_keeps_training_intensities(default):
 def test_the_parent_of_a_named_folder_works_as_root():
     found = {s: mnist.find_file(MNIST, s, MNIST_DIR.parent) for s in STEMS}
     assert found == {s: MNIST_DIR / f"{s}.gz" for s in STEMS}
+
+
+# ----------------------------------------------------------------------------- out of distribution
+
+
+def test_out_of_distribution_falls_back_to_seeded_pixel_permutations(tmp_path):
+    cfg = image_cfg(root=str(tmp_path), binarize="none")  # no Fashion-MNIST there
+    test_x = np.random.default_rng(0).random((5, 784)).astype(np.float32)
+    images, source = mnist.out_of_distribution(cfg, test_x, jax.random.PRNGKey(1))
+    assert int(source) == 0 and "permuted" in mnist.OOD_SOURCES[0]
+    # One permutation of the pixels, the same for every image: each row keeps its values.
+    column = [int(np.flatnonzero(test_x[0] == v)[0]) for v in images[0]]
+    assert sorted(column) == list(range(784)) and column != list(range(784))
+    np.testing.assert_array_equal(images, test_x[:, column])
+    again, _ = mnist.out_of_distribution(cfg, test_x, jax.random.PRNGKey(1))
+    other, _ = mnist.out_of_distribution(cfg, test_x, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(images, again)
+    assert not np.array_equal(images, other)
+
+
+def test_out_of_distribution_reads_fashion_mnist_where_the_root_holds_it(tmp_path, fake_fashion):
+    place_fashion(tmp_path / "fashion_mnist", fake_fashion, "gzip as served")
+    test_x = np.zeros((2, 784), np.float32)
+    cfg = image_cfg(root=str(tmp_path), binarize="none")
+    images, source = mnist.out_of_distribution(cfg, test_x, jax.random.PRNGKey(0))
+    assert mnist.OOD_SOURCES[int(source)] == "Fashion-MNIST test images"
+    expected = mnist.parse_idx(fake_fashion["t10k-images-idx3-ubyte"], "t10k", "")[:2]
+    np.testing.assert_allclose(images, expected.reshape(2, -1) / 255.0, rtol=1e-6)
+    # Binarised inputs are not compared with intensities: the permuted images serve.
+    binary = image_cfg(root=str(tmp_path), binarize="static")
+    assert int(mnist.out_of_distribution(binary, test_x, jax.random.PRNGKey(0))[1]) == 0

@@ -408,6 +408,39 @@ def load_fashion_mnist(cfg, key) -> Dataset:
     return load_images(FASHION_MNIST, cfg, key)
 
 
+# ----------------------------------------------------------------------------- out of distribution
+
+# What ``out_of_distribution`` returned, by its code (the figures' legend).
+OOD_SOURCES = (
+    "the test images, pixels permuted (one seeded permutation)",
+    "Fashion-MNIST test images",
+    "MNIST test images",
+)
+OTHER = {"mnist": (FASHION_MNIST, 1), "fashion_mnist": (MNIST, 2)}
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+
+
+def out_of_distribution(cfg, test_x: np.ndarray, key) -> tuple[np.ndarray, np.int32]:
+    """Images unlike the training images, for the "knows what it doesn't know" figure, and
+    their code in OOD_SOURCES: the other set's test images (Fashion-MNIST for MNIST and
+    back) where the data root already holds them (never downloaded; only for intensities,
+    ``data.binarize=none``), else the test images ``test_x`` (n, 784) with their pixels
+    permuted by one permutation drawn from ``key``: the same pixel values, no digit shape.
+    """
+    other, code = OTHER[cfg.name]
+    if Binarize(cfg.binarize or Binarize.none) is Binarize.none:
+        try:
+            path = find_file(other, TEST_IMAGES, data_root(cfg))
+            if path is not None:
+                fix = "replace it with the original"
+                images = verify(other, TEST_IMAGES, read_bytes(path), path, fix)
+                return intensities(images)[: len(test_x)], np.int32(code)
+        except (DataError, ResourceError):
+            pass  # a figure's extra input: the permuted images serve, and say so in the legend
+    permutation = numpy_rng(key).permutation(test_x.shape[1])
+    return np.asarray(test_x)[:, permutation], np.int32(0)
+
+
 DATASETS = {
     "mnist": DataSet(load_mnist, ImageDataConfig, "classification"),
     "fashion_mnist": DataSet(load_fashion_mnist, ImageDataConfig, "classification"),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# Rows per chunk where a BNN predicts for every row with all its posterior draws at once:
+# bounds memory for any number of rows.
+PREDICT_ROWS = 1024
+
 
 def chunked_map(fn, x, key, chunk: int) -> dict:
     """fn(x_chunk, key_chunk) -> dict of per-row arrays, over x in chunks of ``chunk`` rows.

@@ -30,7 +30,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from bslrun import metrics, plots
+from bslrun import metrics
 from bslrun.config import (
     Activation,
     Likelihood,
@@ -42,17 +42,15 @@ from bslrun.config import (
 )
 from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import outputs_per_coordinate
-from bslrun.models import guides
-from bslrun.models.batching import chunked_map
+from bslrun.models import bnn_figures, guides
+from bslrun.models.batching import PREDICT_ROWS, chunked_map
 from bslrun.models.family import Family
 from bslrun.nets import MLP, FlatView
 
 SITE = "w"
 MIN_SCALE = 1e-3  # keeps heteroscedastic scales away from 0 (and the NLL finite)
 EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large nets
-PREDICT_ROWS = 1024  # rows per chunk of ``predict``: bounds memory for any number of rows
 INTERVAL = (0.025, 0.975)  # the central 95% predictive interval of predictions.npz
-PLANE_SIDE = 100  # grid points per axis of plots/uncertainty.png (2D inputs)
 # A MADE's weights and masks (constants in the compiled program), with Adam's two moments:
 # beyond this many parameters a flow posterior needs gigabytes.
 FLOW_MAX_PARAMETERS = 50_000_000
@@ -273,57 +271,51 @@ class BnnFamily(Family):
         q = self.posterior_distribution(params)
         return guides.sample_and_log_prob(q, key, (num,))[0]
 
-    def artifacts(self, params, x, y, key, num_samples):
-        """``predict``'s summaries of the test set beside its targets (original units)."""
+    def artifacts(self, params, x, y, key, num_samples, ood_x=None, ood_source=None):
+        """``predict``'s summaries of the test set beside its targets (original units), and
+        the arrays of the figures: calibration, the weights, and by input kind the plane
+        (2D), the predictive curve (1D) or the most uncertain images and the predictive
+        entropy of out-of-distribution images ``ood_x`` (from ``artifact_inputs``).
+
+        The predictions use ``key`` itself, so a reopened run reproduces them; the figures
+        draw from keys folded from it.
+        """
         out = self.predict(params, x, key, num_samples)
+        figures = bnn_figures.weight_histograms(self, params, jax.random.fold_in(key, 1))
+        view_key = jax.random.fold_in(key, 2)
         if self.spec.task == "classification":
             out["y"] = y
+            calibration = metrics.calibration_bins(out["probs"], y)
+            figures.update({f"calibration_{k}": v for k, v in calibration.items()})
+            figures["ece"] = metrics.expected_calibration_error(out["probs"], y)
             if self.spec.input_dim == 2:
-                out.update(x=x, **self._plane(params, x, key, num_samples))
-            return out
+                out["x"] = self.spec.x_scaler.inverse(x)
+                figures.update(bnn_figures.plane(self, params, out["x"], key, num_samples))
+            if self.spec.image_shape is not None:
+                figures.update(
+                    bnn_figures.images(self, params, x, out, view_key, num_samples, ood_x)
+                )
+                if ood_source is not None:
+                    figures["ood_source"] = ood_source
+            return {**out, **figures}
         lower, upper = jnp.moveaxis(out.pop("quantiles"), -1, 0)
-        return {"y": self.spec.y_scaler.inverse(y), **out, "lower_95": lower, "upper_95": upper}
+        figures.update(bnn_figures.calibration_curve(self, params, x, y, key, num_samples))
+        if self.spec.input_dim == 1:
+            figures.update(bnn_figures.curve(self, params, x, view_key, num_samples))
+        targets = self.spec.y_scaler.inverse(y)
+        return {"y": targets, **out, "lower_95": lower, "upper_95": upper, **figures}
 
-    def _plane(self, params, x, key, num_samples):
-        """Predictive class probabilities and entropy on a grid around 2D inputs x."""
-        low, high = jnp.min(x, axis=0), jnp.max(x, axis=0)
-        margin = 0.1 * (high - low)
-        axes = [jnp.linspace(low[i] - margin[i], high[i] + margin[i], PLANE_SIDE) for i in (0, 1)]
-        grid = jnp.stack(jnp.meshgrid(*axes), axis=-1).reshape(-1, 2)
-        plane = self.predict(params, grid, key, num_samples)
-        return {
-            "grid_x": axes[0],
-            "grid_y": axes[1],
-            "grid_probs": plane["probs"],
-            "grid_entropy": plane["entropy"],
-        }
+    def artifact_inputs(self, data_cfg, data, key) -> dict:
+        """Out-of-distribution images for an image classifier (see ``artifacts``)."""
+        if self.spec.image_shape is None or self.spec.task != "classification":
+            return {}
+        from bslrun.data.mnist import out_of_distribution  # on use: reopening needs no data
+
+        images, source = out_of_distribution(data_cfg, data.test.x, jax.random.fold_in(key, 3))
+        return {"ood_x": images, "ood_source": source}
 
     def plot(self, arrays, plots_dir: Path) -> list:
-        if self.spec.task == "classification":
-            paths = [plots.reliability(arrays["probs"], arrays["y"], plots_dir / "reliability.png")]
-            if "grid_probs" in arrays:
-                paths.append(
-                    plots.uncertainty_plane(
-                        arrays["grid_x"],
-                        arrays["grid_y"],
-                        arrays["grid_probs"],
-                        arrays["grid_entropy"],
-                        arrays["x"],
-                        arrays["y"],
-                        plots_dir / "uncertainty.png",
-                    )
-                )
-            return paths
-        return [
-            plots.predicted_vs_observed(
-                arrays["y"],
-                arrays["mean"],
-                arrays["lower_95"],
-                arrays["upper_95"],
-                plots_dir / "predicted_vs_observed.png",
-                target=self.spec.target_name,
-            )
-        ]
+        return bnn_figures.plot(self, arrays, Path(plots_dir))
 
 
 def classification_summary(logits) -> dict:

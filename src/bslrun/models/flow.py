@@ -186,6 +186,11 @@ class FlowFamily(Family):
         """How many points ``artifacts`` draws from the flow."""
         return IMAGE_SAMPLES if self.images else eval_cfg.flow_samples
 
+    def curve_labels(self) -> tuple[str, str]:
+        # Nothing is latent: the training loss is the exact NLL of the (dequantised) data.
+        unit = "nats per image" if self.images else "nats per point"
+        return f"NLL ({unit})", f"validation NLL ({unit})"
+
     # evaluate() draws no posterior samples; one dequantisation draw
     def val_samples(self, eval_cfg) -> int:
         return 1
@@ -208,6 +213,8 @@ class FlowFamily(Family):
         out = {"samples": samples, "data": self.spec.x_scaler.inverse(x[: max(num_samples, 1)])}
         if self.dim == 2 and not self.images:
             out.update(self._plane(params, flow, out["data"], grid_key))
+            if self.spec.log_density is not None:  # for the density figure's title
+                out["kl_to_true"] = self.evaluate(params, x, y, key, num_samples)["kl_to_true"]
         return out
 
     def _plane(self, params, flow, data, key) -> dict:
@@ -246,6 +253,7 @@ class FlowFamily(Family):
                     arrays["grid_log_prob"],
                     arrays.get("grid_true_log_prob"),
                     plots_dir / "density.png",
+                    arrays.get("kl_to_true"),
                 )
             )
             paths.append(

@@ -154,3 +154,10 @@ class CompileCounter:
         from jax import monitoring
 
         monitoring.unregister_event_duration_listener(self)
+
+
+def sweep_job(sweep: Path, num: int) -> Path:
+    """Job ``num`` of a sweep folder: its folder is named ``<num>_<overrides>``."""
+    found = [p for p in sweep.iterdir() if p.is_dir() and p.name.split("_")[0] == str(num)]
+    assert len(found) == 1, sorted(p.name for p in sweep.iterdir())
+    return found[0]

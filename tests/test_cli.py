@@ -220,6 +220,26 @@ def test_latest_points_at_the_newest_run(default_run):
     assert latest.resolve() == run_folder(out).resolve()
 
 
+def completions(line: str) -> list[str]:
+    """What bash completion offers for the command line ``line`` (Hydra's query mode)."""
+    env = dict(os.environ, COMP_LINE=line, COMP_POINT=str(len(line)))
+    result = subprocess.run(
+        [sys.executable, "-m", "bslrun", "-sc", "query=bash"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_completion_offers_every_enum_value_by_its_plain_name():
+    from bslrun.config import Posterior
+
+    offered = completions("bslrun model.posterior=")
+    assert sorted(offered) == sorted(f"model.posterior={p.value}" for p in Posterior)
+    assert completions("bslrun model.posterior=me") == ["model.posterior=mean_field"]
+    assert completions("bslrun trainer.epochs=") == ["trainer.epochs=300"]  # not an enum
+
+
 def test_version_is_bslrun_s(tmp_path):
     from bslrun.version import __version__
 

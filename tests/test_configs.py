@@ -209,8 +209,21 @@ def test_sweeps_validate_every_value():
 
 
 def test_a_sweep_without_multirun_is_refused():
-    with pytest.raises(ConfigError, match="add -m"):
+    with pytest.raises(ConfigError, match="add -m") as refused:
         cli.prevalidate(["seed=1,2"])
+    assert "list value" not in str(refused.value)  # a seed is never a list
+    with pytest.raises(ConfigError, match="add -m") as refused:
+        cli.prevalidate(["data=moons,circles"])
+    assert "list value" not in str(refused.value)  # nor a config group
+
+
+def test_a_comma_list_for_a_list_key_hints_at_brackets():
+    with pytest.raises(ConfigError) as refused:
+        cli.prevalidate(["model=vae", "model.hidden=50,50"])
+    assert str(refused.value) == (
+        "model.hidden=50,50 sweeps over several values; add -m to run a sweep, "
+        "or write model.hidden=[50,50] for one list value"
+    )
 
 
 def test_patience_without_a_validation_split_is_accepted():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sweep_job
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_cli import bslrun
@@ -57,15 +58,18 @@ def log_span(job: Path) -> tuple[datetime, datetime]:
 
 
 def test_objective_is_the_monitored_validation_metric():
-    metrics = {"val": {"nll": 1.25, "rmse": 0.7}, "train": {"final_loss": 3.0}}
-    assert cli.objective(metrics, "nll") == 1.25
-    assert cli.objective(metrics, "rmse") == 0.7
+    def run(monitored, **val):
+        return {"val": val, "train": {"final_loss": 3.0, "monitored": monitored}}
+
+    assert cli.objective(run("val.nll", nll=1.25, rmse=0.7)) == 1.25
+    assert cli.objective(run("val.rmse", nll=1.25, rmse=0.7)) == 0.7
+    assert cli.objective(run("val.neg_elbo", neg_elbo=90.5)) == 90.5  # the VAE's
     # No validation split (val.* null): the training loss, never a test metric.
     no_val = {"val": {"nll": None}, "test": {"nll": 0.1}, "train": {"final_loss": 3.0}}
-    assert cli.objective(no_val, "nll") == 3.0
+    assert cli.objective(no_val) == 3.0
     # Not finite: None, which optuna records as a failed trial.
-    assert cli.objective({"val": {"nll": math.nan}}, "nll") is None
-    assert cli.objective({"val": {"nll": math.inf}}, "nll") is None
+    assert cli.objective(run("val.nll", nll=math.nan)) is None
+    assert cli.objective(run("val.nll", nll=math.inf)) is None
 
 
 def test_the_start_up_clock_restarts_for_a_later_run_in_the_same_process(monkeypatch):
@@ -231,17 +235,17 @@ def study(tmp_path_factory):
 
 def test_optuna_trials_run_in_parallel_with_joblib(study):
     sweep, result = study
-    assert [job.name for job in jobs_of(sweep)] == ["0", "1", "2"], result.stderr
-    assert metrics_of(sweep / "0")["seed"] == metrics_of(sweep / "1")["seed"] == 0
+    assert [job.name.split("_")[0] for job in jobs_of(sweep)] == ["0", "1", "2"], result.stderr
+    assert metrics_of(sweep_job(sweep, 0))["seed"] == metrics_of(sweep_job(sweep, 1))["seed"] == 0
     # Trials 0 and 1 ran at the same time, in two worker processes.
-    (start0, end0), (start1, end1) = log_span(sweep / "0"), log_span(sweep / "1")
+    (start0, end0), (start1, end1) = log_span(sweep_job(sweep, 0)), log_span(sweep_job(sweep, 1))
     assert start0 < end1 and start1 < end0
 
 
 def test_the_study_records_its_best_trial(study):
     sweep, _ = study
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    val_nll = [metrics_of(sweep / job)["val"]["nll"] for job in ("0", "1")]
+    val_nll = [metrics_of(sweep_job(sweep, n))["val"]["nll"] for n in (0, 1)]
     assert math.isfinite(best["best_value"]) and best["best_value"] == min(val_nll)
     lr, prior_scale = best["best_params"]["optim.lr"], best["best_params"]["model.prior_scale"]
     assert 1e-4 <= lr <= 3e-2 and 0.03 <= prior_scale <= 3.0
@@ -252,13 +256,14 @@ def test_a_crashing_job_is_logged_and_listed_as_failed_and_the_study_goes_on(stu
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-2:] == [
         "bslrun: 1 job(s) failed:",
-        "  sweep/2: unexpected RuntimeError: injected failure (a bug: traceback in run.log)",
+        f"  sweep/{sweep_job(sweep, 2).name}: unexpected RuntimeError: injected failure "
+        "(a bug: traceback in run.log)",
     ]
-    log = (sweep / "2" / "run.log").read_text()
+    log = (sweep_job(sweep, 2) / "run.log").read_text()
     assert "[ERROR] unexpected RuntimeError: injected failure" in log
     assert "Traceback (most recent call last)" in log and "crashing_to_config" in log
-    assert runs.load_run(sweep / "2").status == "failed"
-    assert not (sweep / "2" / "metrics.json").exists()
+    assert runs.load_run(sweep_job(sweep, 2)).status == "failed"
+    assert not (sweep_job(sweep, 2) / "metrics.json").exists()
 
 
 def test_an_unexpected_crash_of_a_single_run_is_logged_to_run_log(tmp_path):
@@ -302,9 +307,9 @@ def test_a_sweep_with_the_slurm_settings_runs_through_submitits_local_executor(t
         env=dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path)),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert [job.name for job in jobs_of(sweep)] == ["0"]
-    assert metrics_of(sweep / "0")["seed"] == 0
-    assert "Job completed successfully" in (sweep / "0" / "run.log").read_text()
+    assert [job.name.split("_")[0] for job in jobs_of(sweep)] == ["0"]
+    assert metrics_of(sweep_job(sweep, 0))["seed"] == 0
+    assert "Job completed successfully" in (sweep_job(sweep, 0) / "run.log").read_text()
     assert (sweep / ".submitit").is_dir()  # submitit's own job files, beside the job folders
 
 
@@ -326,13 +331,17 @@ def test_a_preempted_job_with_the_slurm_settings_is_requeued_into_its_own_folder
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env=dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path)), start_new_session=True,
     )  # fmt: skip
-    log = sweep / "0" / "run.log"
+
+    def job_log() -> str:  # the job folder appears once the job starts
+        logs = list(sweep.glob("0_*/run.log"))
+        return logs[0].read_text() if logs else ""
+
     try:
         # Once the job has loaded its data, JAX is imported: a signal that lands while a
         # compiled extension initialises aborts the process (submitit exits from its signal
         # handler) instead of requeueing it.
         deadline = time.time() + 120
-        while time.time() < deadline and "] data " not in (log.read_text() if log.exists() else ""):
+        while time.time() < deadline and "] data " not in job_log():
             time.sleep(0.05)
         pids = submit_processes(sweep)
         assert len(pids) == 1, pids
@@ -342,10 +351,10 @@ def test_a_preempted_job_with_the_slurm_settings_is_requeued_into_its_own_folder
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, stderr
-    assert [job.name for job in jobs_of(sweep)] == ["0"]
-    text = log.read_text()
+    assert [job.name.split("_")[0] for job in jobs_of(sweep)] == ["0"]
+    text = job_log()
     assert "this job is preempted" in text and "Requeued job" in text
     assert text.count("] data ") == 2, text  # two attempts, both logged in this folder
     assert text.index("Requeued job") < text.index("wrote")  # the second one finished
-    assert metrics_of(sweep / "0")["seed"] == 0
+    assert metrics_of(sweep_job(sweep, 0))["seed"] == 0
     assert (sweep / ".submitit").is_dir()

@@ -50,8 +50,8 @@ def jobs(out: Path) -> list[Path]:
         job
         for sweep in sweeps
         for job in sorted(
-            (p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()),
-            key=lambda p: int(p.name),
+            (p for p in sweep.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()),
+            key=lambda p: int(p.name.split("_")[0]),
         )
     ]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sweep_job
 
 from bslrun import cli
 
@@ -234,8 +235,7 @@ def test_a_table_with_nan_is_exit_3(tmp_path):
     assert "t.csv" in one_line(result.stderr)
 
 
-def test_a_figure_that_cannot_be_drawn_loses_nothing(tmp_path):
-    """A flow on one column: its 2D figures cannot be drawn; the numbers are all written."""
+def test_a_flow_on_one_column_draws_its_samples_beside_the_data(tmp_path):
     write_csv(tmp_path / "one.csv", "x\n" + "".join(f"{np.sin(i):.4f}\n" for i in range(40)))
     run_dir = tmp_path / "run"
     result = bslrun(
@@ -245,7 +245,8 @@ def test_a_figure_that_cannot_be_drawn_loses_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["test"]["nll"])
-    assert "skipped the flow figures" in (run_dir / "run.log").read_text()
+    assert "skipped" not in (run_dir / "run.log").read_text()
+    assert (run_dir / "plots" / "samples.png").is_file()
     assert status_of(run_dir)["status"] == "completed"
 
 
@@ -267,8 +268,8 @@ def test_a_sweep_with_a_failed_job_is_exit_1_and_names_it(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "1 job(s) failed" in result.stderr and "gone.csv" in result.stderr
-    assert status_of(tmp_path / "sweep" / "0")["status"] == "completed"
-    assert status_of(tmp_path / "sweep" / "1")["exit_code"] == 3
+    assert status_of(sweep_job(tmp_path / "sweep", 0))["status"] == "completed"
+    assert status_of(sweep_job(tmp_path / "sweep", 1))["exit_code"] == 3
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,7 @@ def test_sweep_seeds_runs_five_jobs(tmp_path):
     result = bslrun("-m", "sweep=seeds", "debug=tiny", f"hydra.sweep.dir={sweep}", out=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1", "2", "3", "4"]
+    assert [p.name for p in jobs] == [f"{i}_seed={i},debug=tiny" for i in range(5)]
     assert result.stdout.splitlines()[-1] == (
         "bslrun: sweep finished: 5 job(s), 5 completed, 0 failed; summarise them with: "
         "bslrun-report sweep"
@@ -132,3 +132,17 @@ def test_sweep_seeds_runs_five_jobs(tmp_path):
     started = [(job / ".hydra" / "config.yaml").stat().st_mtime for job in jobs]
     for k in range(1, 5):
         assert metrics[k]["timing"]["startup_s"] < started[k] - started[0], k
+
+
+def test_job_folders_are_named_by_the_overrides_that_change_results():
+    from bslrun.preflight import JOB_FOLDER_BYTES, job_folder
+
+    assert job_folder(0, ["seed=1"]) == "0_seed=1"
+    assert job_folder(2, []) == job_folder(2, ["trainer.progress=false"]) == "2"
+    named = job_folder(3, [
+        "experiment=flow_toys_benchmark/8gaussians", "trainer.progress=false",
+        "data.root=/data/mnist", "model.hidden=[50,50]", "+logger.mlflow.experiment=x",
+        "hydra.launcher.n_jobs=2",
+    ])  # fmt: skip
+    assert named == "3_experiment=flow_toys_benchmark-8gaussians,model.hidden=50,50"
+    assert len(job_folder(1, [f"name_of_a_key={'9' * 300}"])) == JOB_FOLDER_BYTES

@@ -25,10 +25,23 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from bslrun import clock
 from bslrun.errors import BslrunError, ResourceError, RunInterrupted, os_error_in
-from bslrun.preflight import CONFIG_DIR, PROG, check_output_folder, prevalidate, to_config
+from bslrun.preflight import (
+    CONFIG_DIR,
+    PROG,
+    check_output_folder,
+    job_folder,
+    prevalidate,
+    to_config,
+)
+
+# config.yaml names sweep job folders with it. Registered on import, because a launcher's
+# worker processes (joblib, SLURM) import this module to unpickle the task, then resolve
+# the job's folder.
+OmegaConf.register_new_resolver("bslrun_job_folder", job_folder, replace=True)
 
 __all__ = ["CONFIG_DIR", "main", "objective", "prevalidate", "task", "to_config"]
 
@@ -102,14 +115,16 @@ def log_to_file_only(level: int, message: str, exc_info: bool = False) -> None:
             handler.handle(record)
 
 
-def objective(metrics: dict, monitor: str) -> float | None:
-    """The value a sweeper minimises: ``val.<trainer.monitor>`` (the validation NLL by default).
+def objective(metrics: dict) -> float | None:
+    """The value a sweeper minimises: the validation score that early stopping watched
+    (``train.monitored`` in metrics.json: ``val.nll`` by default, the VAE's ``val.neg_elbo``).
 
     Without a validation split, the final training loss (the negative ELBO per training
     datum) stands in, so that a study still compares like with like; the test split is
     never used for selection. None (a failed optuna trial) if the value is not finite.
     """
-    value = (metrics.get("val") or {}).get(monitor)
+    monitored = (metrics.get("train") or {}).get("monitored") or "val."
+    value = (metrics.get("val") or {}).get(monitored.removeprefix("val."))
     if value is None:
         value = (metrics.get("train") or {}).get("final_loss")
     return float(value) if value is not None and math.isfinite(value) else None
@@ -214,8 +229,8 @@ def task(dcfg) -> float | None:
 
             metrics = run(cfg, run_dir, stop, Path(hydra_cfg.sweep.dir) if sweep else None)
         end_status(run_dir, started, "completed", 0, None)
-        log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics))
-        return objective(metrics, cfg.trainer.monitor.value)
+        log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics, run_dir))
+        return objective(metrics)
     except BaseException as raised:
         error = as_bslrun_error(raised)
         if error is None:
@@ -283,6 +298,33 @@ def sweep_summary(sweep_dir: Path, jobs: int, failed: int) -> str:
     )
 
 
+COMPLETION_FLAGS = {"--shell-completion", "-sc"}
+
+
+def complete_enum_values() -> None:
+    """Shell completion offers every value of an enum key by its plain name (``mean_field``).
+
+    Hydra's completion offers a key's current value only, and an enum's in OmegaConf's
+    spelling, ``Posterior.mean_field``: accepted, but not what anyone types or the docs
+    show. Hydra has no hook for this, so its matcher is wrapped.
+    """
+    from enum import Enum
+
+    from hydra.plugins.completion_plugin import CompletionPlugin
+
+    hydra_matches = CompletionPlugin._get_matches
+
+    def matches(config, word: str) -> list:
+        key, equals, typed = word.partition("=")
+        if equals and OmegaConf.is_config(config):
+            value = OmegaConf.select(config, key, default=None)
+            if isinstance(value, Enum):
+                return [f"{key}={m.value}" for m in type(value) if m.value.startswith(typed)]
+        return hydra_matches(config, word)
+
+    CompletionPlugin._get_matches = staticmethod(matches)
+
+
 def main() -> None:
     global PRE_LOCK
     # A log line that cannot be written (a full disk) is lost quietly, not printed as a
@@ -297,7 +339,9 @@ def main() -> None:
 
         print(f"{PROG} {__version__}")
         return
-    if not {"--hydra-help", "--info", "--shell-completion", "-sc"} & set(argv):
+    if COMPLETION_FLAGS & set(argv):
+        complete_enum_values()
+    if not {"--hydra-help", "--info", *COMPLETION_FLAGS} & set(argv):
         try:
             plan = prevalidate(argv)
             PRE_LOCK = check_output_folder(plan)

@@ -24,3 +24,29 @@ def begin_run() -> None:
 def seconds_since_run_start() -> float:
     """timing.startup_s: seconds from the start of this run (see ``begin_run``)."""
     return time.time() - _run_start
+
+
+class Phase:
+    """A phase the console announces: ``compiling the training epoch ...`` when it starts
+    and ``... compiled in 1.37 s`` when it ends, so a long silent wait has a name.
+
+        with Phase("compiling the training epoch", "compiled") as phase:
+            ...
+        phase.seconds
+    """
+
+    def __init__(self, doing: str, done: str):
+        self.doing, self.done, self.seconds = doing, done, 0.0
+
+    def __enter__(self) -> "Phase":
+        import logging
+
+        self._log = logging.getLogger("bslrun")
+        self._log.info("%s ...", self.doing)
+        self._tick = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self.seconds = time.perf_counter() - self._tick
+        if kind is None:
+            self._log.info("... %s in %.2f s", self.done, self.seconds)

@@ -156,7 +156,8 @@ class ImageDataConfig:
 
 @dataclass
 class ToyDataConfig:
-    """2D toy densities sampled afresh from the seed (moons, checkerboard, rings, ...)."""
+    """Toy data sampled afresh from the seed: 2D densities and classes (moons, checkerboard,
+    rings, ...) and 1D regression curves (sine_gap, heteroscedastic)."""
 
     name: str = "moons"
     # Points drawn for training, validation (0: none) and test.
@@ -682,6 +683,25 @@ def check_name(name) -> None:
         raise ConfigError(f"name={text[:32]!r}... is {size} bytes long; {NAME_RULE}")
     if not _NAME.fullmatch(text):
         raise ConfigError(f"name={text!r} is not a safe run name; {NAME_RULE}")
+
+
+# Keys that choose where a run writes, how it reports or when it saves, never what it
+# computes: the run's name and where its data lives, the loggers, the progress bar,
+# checkpointing and resuming (which continues the same run), the sweep preset (its jobs'
+# own overrides carry what it sweeps) and the memory cap (which only refuses). A sweep's
+# job folder names and the report's groups and header leave them out. A key covers its
+# sub-keys ("logger" covers "logger.wandb.mode") and its config group ("hydra/launcher").
+RESULT_NEUTRAL_KEYS = (
+    "hydra", "name", "sweep", "logger", "data.root", "data.download",
+    "trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.max_memory_gb",
+)  # fmt: skip
+
+
+def changes_results(key: str) -> bool:
+    """False for a key of ``RESULT_NEUTRAL_KEYS`` or below one (a leading + or ~ of an
+    override is ignored)."""
+    key = key.lstrip("+~")
+    return not any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in RESULT_NEUTRAL_KEYS)
 
 
 def flatten(tree, prefix: str = "") -> dict:

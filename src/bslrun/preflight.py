@@ -36,6 +36,22 @@ def find_config_dir() -> Path:
 CONFIG_DIR = find_config_dir()
 
 
+JOB_FOLDER_BYTES = 120  # job folder names stay short enough to read and to nest
+
+
+def job_folder(num, overrides) -> str:
+    """A sweep job's folder name: its number, then the overrides that can change its
+    results (``0_seed=1``, ``3_model.hidden=100,100,optim.lr=0.01``). The number keeps
+    names unique; path separators and brackets are left out so the name is one folder."""
+    from bslrun.config import changes_results
+
+    shown = [item.lstrip("+~") for item in overrides if changes_results(item.split("=")[0])]
+    text = re.sub(r"[\[\]()'\"{} ]", "", ",".join(shown))
+    text = re.sub(r"[^A-Za-z0-9._=+,@:-]", "-", text)
+    name = f"{num}_{text}" if text else str(num)
+    return name[:JOB_FOLDER_BYTES]
+
+
 def to_config(dcfg):
     """DictConfig -> validated Config dataclass (raises ConfigError)."""
     from omegaconf import OmegaConf
@@ -133,6 +149,25 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
             variant[i] = f"{key}={value}"
             variants.append(variant)
     return variants
+
+
+def not_a_sweep(overrides: list[str], compose) -> str:
+    """The error for a sweep without -m, naming it; a comma list for a key whose value is a
+    list (in ``compose`` of the other overrides) may have meant one value
+    (``model.hidden=[50,50]``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = [o.input_line for o in parsed if o.is_sweep_override()]
+    composed = compose([o.input_line for o in parsed if not o.is_sweep_override()])
+    lists = [
+        f"{o.get_key_element()}=[{','.join(sweep_values(o))}]"
+        for o in parsed
+        if o.is_choice_sweep() and OmegaConf.is_list(OmegaConf.select(composed, o.key_or_group))
+    ]
+    hint = f", or write {' '.join(lists)} for one list value" if lists else ""
+    return f"{' '.join(swept)} sweeps over several values; add -m to run a sweep{hint}"
 
 
 def declared_sweeps(params, overrides: list[str]) -> list[str]:
@@ -294,10 +329,10 @@ def prevalidate(argv: list[str]) -> Plan:
     try:
         refuse_code_overrides(OverridesParser.create().parse_overrides(args.overrides))
         variants = sweep_variants(overrides)
-        if len(variants) > 1 and not args.multirun:
-            raise ConfigError("these overrides sweep over several values; add -m to run a sweep")
         config_name = args.config_name or "config"
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=PROG):
+            if len(variants) > 1 and not args.multirun:
+                raise ConfigError(not_a_sweep(overrides, lambda kept: compose(config_name, kept)))
             for variant in variants:
                 composed = compose(config_name, variant + hydra_overrides, return_hydra_config=True)
                 refuse_foreign_code(composed)

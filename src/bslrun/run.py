@@ -7,13 +7,12 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
 import jax
 
-from bslrun import artifacts, loggers, plots, seeding
+from bslrun import artifacts, clock, loggers, plots, seeding
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import ConfigError, DivergenceError, RunInterrupted
@@ -70,9 +69,9 @@ def provenance() -> dict:
     }
 
 
-def evaluate(family, params, split, key, num_samples: int) -> dict:
-    """Posterior predictive metrics on one split, as Python floats."""
-    scores = jax.jit(family.evaluate, static_argnums=4)(params, split.x, split.y, key, num_samples)
+def evaluate(score, params, split, key, num_samples: int) -> dict:
+    """``score`` (a family's ``evaluate`` or ``final_validate``) on one split, as floats."""
+    scores = jax.jit(score, static_argnums=4)(params, split.x, split.y, key, num_samples)
     return {k: float(v) for k, v in jax.device_get(scores).items()}
 
 
@@ -87,17 +86,23 @@ def draw(what: str, plot, *args) -> None:
         log.warning("skipped %s: %s: %s", what, type(error).__name__, error)
 
 
-def write_training(run_dir: Path, result: engine.FitResult) -> None:
+def write_training(run_dir: Path, result: engine.FitResult, family) -> None:
     """History, learning curves and parameters: everything a diverged run still has."""
     folder = artifacts.RunFolder(run_dir)
     artifacts.write_history(folder.history, result.history)
     artifacts.save_params(folder.params, result.params)
     if result.history:
+        train_label, val_label = family.curve_labels()
         draw(
             "the learning curves",
             plots.learning_curves,
             result.history,
             folder.plots / "learning_curves.png",
+            train_label,
+            f"val_{family.val_loss}",
+            val_label,
+            result.best_epoch,
+            result.stopped_early,
         )
 
 
@@ -167,10 +172,10 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
             on_epoch=on_epoch,
         )  # fmt: skip
     except DivergenceError as error:
-        write_training(run_dir, error.result)
+        write_training(run_dir, error.result, family)
         raise
     except RunInterrupted as error:
-        write_training(run_dir, error.result)
+        write_training(run_dir, error.result, family)
         raise RunInterrupted(
             f"{error}; continue it with: bslrun trainer.resume={run_dir}", error.signum
         ) from None
@@ -178,29 +183,30 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
         checkpoints.close()
     if stop:
         stop.now_or_never(f"training finished; results so far are in {run_dir}")
-    write_training(run_dir, result)
+    write_training(run_dir, result, family)
     return result
 
 
 def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result) -> dict:
     """The final evaluation on the test (and validation) split: metrics.json, the arrays
     file and the family's figures."""
-    tick = time.perf_counter()
     test_key, val_key, artifact_key = seeding.eval_keys(cfg.seed)
     num_samples = family.eval_samples(cfg.eval)
-    test = evaluate(family, result.params, data.test, test_key, num_samples)
-    val = {}
-    if data.val is not None:
-        val_samples = family.final_val_samples(cfg.eval)
-        val = evaluate(family, result.params, data.val, val_key, val_samples)
-    predictions = jax.device_get(
-        jax.jit(family.artifacts, static_argnums=4)(
-            result.params, data.test.x, data.test.y, artifact_key, num_samples
+    splits = "the test and validation splits" if data.val is not None else "the test split"
+    with clock.Phase(f"evaluating {splits} ({num_samples} draws)", "evaluated") as phase:
+        test = evaluate(family.evaluate, result.params, data.test, test_key, num_samples)
+        val = {}
+        if data.val is not None:
+            val_samples = family.final_val_samples(cfg.eval)
+            val = evaluate(family.final_validate, result.params, data.val, val_key, val_samples)
+        inputs = family.artifact_inputs(cfg.data, data, artifact_key)
+        predictions = jax.device_get(
+            jax.jit(family.artifacts, static_argnums=4)(
+                result.params, data.test.x, data.test.y, artifact_key, num_samples, **inputs
+            )
         )
-    )
-    eval_s = time.perf_counter() - tick
 
-    timing = dict(result.timing, eval_s=eval_s)
+    timing = dict(result.timing, eval_s=phase.seconds)
     metrics = {
         "name": cfg.name,
         "seed": cfg.seed,
@@ -212,6 +218,8 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result) -
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
+            # what early stopping and a sweeper's objective watch (None: no validation split)
+            "monitored": f"val.{family.monitored(cfg.trainer.monitor.value, val)}" if val else None,
         },
         "data": {"val_n": len(data.val) if data.val is not None else 0, "test_n": len(data.test)},
         "timing": timing,
@@ -221,20 +229,36 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result) -
     # Numbers first: a figure that fails must never cost the metrics.
     artifacts.write_json(folder.metrics, metrics)
     artifacts.write_npz(folder.arrays(family.saves), predictions)
-    draw(f"the {cfg.model.family} figures", family.plot, predictions, folder.plots)
+    with clock.Phase("drawing the figures", "drawn"):
+        draw(f"the {cfg.model.family} figures", family.plot, predictions, folder.plots)
     return metrics
 
 
-def format_table(metrics: dict) -> str:
-    """The final metrics as an aligned two-column table."""
-    rows = []
-    for section in ("test", "val"):
-        for key, value in metrics.get(section, {}).items():
-            if value is not None:
-                rows.append((f"{section}.{key}", f"{value:.4f}"))
-    timing = metrics.get("timing", {})
-    for key in ("startup_s", "compile_s", "train_s", "train_examples_per_sec"):
-        if key in timing:
-            rows.append((f"timing.{key}", f"{timing[key]:.2f}"))
+# The console table leads with the metrics that judge a task, in this order; a run shows
+# those it has (regression: rmse, nll, coverage; classification: accuracy, nll, ece; a
+# VAE: nll, bits/dim; a flow: nll, KL to the true density). metrics.json has the rest.
+HEADLINE = (
+    "rmse", "accuracy", "nll", "neg_elbo", "bits_per_dim", "kl_to_true", "coverage_95", "ece",
+)  # fmt: skip
+TRAINING = ("epochs_run", "best_epoch", "stopped_early")
+TIMING = ("startup_s", "compile_s", "train_s", "eval_s", "train_examples_per_sec")
+
+
+def format_table(metrics: dict, run_dir: Path | None = None) -> str:
+    """The final metrics as an aligned two-column table: the task's headline metrics on
+    the test and validation splits, then how training went, then timing."""
+    rows = [
+        (f"{section}.{key}", f"{metrics[section][key]:.4f}")
+        for section in ("test", "val")
+        for key in HEADLINE
+        if (metrics.get(section) or {}).get(key) is not None
+    ]
+    train = metrics.get("train") or {}
+    rows += [(f"train.{key}", str(train[key])) for key in TRAINING if key in train]
+    timing = metrics.get("timing") or {}
+    rows += [(f"timing.{key}", f"{timing[key]:.2f}") for key in TIMING if key in timing]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    if run_dir is not None:
+        lines.append(f"  every metric: {artifacts.RunFolder(run_dir).metrics}")
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from numpyro.infer import SVI
 from tqdm.auto import tqdm
 
-from bslrun.clock import seconds_since_run_start
+from bslrun.clock import Phase, seconds_since_run_start
 from bslrun.config import Monitor
 from bslrun.errors import DivergenceError, RunInterrupted
 from bslrun.inference import memory, optim
@@ -137,9 +137,9 @@ class Validator:
     def __call__(self, state) -> dict:
         args = (state, self.x, self.y, self.key)
         if not isinstance(self.score, jax.stages.Compiled):
-            tick = time.perf_counter()
-            self.score = self.score.lower(*args).compile()
-            self.compile_s = time.perf_counter() - tick
+            with Phase("compiling the validation pass", "compiled") as phase:
+                self.score = self.score.lower(*args).compile()
+            self.compile_s = phase.seconds
         tick = time.perf_counter()
         scores = jax.device_get(self.score(*args))
         self.seconds += time.perf_counter() - tick
@@ -252,9 +252,10 @@ def fit(
         trainer_cfg.num_particles, init_key, placement,
     )  # fmt: skip
     svi, x, y, num_batches = setup.svi, setup.x, setup.y, setup.num_batches
-    timing["init_s"], tick = time.perf_counter() - tick, time.perf_counter()
-    run_epoch = _compiled_epoch(family, setup, epochs_key, data.spec.dynamic_binarize)
-    timing["compile_s"] = time.perf_counter() - tick
+    timing["init_s"] = time.perf_counter() - tick
+    with Phase("compiling the training epoch", "compiled") as phase:
+        run_epoch = _compiled_epoch(family, setup, epochs_key, data.spec.dynamic_binarize)
+    timing["compile_s"] = phase.seconds
     timing["startup_s"] = seconds_since_run_start()
     validate = (
         Validator(family, svi, data.val, val_key, val_samples, placement) if data.val else None
@@ -265,7 +266,7 @@ def fit(
 
     monitor = Monitor(trainer_cfg.monitor).value
     epochs = trainer_cfg.epochs
-    bar = _progress_bar(trainer_cfg, desc, progress.epoch)
+    bar = None  # shown with the first finished epoch, not as 0/N through its compilation
     while not progress.finished(epochs):
         epoch = progress.epoch + 1
         tick = time.perf_counter()
@@ -289,12 +290,15 @@ def fit(
             scores = validate(state)
             progress.val_s = val_s_before + validate.seconds
             row.update({f"val_{k}": v for k, v in scores.items()})
-            value = scores.get(monitor, scores["nll"])
-            postfix[f"val_{monitor}"] = f"{value:.4f}"
+            watched = family.monitored(monitor, scores)
+            value = scores[watched]
+            postfix[f"val_{watched}"] = f"{value:.4f}"
             best_state = _track_best(progress, value, state, best_state, trainer_cfg.patience)
         signum = stop_requested()
         if checkpoints and (checkpoints.due(epoch) or signum or progress.finished(epochs)):
             checkpoints.save(epoch, {"state": state, "best": best_state}, asdict(progress))
+        if bar is None:
+            bar = _progress_bar(trainer_cfg, desc, epoch - 1)
         bar.set_postfix(postfix, refresh=False)
         bar.update()
         on_epoch(row)
@@ -302,7 +306,8 @@ def fit(
             bar.close()
             raise _interruption(signum, epoch, svi, state, best_state, progress, validate,
                                 trainer_cfg, setup, timing)  # fmt: skip
-    bar.close()
+    if bar is not None:
+        bar.close()
     return _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing)
 
 

@@ -67,9 +67,33 @@ class Family:
         """Scalar metrics of the posterior predictive on (x, y); jit-compatible."""
         raise NotImplementedError
 
+    #: The validation score that early stopping watches for ``trainer.monitor=nll``, and
+    #: for a monitor the family does not score: its estimate of the NLL, named for the
+    #: estimator (the VAE's one-draw bound is ``neg_elbo``, not ``nll``).
+    val_loss = "nll"
+
     def validate(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
-        """What a validation epoch scores (must include what is monitored)."""
+        """What a validation epoch scores (must include ``val_loss``)."""
         return self.evaluate(params, x, y, key, num_samples)
+
+    def final_validate(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
+        """The validation metrics of metrics.json (``final_val_samples`` draws)."""
+        return self.evaluate(params, x, y, key, num_samples)
+
+    def curve_labels(self) -> tuple[str, str]:
+        """The learning curves' axis labels, (training loss, ``val_loss``), each naming its
+        estimator and units. A regression BNN trains on standardised targets but is
+        validated in the data's units."""
+        if self.spec.task == "regression":
+            return (
+                "-ELBO / N (nats per datum, standardised y)",
+                "validation NLL (nats per datum, original y)",
+            )
+        return "-ELBO / N (nats per datum)", "validation NLL (nats per datum)"
+
+    def monitored(self, monitor: str, scores: dict) -> str:
+        """The key of the validation ``scores`` that ``trainer.monitor`` selects."""
+        return monitor if monitor in scores else self.val_loss
 
     def eval_samples(self, eval_cfg) -> int:
         """Draws that ``evaluate`` (test metrics) and ``artifacts`` use."""
@@ -86,6 +110,11 @@ class Family:
     def artifacts(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
         """Arrays worth saving (predictions, samples); jit-compatible."""
         raise NotImplementedError
+
+    def artifact_inputs(self, data_cfg, data, key) -> dict[str, Any]:
+        """Further arrays that ``artifacts`` takes by keyword, read by the data layer
+        (e.g. a BNN's out-of-distribution images); none by default."""
+        return {}
 
     def plot(self, arrays: dict, plots_dir: Path) -> list:
         """Write the family's figures from ``artifacts`` output; returns the paths."""

@@ -157,6 +157,10 @@ def test_every_offline_preset_runs_one_tiny_epoch(tmp_path):
     assert (runs["bnn_moons"][0] / "plots" / "uncertainty.png").is_file()
 
 
+# Slow (80 s: the lecture's convolutional VAE evaluates 10,000 test images on the CPU);
+# make test still runs every family on MNIST through test_matrix and the conv VAE
+# through tests/models.
+@pytest.mark.slow
 @needs_mnist
 def test_every_mnist_preset_runs_one_tiny_epoch(tmp_path):
     runs = run_presets(

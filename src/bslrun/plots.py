@@ -414,12 +414,18 @@ def regression_calibration(arrays: dict, path: Path) -> Path:
     right.hist(pit, bins=bins, range=(0, 1), color="C0", edgecolor="k", lw=0.5)
     right.axhline(len(pit) / bins, color="k", ls="--", lw=0.8, label="uniform")
     right.set_xlim(0, 1)
-    right.set_xlabel("PIT  F(y | x)")
-    right.set_ylabel("test points")
-    right.set_title("PIT histogram (U-shape: too narrow, hump: too wide)", fontsize=10)
-    right.legend(fontsize=8)
+    _name_axes(right, "PIT  F(y | x)", "test points",
+               "PIT histogram (U-shape: too narrow, hump: too wide)")  # fmt: skip
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _name_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, a small title and the legend of a panel in a row of panels."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
 
 
 def weight_histograms(arrays: dict, path: Path) -> Path:
@@ -447,11 +453,9 @@ def weight_histograms(arrays: dict, path: Path) -> Path:
         ax.stairs(a["weight_log_std_counts"], a["weight_log_std_edges"], fill=True, color="C2",
                   alpha=0.6, label="posterior stds σ_j")  # fmt: skip
         ax.axvline(np.log10(s), color="k", ls="--", lw=1.2, label=f"prior std {s:g}")
-        ax.set_xlabel("log10 of the posterior std σ_j")
         ax.set_yscale("log")
-        ax.set_ylabel("weights (log)")
-        ax.set_title("posterior stds against the prior std", fontsize=10)
-        ax.legend(fontsize=8)
+        _name_axes(ax, "log10 of the posterior std σ_j", "weights (log)",
+                   "posterior stds against the prior std")  # fmt: skip
     fig.tight_layout()
     return _save(fig, path)
 

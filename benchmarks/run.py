@@ -26,6 +26,7 @@ BENCHMARKS = {
     "joblib_sweep": "benchmarks.joblib_sweep",
     "reopen": "benchmarks.reopen",
     "logging_overhead": "benchmarks.logging_overhead",
+    "conv_transpose": "benchmarks.conv_transpose",
 }
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bslrun import artifacts, seeding
+from bslrun.data.splits import IDENTITY, DataSpec
 from bslrun.inference import engine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -246,3 +247,19 @@ def summarise_race(result: dict, title: str) -> str:
         f" sanity {'passed' if check['passed'] else 'FAILED'}"
     )
     return "\n".join(lines)
+
+
+def random_image_spec(n: int, image_shape: tuple) -> DataSpec:
+    """The data spec of ``n`` random binary images (the benchmarks' stand-in for MNIST)."""
+    return DataSpec(
+        name="random_binary",
+        task="classification",
+        input_dim=int(image_shape[0] * image_shape[1] * image_shape[2]),
+        num_classes=10,
+        x_scaler=IDENTITY,
+        y_scaler=IDENTITY,
+        feature_names=(),
+        target_name="digit",
+        n_total=n,
+        image_shape=tuple(image_shape),
+    )

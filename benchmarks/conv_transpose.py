@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import Options, environment
+from benchmarks.common import Options, environment, random_image_spec
 from bslrun import nets
 from bslrun.config import Architecture, OptimConfig, Schedule, VaeConfig, as_dict
-from bslrun.data.splits import IDENTITY, DataSpec, Split
+from bslrun.data.splits import Split
 from bslrun.inference import engine
 from bslrun.models.vae import VaeFamily
 
@@ -124,22 +124,6 @@ def layer(spec: dict, reps: int, seed: int) -> dict:
     return result
 
 
-def image_spec(n: int) -> DataSpec:
-    side = IMAGE[0] * IMAGE[1] * IMAGE[2]
-    return DataSpec(
-        name="random_binary",
-        task="classification",
-        input_dim=side,
-        num_classes=10,
-        x_scaler=IDENTITY,
-        y_scaler=IDENTITY,
-        feature_names=(),
-        target_name="digit",
-        n_total=n,
-        image_shape=IMAGE,
-    )
-
-
 def step(reps: int, seed: int) -> dict:
     """One svi.update of the conv VAE at batch 32 with each decoder variant."""
     rng = np.random.default_rng(seed)
@@ -149,7 +133,7 @@ def step(reps: int, seed: int) -> dict:
     optim_cfg = OptimConfig(lr=1e-3, schedule=Schedule.constant)
     fns, args, states = {}, {}, {}
     for name, subpixel in VARIANTS.items():
-        family = VaeFamily(cfg, image_spec(STEP_IMAGES), STEP_IMAGES)
+        family = VaeFamily(cfg, random_image_spec(STEP_IMAGES, IMAGE), STEP_IMAGES)
         family.decoder = nets.ConvDecoder(IMAGE, subpixel=subpixel)
         s = engine.prepare(family, train, optim_cfg, BATCH, 1, 1, jax.random.PRNGKey(seed))
         kwargs = engine.epoch_kwargs(family, 1)

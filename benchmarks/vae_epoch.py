@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import matmul_peak
-from benchmarks.common import Fused, Loop, Options, Race, environment, sanity
+from benchmarks.common import Fused, Loop, Options, Race, environment, random_image_spec, sanity
 from bslrun import seeding
 from bslrun.config import ImageDataConfig, OptimConfig, Schedule, VaeConfig, as_dict
 from bslrun.data import load as load_data
-from bslrun.data.splits import IDENTITY, DataSpec, Split
+from bslrun.data.splits import Split
 from bslrun.errors import DataError
 from bslrun.inference import engine
 from bslrun.models import build as build_family
@@ -121,18 +121,7 @@ def load(seed: int):
         rng = seeding.numpy_rng(keys.data)
         x = (rng.random((N_RANDOM, SIDE * SIDE), dtype=np.float32) < 0.13).astype(np.float32)
         y = np.zeros(N_RANDOM, np.int32)
-        spec = DataSpec(
-            name="random_binary",
-            task="classification",
-            input_dim=SIDE * SIDE,
-            num_classes=10,
-            x_scaler=IDENTITY,
-            y_scaler=IDENTITY,
-            feature_names=(),
-            target_name="digit",
-            n_total=N_RANDOM,
-            image_shape=(SIDE, SIDE, 1),
-        )
+        spec = random_image_spec(N_RANDOM, (SIDE, SIDE, 1))
         return (
             x,
             y,

@@ -4,6 +4,7 @@ Imported first by the package (``bslrun/__init__.py``), so ``PROCESS_START`` is 
 before JAX is imported and the start-up time includes every import.
 """
 
+import logging
 import time
 
 PROCESS_START = time.time()
@@ -26,6 +27,9 @@ def seconds_since_run_start() -> float:
     return time.time() - _run_start
 
 
+_log = logging.getLogger("bslrun")
+
+
 class Phase:
     """A phase the console announces: ``compiling the training epoch ...`` when it starts
     and ``... compiled in 1.37 s`` when it ends, so a long silent wait has a name.
@@ -39,14 +43,11 @@ class Phase:
         self.doing, self.done, self.seconds = doing, done, 0.0
 
     def __enter__(self) -> "Phase":
-        import logging
-
-        self._log = logging.getLogger("bslrun")
-        self._log.info("%s ...", self.doing)
+        _log.info("%s ...", self.doing)
         self._tick = time.perf_counter()
         return self
 
     def __exit__(self, kind, *_) -> None:
         self.seconds = time.perf_counter() - self._tick
         if kind is None:
-            self._log.info("... %s in %.2f s", self.done, self.seconds)
+            _log.info("... %s in %.2f s", self.done, self.seconds)

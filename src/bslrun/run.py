@@ -229,8 +229,10 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result) -
     # Numbers first: a figure that fails must never cost the metrics.
     artifacts.write_json(folder.metrics, metrics)
     artifacts.write_npz(folder.arrays(family.saves), predictions)
+    # Figures may quote the test scores ("test.kl_to_true"): given, never computed again.
+    shown = {**predictions, **{f"test.{k}": v for k, v in test.items()}}
     with clock.Phase("drawing the figures", "drawn"):
-        draw(f"the {cfg.model.family} figures", family.plot, predictions, folder.plots)
+        draw(f"the {cfg.model.family} figures", family.plot, shown, folder.plots)
     return metrics
 
 

@@ -117,7 +117,8 @@ class Family:
         return {}
 
     def plot(self, arrays: dict, plots_dir: Path) -> list:
-        """Write the family's figures from ``artifacts`` output; returns the paths."""
+        """Write the family's figures from ``artifacts`` output (and the test scores as
+        ``test.<name>``, when a run draws them); returns the paths."""
         raise NotImplementedError
 
     # ----------------------------------------------------------- reopening

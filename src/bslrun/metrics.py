@@ -88,7 +88,8 @@ def mixture_quantile(q: float, mu, sigma, df=None, iterations: int = 60):
     (F(low) < q <= F(high)) and takes the Newton step x - (F(x) - q) / p(x) where it
     stays inside, else bisects (Press et al. 2007, "rtsafe", sec. 9.4): quadratic
     convergence from the moment-matched Normal start, never worse than bisection. It
-    stops when every step is below float32 resolution, after ``iterations`` at most.
+    stops when every point's step is below float32 resolution or its F(x) equals q to
+    float32 resolution, after ``iterations`` at most.
     """
     low = jnp.min(mu - 10 * sigma, axis=0)
     high = jnp.max(mu + 10 * sigma, axis=0)
@@ -103,9 +104,12 @@ def mixture_quantile(q: float, mu, sigma, df=None, iterations: int = 60):
         below = cdf < q
         low, high = jnp.where(below, x, low), jnp.where(below, high, x)
         newton = x - (cdf - q) / mixture_pdf(x, mu, sigma, df)
-        inside = jnp.isfinite(newton) & (newton > low) & (newton < high)
+        # A closed bracket: a converged point (a zero step onto the end x just set) stays.
+        inside = jnp.isfinite(newton) & (newton >= low) & (newton <= high)
         new = jnp.where(inside, newton, 0.5 * (low + high))
-        return i + 1, new, low, high, jnp.max(jnp.abs(new - x) - tolerance)
+        # Once F(x) is q to float32 resolution, further steps only chase its rounding.
+        settled = jnp.abs(cdf - q) <= 4 * jnp.finfo(mu.dtype).eps
+        return i + 1, new, low, high, jnp.max(jnp.where(settled, 0.0, jnp.abs(new - x) - tolerance))
 
     def going(carry):
         i, *_, worst_step = carry

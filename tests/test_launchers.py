@@ -358,3 +358,76 @@ def test_a_preempted_job_with_the_slurm_settings_is_requeued_into_its_own_folder
     assert text.index("Requeued job") < text.index("wrote")  # the second one finished
     assert metrics_of(sweep_job(sweep, 0))["seed"] == 0
     assert (sweep / ".submitit").is_dir()
+
+
+# ------------------------------------------------------------ the vectorised launcher
+
+
+def test_jobs_group_by_everything_but_the_shape_keeping_settings():
+    from conftest import compose
+
+    from bslrun.replicas import groups
+
+    cfgs = [
+        compose("seed=0"),
+        compose("seed=3", "optim.lr=0.01", "model.prior_scale=0.5"),
+        compose("model.hidden=[8]"),  # another architecture
+        compose("seed=2", "logger=tensorboard", "trainer.progress=false"),  # only neutral keys
+        compose("trainer.devices=2"),  # data-parallel runs train alone
+        compose("model.hidden=[8]", "seed=5"),
+        compose("model=flow", "data=moons", "model.permutation=random", "seed=0"),
+        compose("model=flow", "data=moons", "model.permutation=random", "seed=1"),  # other flow
+        compose("model=flow", "data=moons", "model.permutation=reverse", "seed=0"),
+        compose("model=flow", "data=moons", "model.permutation=reverse", "seed=1"),
+    ]
+    assert groups(cfgs) == [[0, 1, 3], [2, 5], [4], [6], [7], [8, 9]]
+
+
+def test_the_vectorised_launcher_writes_each_job_as_its_run_alone(tmp_path):
+    """Two groups of two jobs; each job's folder is complete (status, metrics, arrays,
+    figures), its metrics equal the same job run alone to 1e-4, and it reopens."""
+    import numpy as np
+
+    import bslrun as api
+
+    common = ("debug=tiny", "trainer.epochs=3", "eval.num_samples=16", "data.train_subset=0.2")
+    sweep = tmp_path / "vec"
+    result = bslrun("-m", "hydra/launcher=vectorised", "seed=0,1", "model.hidden=[4],[6]",
+                    *common, f"hydra.sweep.dir={sweep}", out=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "launching 4 jobs: 2 + 2 trained together, 0 alone" in result.stdout + result.stderr
+    jobs = jobs_of(sweep)
+    assert len(jobs) == 4
+    for job in jobs:
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"
+        assert "trained together with the other jobs of its group (2 replicas)" in (
+            job / "run.log"
+        ).read_text()
+        assert (job / "predictions.npz").is_file() and (job / "plots").is_dir()
+    single = tmp_path / "single"
+    result = bslrun("seed=1", "model.hidden=[6]", *common, f"hydra.run.dir={single}",
+                    out=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (together,) = [
+        j for j in jobs
+        if metrics_of(j)["seed"] == 1 and metrics_of(j)["config"]["model"]["hidden"] == [6]
+    ]  # fmt: skip
+    mine, theirs = metrics_of(together), metrics_of(single)
+    for split in ("test", "val"):
+        for name, value in theirs[split].items():
+            assert mine[split][name] == pytest.approx(value, rel=1e-4, abs=1e-4), (split, name)
+    assert list(runs.read_history(together / "history.csv")["epoch"]) == [1, 2, 3]
+    # Reopened, the replica predicts what its folder saved (float tolerance: it was
+    # evaluated in a batch of replicas).
+    from conftest import compose
+
+    from bslrun.data import load as load_data
+    from bslrun.seeding import streams
+
+    data = load_data(compose("seed=1", *common).data, streams(1).data)
+    x = data.spec.x_scaler.inverse(data.test.x.astype(np.float64))  # original units
+    run = api.load(together)
+    saved = np.load(together / "predictions.npz")
+    pred = run.predict(x, seed=run.eval_keys.artifacts)
+    np.testing.assert_allclose(pred.mean, saved["mean"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.upper_95, saved["upper_95"], rtol=1e-5, atol=1e-5)

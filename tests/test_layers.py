@@ -33,11 +33,13 @@ LAYERS = [
     ],  # fmt: skip
     ["bslrun.models"],  # the families
     ["bslrun.inference"],  # the engine
+    ["bslrun.replicas"],  # jobs trained together, handed to their runs
     ["bslrun.run"],
     [
         "bslrun",
         "bslrun.__main__",
         "bslrun.cli",
+        "bslrun.launcher",
         "bslrun.preflight",
         "bslrun.report",
         "bslrun.summary",
@@ -45,6 +47,7 @@ LAYERS = [
         "bslrun.reopen",
         "bslrun.reopen_cli",
     ],  # fmt: skip
+    ["hydra_plugins.bslrun_launcher"],  # Hydra's entry to bslrun.launcher
 ]
 
 

@@ -219,7 +219,10 @@ class Plan:
 CODE_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_", "()", "class"}
 CODE_SECTIONS = ("hydra.callbacks", "hydra/callbacks", "hydra.job_logging", "hydra.hydra_logging")
 # What bslrun's own configs and the installed Hydra plugins instantiate.
-OWN_TARGETS = ("bslrun.cli.SweepFailures",)
+OWN_TARGETS = (
+    "bslrun.cli.SweepFailures",
+    "hydra_plugins.bslrun_launcher.vectorised_launcher.VectorisedLauncher",
+)
 PLUGIN_TARGETS = (
     "hydra._internal.core_plugins.",
     "hydra_plugins.hydra_joblib_launcher.",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from bslrun import artifacts, clock, loggers, plots, seeding
+from bslrun import artifacts, clock, loggers, plots, replicas, seeding
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import ConfigError, DivergenceError, RunInterrupted
@@ -153,9 +153,9 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     log.info("model %s", as_dict(cfg.model))
     group = None if sweep_dir is None else str(sweep_dir)
     with loggers.opened(cfg, run_dir, group) as tracked:
-        result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch)
+        result, handed = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch)
         result.timing["log_s"] = tracked.seconds
-        metrics = evaluate_and_write(cfg, folder, family, data, result)
+        metrics = evaluate_and_write(cfg, folder, family, data, result, handed)
         tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
     return metrics
 
@@ -163,19 +163,29 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
 def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
     """``engine.fit`` with the run's settings; what a stopped or diverged run has is written."""
     try:
-        result = engine.fit(
-            family, data, cfg.optim, cfg.trainer, keys.init, keys.train,
-            family.val_samples(cfg.eval),
-            desc=cfg.name, checkpoints=checkpoints,
-            stop_requested=stop.pending if stop else (lambda: None),
-            eval_samples=family.eval_samples(cfg.eval),
-            on_epoch=on_epoch,
-        )  # fmt: skip
+        handed = replicas.take(cfg)
+        if handed is None:
+            result = engine.fit(
+                family, data, cfg.optim, cfg.trainer, keys.init, keys.train,
+                family.val_samples(cfg.eval),
+                desc=cfg.name, checkpoints=checkpoints,
+                stop_requested=stop.pending if stop else (lambda: None),
+                eval_samples=family.eval_samples(cfg.eval),
+                on_epoch=on_epoch,
+            )  # fmt: skip
+        else:
+            result = handed.outcome
+            log.info("trained together with the other jobs of its group (%s replicas)",
+                     result.timing["replicas"])  # fmt: skip
+            for row in result.history:  # the loggers see the history it would have had
+                on_epoch(row)
     except DivergenceError as error:
         write_training(run_dir, error.result, family)
         raise
     except RunInterrupted as error:
         write_training(run_dir, error.result, family)
+        if not checkpoint.folder(run_dir).exists():
+            raise
         raise RunInterrupted(
             f"{error}; continue it with: bslrun trainer.resume={run_dir}", error.signum
         ) from None
@@ -184,29 +194,19 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
     if stop:
         stop.now_or_never(f"training finished; results so far are in {run_dir}")
     write_training(run_dir, result, family)
-    return result
+    return result, handed
 
 
-def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result) -> dict:
+def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
+                       handed: replicas.Trained | None = None) -> dict:  # fmt: skip
     """The final evaluation on the test (and validation) split: metrics.json, the arrays
-    file and the family's figures."""
-    test_key, val_key, artifact_key = seeding.eval_keys(cfg.seed)
-    num_samples = family.eval_samples(cfg.eval)
-    splits = "the test and validation splits" if data.val is not None else "the test split"
-    with clock.Phase(f"evaluating {splits} ({num_samples} draws)", "evaluated") as phase:
-        test = evaluate(family.evaluate, result.params, data.test, test_key, num_samples)
-        val = {}
-        if data.val is not None:
-            val_samples = family.final_val_samples(cfg.eval)
-            val = evaluate(family.final_validate, result.params, data.val, val_key, val_samples)
-        inputs = family.artifact_inputs(cfg.data, data, artifact_key)
-        predictions = jax.device_get(
-            jax.jit(family.artifacts, static_argnums=4)(
-                result.params, data.test.x, data.test.y, artifact_key, num_samples, **inputs
-            )
-        )
-
-    timing = dict(result.timing, eval_s=phase.seconds)
+    file and the family's figures. A job trained together with others was evaluated
+    with them (``handed``)."""
+    if handed is not None:
+        test, val, predictions, eval_s = handed.test, handed.val, handed.predictions, handed.eval_s
+    else:
+        test, val, predictions, eval_s = evaluate_alone(cfg, family, data, result)
+    timing = dict(result.timing, eval_s=eval_s)
     metrics = {
         "name": cfg.name,
         "seed": cfg.seed,
@@ -234,6 +234,26 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result) -
     with clock.Phase("drawing the figures", "drawn"):
         draw(f"the {cfg.model.family} figures", family.plot, shown, folder.plots)
     return metrics
+
+
+def evaluate_alone(cfg, family, data, result) -> tuple:
+    """(test metrics, validation metrics, saved arrays, seconds) of one run."""
+    test_key, val_key, artifact_key = seeding.eval_keys(cfg.seed)
+    num_samples = family.eval_samples(cfg.eval)
+    splits = "the test and validation splits" if data.val is not None else "the test split"
+    with clock.Phase(f"evaluating {splits} ({num_samples} draws)", "evaluated") as phase:
+        test = evaluate(family.evaluate, result.params, data.test, test_key, num_samples)
+        val = {}
+        if data.val is not None:
+            val_samples = family.final_val_samples(cfg.eval)
+            val = evaluate(family.final_validate, result.params, data.val, val_key, val_samples)
+        inputs = family.artifact_inputs(cfg.data, data, artifact_key)
+        predictions = jax.device_get(
+            jax.jit(family.artifacts, static_argnums=4)(
+                result.params, data.test.x, data.test.y, artifact_key, num_samples, **inputs
+            )
+        )
+    return test, val, predictions, phase.seconds
 
 
 # The console table leads with the metrics that judge a task, in this order; a run shows

@@ -14,12 +14,14 @@ lecture's "KL weight 1/N" and keeps learning rates independent of N.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.infer import SVI
 from tqdm.auto import tqdm
 
@@ -119,31 +121,36 @@ def _is_better(value: float, best: float | None) -> bool:
 
 
 class Validator:
-    """Scores the validation split; compiled on first use, so training starts sooner.
+    """A validation pass ``score(state, *args)``, compiled on first use (so training
+    starts sooner); it returns floats (lists of floats for replicas trained together).
 
     A family may score validation epochs with a cheaper ``validate`` than its final
     ``evaluate`` (same signature); what it returns must include what is monitored.
     """
 
-    def __init__(self, family, svi: SVI, split, key, num_samples: int, placement: Placement):
-        def score(state, x, y, key):
-            return family.validate(variables(svi, state), x, y, key, num_samples)
-
-        self.score = jax.jit(score)
-        self.x, self.y = placement.replicate((split.x, split.y))
-        self.key = key  # the same draws every time: scores differ only by the parameters
+    def __init__(self, score, args: tuple):
+        self.score, self.args = jax.jit(score), args
         self.compile_s = self.seconds = 0.0
 
     def __call__(self, state) -> dict:
-        args = (state, self.x, self.y, self.key)
         if not isinstance(self.score, jax.stages.Compiled):
             with Phase("compiling the validation pass", "compiled") as phase:
-                self.score = self.score.lower(*args).compile()
+                self.score = self.score.lower(state, *self.args).compile()
             self.compile_s = phase.seconds
         tick = time.perf_counter()
-        scores = jax.device_get(self.score(*args))
+        scores = jax.device_get(self.score(state, *self.args))
         self.seconds += time.perf_counter() - tick
-        return {k: float(v) for k, v in scores.items()}
+        return {k: np.asarray(v).tolist() for k, v in scores.items()}
+
+
+def run_validator(family, svi: SVI, split, key, num_samples: int, placement: Placement):
+    """The Validator of one run: ``family.validate`` on ``split`` with the same draws
+    (``key``) every time, so scores differ only by the parameters."""
+
+    def score(state, x, y, key):
+        return family.validate(variables(svi, state), x, y, key, num_samples)
+
+    return Validator(score, (*placement.replicate((split.x, split.y)), key))
 
 
 @dataclass
@@ -163,7 +170,7 @@ class Progress:
         return self.stopped_early or self.epoch >= epochs
 
 
-def _divergence(epoch: int, loss: float, history: list, last: dict, timing: dict):
+def divergence(epoch: int, loss: float, history: list, last: dict, timing: dict):
     what = f"loss {loss}" if not math.isfinite(loss) else "parameters overflowed"
     error = DivergenceError(
         f"training diverged at epoch {epoch} ({what}); history and the last finite "
@@ -173,7 +180,7 @@ def _divergence(epoch: int, loss: float, history: list, last: dict, timing: dict
     return error
 
 
-def _progress_bar(trainer_cfg, desc: str, done: int):
+def progress_bar(trainer_cfg, desc: str, done: int):
     return tqdm(
         total=trainer_cfg.epochs,
         initial=done,
@@ -195,6 +202,26 @@ def _track_best(progress: Progress, value: float, state, best_state, patience: i
     progress.bad_evals += 1
     progress.stopped_early = bool(patience and progress.bad_evals >= patience)
     return best_state
+
+
+def record_epoch(progress: Progress, epoch: int, loss: float, lr) -> dict:
+    """Append epoch ``epoch``'s history row (training loss, learning rate); returns it."""
+    row = {"epoch": epoch, "train_loss": loss, "lr": float(lr)}
+    progress.history.append(row)
+    return row
+
+
+def validation_due(epoch: int, trainer_cfg) -> bool:
+    return epoch % trainer_cfg.eval_every == 0 or epoch == trainer_cfg.epochs
+
+
+def record_validation(progress, row, scores, watched, state, best_state, patience):
+    """Add validation ``scores`` to ``row`` and track the best ``watched`` score; returns
+    (the best state, the progress bar's entry)."""
+    row.update({f"val_{k}": v for k, v in scores.items()})
+    value = scores[watched]
+    best_state = _track_best(progress, value, state, best_state, patience)
+    return best_state, {f"val_{watched}": f"{value:.4f}"}
 
 
 def _compiled_epoch(family, setup: Setup, epochs_key, dynamic_binarize: bool):
@@ -258,7 +285,7 @@ def fit(
     timing["compile_s"] = phase.seconds
     timing["startup_s"] = seconds_since_run_start()
     validate = (
-        Validator(family, svi, data.val, val_key, val_samples, placement) if data.val else None
+        run_validator(family, svi, data.val, val_key, val_samples, placement) if data.val else None
     )
     state, best_state, progress = _resume(checkpoints, setup.state)
     timing["resumed_from_epoch"] = progress.epoch
@@ -276,29 +303,24 @@ def fit(
         loss, finite = jax.device_get((loss, finite))  # the one host sync per epoch
         loss = float(loss)
         progress.train_s += time.perf_counter() - tick
-        row = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "lr": float(setup.lr_at(epoch * num_batches - 1)),
-        }
-        progress.history.append(row)
+        row = record_epoch(progress, epoch, loss, setup.lr_at(epoch * num_batches - 1))
         if not (math.isfinite(loss) and finite):
-            raise _divergence(epoch, loss, progress.history, variables(svi, state), timing)
+            raise divergence(epoch, loss, progress.history, variables(svi, state), timing)
         state, progress.epoch = new_state, epoch
         postfix = {"loss": f"{loss:.4f}"}
-        if validate and (epoch % trainer_cfg.eval_every == 0 or epoch == trainer_cfg.epochs):
+        if validate and validation_due(epoch, trainer_cfg):
             scores = validate(state)
             progress.val_s = val_s_before + validate.seconds
-            row.update({f"val_{k}": v for k, v in scores.items()})
-            watched = family.monitored(monitor, scores)
-            value = scores[watched]
-            postfix[f"val_{watched}"] = f"{value:.4f}"
-            best_state = _track_best(progress, value, state, best_state, trainer_cfg.patience)
+            best_state, shown = record_validation(
+                progress, row, scores, family.monitored(monitor, scores), state, best_state,
+                trainer_cfg.patience,
+            )  # fmt: skip
+            postfix.update(shown)
         signum = stop_requested()
         if checkpoints and (checkpoints.due(epoch) or signum or progress.finished(epochs)):
             checkpoints.save(epoch, {"state": state, "best": best_state}, asdict(progress))
         if bar is None:
-            bar = _progress_bar(trainer_cfg, desc, epoch - 1)
+            bar = progress_bar(trainer_cfg, desc, epoch - 1)
         bar.set_postfix(postfix, refresh=False)
         bar.update()
         on_epoch(row)
@@ -324,17 +346,26 @@ def _interruption(signum, epoch, *result_args) -> RunInterrupted:
 
 
 def _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing) -> FitResult:
-    best_epoch = progress.best_epoch
-    if validate is None or not trainer_cfg.restore_best:
-        best_state, best_epoch = state, len(progress.history)
     if validate:
         timing["compile_s"] += validate.compile_s
+    per_epoch = setup.num_batches * setup.batch_size
+    params = functools.partial(variables, svi)
+    return fit_result(params, state, best_state, progress, validate is not None, trainer_cfg,
+                      per_epoch, timing)  # fmt: skip
+
+
+def fit_result(params, state, best_state, progress, validated, trainer_cfg, per_epoch, timing):
+    """The FitResult of a finished (or stopped) training: ``params(state)`` of the best
+    validation epoch, or of the last without validation or ``trainer.restore_best``."""
+    best_epoch = progress.best_epoch
+    if not validated or not trainer_cfg.restore_best:
+        best_state, best_epoch = state, len(progress.history)
     timing["train_s"] = progress.train_s
     timing["val_s"] = progress.val_s
-    seen = len(progress.history) * setup.num_batches * setup.batch_size
+    seen = len(progress.history) * per_epoch
     timing["train_examples_per_sec"] = seen / progress.train_s if progress.train_s > 0 else math.nan
     return FitResult(
-        params=variables(svi, best_state),
+        params=params(best_state),
         history=progress.history,
         best_epoch=best_epoch,
         epochs_run=len(progress.history),

@@ -64,6 +64,7 @@ class BnnFamily(Family):
     predicts = True
     samples_are = "weight vectors"
     samples_data = False
+    traced_settings = ("prior_scale",)
 
     def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         # Enum(value) accepts members and plain strings alike (handy in library use).

@@ -29,6 +29,9 @@ class Family:
     samples_data = True
     # log_prob is exact (nothing latent to average over) or an importance-weighted bound.
     exact_log_prob = True
+    # Numeric model settings that reach the model only as numbers (never through a
+    # Python branch or a shape): replicas trained together may differ in them.
+    traced_settings: tuple = ()
 
     @classmethod
     def random_structure(cls, cfg) -> bool:

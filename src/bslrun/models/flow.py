@@ -82,7 +82,7 @@ class FlowFamily(Family):
         # starts from the base density, free of the spikes random spline knots put in it.
         self.conditioners = [self.layer.conditioner(self.dim, cfg) for _ in range(cfg.depth)]
         # Standardised tables: x = a z + b in original units, so log p(x) = log p(z) - sum log a.
-        self.log_jacobian_to_original = -float(jnp.sum(jnp.log(jnp.asarray(spec.x_scaler.std))))
+        self.log_jacobian_to_original = -jnp.sum(jnp.log(jnp.asarray(spec.x_scaler.std)))
         if spec.x_scaler.std.ndim == 0:
             self.log_jacobian_to_original *= self.dim
 

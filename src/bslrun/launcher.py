@@ -1,0 +1,97 @@
+"""The vectorised launcher's work (``hydra/launcher=vectorised``; the Hydra plugin class
+is ``hydra_plugins.bslrun_launcher``): a sweep's jobs are composed, grouped by
+``replicas.groups``, each group of several trained as one program, and then every job
+runs in its own folder as with Hydra's basic launcher, its run taking its trained
+parameters instead of training (``run.train``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from bslrun import replicas
+from bslrun.errors import BslrunError
+from bslrun.lifecycle import StopSignals
+from bslrun.preflight import to_config
+
+log = logging.getLogger("bslrun")
+
+
+def _compose(launcher, overrides, idx: int):
+    """The job's full config (with ``hydra``) and its bslrun Config, or None when the
+    config is invalid (the job then reports that itself, in its folder)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
+        launcher.config, list(overrides)
+    )
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = idx
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    task_config = sweep_config.copy()
+    with open_dict(task_config):
+        del task_config["hydra"]
+    try:
+        return sweep_config, to_config(task_config)
+    except BslrunError:
+        return sweep_config, None
+
+
+def _train_group(cfgs: list) -> None:
+    """Train a group together; on a failure its jobs train alone (nothing is lost)."""
+    try:
+        with StopSignals() as stop:
+            if replicas.train_together(cfgs, stop.pending):
+                return
+    except Exception as error:  # each job will meet (and report) its own problem
+        message = f"{type(error).__name__}: {error}"
+        print(f"bslrun: training {len(cfgs)} jobs together failed ({message}); "
+              "they train one by one", file=sys.stderr)  # fmt: skip
+        log.debug("group training failed", exc_info=True)
+
+
+def launch(launcher, job_overrides, initial_job_idx: int) -> list:
+    """Hydra's ``Launcher.launch``: one JobReturn per job, in the jobs' order."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import configure_log, run_job, setup_globals
+
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    jobs = [
+        _compose(launcher, overrides, initial_job_idx + i)
+        for i, overrides in enumerate(job_overrides)
+    ]
+    valid = [i for i, (_, cfg) in enumerate(jobs) if cfg is not None]
+    found = replicas.groups([jobs[i][1] for i in valid])
+    together = [[valid[i] for i in members] for members in found if len(members) > 1]
+    alone = len(jobs) - sum(len(g) for g in together)
+    log.info(
+        "launching %d jobs: %s trained together, %d alone",
+        len(jobs), " + ".join(str(len(g)) for g in together) or "none", alone,
+    )  # fmt: skip
+    order = sorted([*together, *[[i] for i in range(len(jobs)) if not _in(i, together)]])
+    returns = {}
+    for members in order:
+        if len(members) > 1:
+            _train_group([jobs[i][1] for i in members])
+        for i in members:
+            sweep_config = jobs[i][0]
+            HydraConfig.instance().set_config(sweep_config)
+            returns[i] = run_job(
+                hydra_context=launcher.hydra_context,
+                task_function=launcher.task_function,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+            configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return [returns[i] for i in range(len(jobs))]
+
+
+def _in(i: int, together: list) -> bool:
+    return any(i in members for members in together)

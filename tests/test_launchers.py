@@ -400,9 +400,10 @@ def test_the_vectorised_launcher_writes_each_job_as_its_run_alone(tmp_path):
     assert len(jobs) == 4
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "completed"
-        assert "trained together with the other jobs of its group (2 replicas)" in (
-            job / "run.log"
-        ).read_text()
+        assert (
+            "trained together with the other jobs of its group (2 replicas)"
+            in (job / "run.log").read_text()
+        )
         assert (job / "predictions.npz").is_file() and (job / "plots").is_dir()
     single = tmp_path / "single"
     result = bslrun("seed=1", "model.hidden=[6]", *common, f"hydra.run.dir={single}",
@@ -431,3 +432,37 @@ def test_the_vectorised_launcher_writes_each_job_as_its_run_alone(tmp_path):
     pred = run.predict(x, seed=run.eval_keys.artifacts)
     np.testing.assert_allclose(pred.mean, saved["mean"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pred.upper_95, saved["upper_95"], rtol=1e-5, atol=1e-5)
+
+
+def test_trainer_replicas_writes_each_replica_as_a_run(tmp_path):
+    """trainer.replicas=2: replica_0 and replica_1 are complete runs with seeds 0 and 1,
+    replicas.json holds their mean, and a report of the folder counts the two replicas."""
+    import numpy as np
+
+    run_dir = tmp_path / "ensemble"
+    result = bslrun("trainer.replicas=2", "debug=tiny", "trainer.epochs=2", "data.train_subset=0.2",
+                    "eval.num_samples=16", f"hydra.run.dir={run_dir}", out=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"every metric: {run_dir / 'replicas.json'}" in result.stdout + result.stderr
+    done = [metrics_of(run_dir / f"replica_{r}") for r in range(2)]
+    assert [m["seed"] for m in done] == [0, 1]
+    assert all(m["config"]["trainer"]["replicas"] == 1 for m in done)
+    for r in range(2):
+        status = json.loads((run_dir / f"replica_{r}" / "status.json").read_text())
+        assert status["status"] == "completed"
+    summary = json.loads((run_dir / "replicas.json").read_text())
+    assert summary["replicas"] == {"replica_0": "completed", "replica_1": "completed"}
+    rmse = [m["test"]["rmse"] for m in done]
+    assert summary["mean"]["test"]["rmse"] == pytest.approx(np.mean(rmse))
+    assert summary["stderr"]["test"]["rmse"] == pytest.approx(np.std(rmse, ddof=1) / np.sqrt(2))
+    assert runs.find_run_dirs([run_dir]) == [(run_dir / f"replica_{r}").resolve() for r in (0, 1)]
+    found = [runs.load_run(p) for p in runs.find_run_dirs([run_dir])]
+    assert [(r.status, r.seed) for r in found] == [("completed", 0), ("completed", 1)]
+
+
+def test_trainer_replicas_refuses_several_devices_in_one_line(tmp_path):
+    result = bslrun("trainer.replicas=2", "trainer.devices=2", "trainer.batch_size=64",
+                    out=tmp_path)  # fmt: skip
+    assert result.returncode != 0
+    assert "trainer.replicas=2 trains on one device from the start" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -45,6 +45,27 @@ def output_root() -> Path:
     return Path(os.environ.get("BSLRUN_OUTPUT_DIR", "experiments")).resolve()
 
 
+def copy_hydra_files(run_dir: Path, replica_dir: Path, seed: int) -> None:
+    """Give a replica of ``run_dir`` (``trainer.replicas``) Hydra's record of its config:
+    the run's, with the replica's seed and ``trainer.replicas=1``, so that it reads (and
+    reports) as the run it is. Nothing when the run has no such record (library use)."""
+    import yaml
+
+    source, target = RunFolder(run_dir), RunFolder(replica_dir)
+    if not source.hydra_config.is_file():
+        return
+    target.hydra_config.parent.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load(source.hydra_config.read_text())
+    config["seed"] = seed
+    config.setdefault("trainer", {})["replicas"] = 1
+    target.hydra_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    overrides = yaml.safe_load(source.hydra_overrides.read_text()) or []
+    own = [o for o in overrides if not o.lstrip("+~").startswith(("seed=", "trainer.replicas="))]
+    target.hydra_overrides.write_text(yaml.safe_dump([*own, f"seed={seed}"]))
+    if source.hydra_settings.is_file():
+        target.hydra_settings.write_text(source.hydra_settings.read_text())
+
+
 def point_latest(run_dir: Path) -> None:
     """Point ``<output folder>/latest`` at ``run_dir`` (a relative link, replaced atomically);
     skipped for a run outside the output folder, or where links cannot be made."""
@@ -96,6 +117,15 @@ class RunFolder:
     @property
     def data_spec(self) -> Path:
         return self.root / "data.json"
+
+    @property
+    def replicas(self) -> Path:
+        """A run of ``trainer.replicas`` replicas: which completed, their mean and error."""
+        return self.root / "replicas.json"
+
+    def replica(self, r: int) -> Path:
+        """The run folder of replica ``r``."""
+        return self.root / f"replica_{r}"
 
     @property
     def status(self) -> Path:

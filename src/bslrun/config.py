@@ -413,6 +413,9 @@ class TrainerConfig:
     resume: str | None = None
     # Data-parallel training over this many devices (the batch is split between them).
     devices: int = 1
+    # Train this many replicas of the run, with seeds seed, seed+1, ..., as one compiled
+    # program; each is written as a run folder of its own, <run>/replica_<r>.
+    replicas: int = 1
     # Memory (GB) training may use: a run whose estimated peak (parameters, optimiser state,
     # gradients, activations, data) exceeds it is refused before anything compiles.
     # null: what the machine has free (MemAvailable on CPU, the accelerator's limit on GPU).
@@ -642,13 +645,19 @@ def check_trainer(t: TrainerConfig) -> None:
     check_counts("trainer", t, ("epochs", "batch_size", "num_particles", "eval_every"))
     _off_or_positive("trainer.patience", t.patience)
     _off_or_positive("trainer.checkpoint_every", t.checkpoint_every)
-    check_counts("trainer", t, ("devices",))
+    check_counts("trainer", t, ("devices", "replicas"))
     if t.max_memory_gb is not None:
         _positive("trainer.max_memory_gb", t.max_memory_gb)
     if t.batch_size % t.devices:
         raise ConfigError(
             f"trainer.batch_size={t.batch_size} must be a multiple of trainer.devices={t.devices}"
             " (each device takes an equal share of every batch)"
+        )
+    if t.replicas > 1 and (t.devices > 1 or t.resume):
+        other = f"trainer.devices={t.devices}" if t.devices > 1 else "trainer.resume"
+        raise ConfigError(
+            f"trainer.replicas={t.replicas} trains on one device from the start; drop {other} "
+            "or set trainer.replicas=1"
         )
 
 

@@ -134,6 +134,8 @@ def validate(cfg: Config) -> Config:
             f"family with model={family} and leave model.family as it is"
         )
     check_seed(cfg.seed)
+    if cfg.trainer.replicas > 1:
+        check_seed(cfg.seed + cfg.trainer.replicas - 1)  # the last replica's seed
     check_name(cfg.name)
     resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import shlex
@@ -15,7 +16,7 @@ import jax
 from bslrun import artifacts, clock, loggers, plots, replicas, seeding
 from bslrun.config import Config, as_dict
 from bslrun.data import load as load_data
-from bslrun.errors import ConfigError, DivergenceError, RunInterrupted
+from bslrun.errors import BslrunError, ConfigError, DivergenceError, RunInterrupted
 from bslrun.inference import checkpoint, engine
 from bslrun.models import build as build_family
 from bslrun.version import __version__
@@ -135,8 +136,11 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     ``sweep_dir``: the sweep folder of a sweep job, which groups its runs in the loggers.
     """
     run_dir = Path(run_dir)
+    if cfg.trainer.replicas > 1:
+        return run_replicas(cfg, run_dir, stop, sweep_dir)
     folder = artifacts.RunFolder(run_dir)
-    checkpoints = checkpoints_for(cfg, run_dir)
+    handed = replicas.take(cfg)
+    checkpoints = None if handed is not None else checkpoints_for(cfg, run_dir)
     artifacts.write_json(folder.config, as_dict(cfg))
     artifacts.write_json(folder.manifest, provenance())
     keys = seeding.streams(cfg.seed)
@@ -153,17 +157,87 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     log.info("model %s", as_dict(cfg.model))
     group = None if sweep_dir is None else str(sweep_dir)
     with loggers.opened(cfg, run_dir, group) as tracked:
-        result, handed = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch)
+        result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch, handed)
         result.timing["log_s"] = tracked.seconds
         metrics = evaluate_and_write(cfg, folder, family, data, result, handed)
         tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
     return metrics
 
 
-def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
-    """``engine.fit`` with the run's settings; what a stopped or diverged run has is written."""
+def replica_configs(cfg: Config) -> list[Config]:
+    """``trainer.replicas=R``: the configs of R runs with seeds seed, ..., seed + R - 1."""
+    trainer = dataclasses.replace(cfg.trainer, replicas=1)
+    return [
+        dataclasses.replace(cfg, seed=cfg.seed + r, trainer=trainer)
+        for r in range(cfg.trainer.replicas)
+    ]
+
+
+def run_replicas(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) -> dict:
+    """``trainer.replicas=R``: R runs trained together (``replicas``), each written as a
+    run folder of its own, ``run_dir/replica_<r>``, with its own status; ``replicas.json``
+    says which and summarises them. Returns the mean of each metric (the objective of a
+    sweep over such runs). A replica that fails does not cost the others."""
+    from bslrun.lifecycle import now
+
+    cfgs = replica_configs(cfg)
+    folder = artifacts.RunFolder(run_dir)
+    artifacts.write_json(folder.config, as_dict(cfg))
+    artifacts.write_json(folder.manifest, provenance())
+    for members in replicas.groups(cfgs):  # a flow drawing its structure from the seed
+        if len(members) > 1:  # cannot share a program: its replicas train one by one
+            replicas.train_together([cfgs[i] for i in members],
+                                    stop.pending if stop else (lambda: None))  # fmt: skip
+    done, states, errors = [], {}, []
+    for r, replica_cfg in enumerate(cfgs):
+        replica_dir = folder.replica(r)
+        artifacts.copy_hydra_files(run_dir, replica_dir, seed=replica_cfg.seed)
+        started = now()
+        artifacts.write_status(replica_dir, "running", started=started)
+        try:
+            done.append(run(replica_cfg, replica_dir, stop, sweep_dir))
+        except BslrunError as error:
+            states[replica_dir.name] = error.status
+            artifacts.write_status(replica_dir, error.status, started=started, ended=now(),
+                                   exit_code=error.exit_code, error=str(error))  # fmt: skip
+            log.error("replica %d: %s", r, error)
+            if isinstance(error, RunInterrupted):
+                raise
+            errors.append(error)
+            continue
+        states[replica_dir.name] = "completed"
+        artifacts.write_status(replica_dir, "completed", started=started, ended=now(),
+                               exit_code=0)  # fmt: skip
+    summary = summarise_replicas(done)
+    artifacts.write_json(folder.replicas, {"replicas": states, **summary})
+    if errors and not done:
+        first = errors[0]
+        raise type(first)(f"none of the {len(cfgs)} replicas completed; replica 0: {first}")
+    return summary["mean"]
+
+
+def summarise_replicas(done: list[dict]) -> dict:
+    """Mean and standard error over the replicas of each test and validation metric."""
+    import numpy as np
+
+    mean, stderr = {}, {}
+    for section in ("test", "val"):
+        names = {k for m in done for k, v in (m.get(section) or {}).items() if v is not None}
+        values = {k: np.array([m[section][k] for m in done if m[section].get(k) is not None])
+                  for k in sorted(names)}  # fmt: skip
+        mean[section] = {k: float(v.mean()) for k, v in values.items()}
+        stderr[section] = {k: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+                           for k, v in values.items()}  # fmt: skip
+    first = done[0] if done else {}
+    mean.update(name=first.get("name"), seed=first.get("seed"), train=first.get("train", {}),
+                timing=first.get("timing", {}))  # fmt: skip
+    return {"completed": len(done), "mean": mean, "stderr": stderr}
+
+
+def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, handed=None):
+    """``engine.fit`` with the run's settings, or what training together with other jobs
+    ``handed`` it (``replicas.take``); what a stopped or diverged run has is written."""
     try:
-        handed = replicas.take(cfg)
         if handed is None:
             result = engine.fit(
                 family, data, cfg.optim, cfg.trainer, keys.init, keys.train,
@@ -175,6 +249,8 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
             )  # fmt: skip
         else:
             result = handed.outcome
+            if isinstance(result, BslrunError):
+                raise result
             log.info("trained together with the other jobs of its group (%s replicas)",
                      result.timing["replicas"])  # fmt: skip
             for row in result.history:  # the loggers see the history it would have had
@@ -184,17 +260,18 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch):
         raise
     except RunInterrupted as error:
         write_training(run_dir, error.result, family)
-        if not checkpoint.folder(run_dir).exists():
+        if handed is not None:  # replicas trained together keep no checkpoint
             raise
         raise RunInterrupted(
             f"{error}; continue it with: bslrun trainer.resume={run_dir}", error.signum
         ) from None
     finally:
-        checkpoints.close()
+        if checkpoints is not None:
+            checkpoints.close()
     if stop:
         stop.now_or_never(f"training finished; results so far are in {run_dir}")
     write_training(run_dir, result, family)
-    return result, handed
+    return result
 
 
 def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
@@ -282,5 +359,7 @@ def format_table(metrics: dict, run_dir: Path | None = None) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
     if run_dir is not None:
-        lines.append(f"  every metric: {artifacts.RunFolder(run_dir).metrics}")
+        folder = artifacts.RunFolder(run_dir)
+        replicated = folder.replicas.is_file() and not folder.metrics.is_file()
+        lines.append(f"  every metric: {folder.replicas if replicated else folder.metrics}")
     return "\n".join(lines)

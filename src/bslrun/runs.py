@@ -58,7 +58,8 @@ class Run:
 
 
 def find_run_dirs(paths: list[Path]) -> list[Path]:
-    """Every folder under ``paths`` (recursively) holding ``.hydra/config.yaml``, sorted."""
+    """Every folder under ``paths`` (recursively) holding ``.hydra/config.yaml``, sorted;
+    a run split into replicas (``trainer.replicas``) counts as its replicas."""
     found = set()
     for path in paths:
         if not path.exists():
@@ -67,7 +68,8 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
             found.add(path.resolve())
         marker = RunFolder(".").hydra_config.as_posix()  # .hydra/config.yaml
         found.update(p.parent.parent.resolve() for p in path.rglob(marker))
-    return sorted(found)
+    # A run of trainer.replicas replicas is its replicas' folders, each a run.
+    return sorted(p for p in found if not RunFolder(p).replica(0).is_dir())
 
 
 def is_hydra_override(override: str) -> bool:

@@ -28,6 +28,7 @@ class Options:
     epochs: int | None = None  # timed epochs per repetition
     reps: int | None = None  # timed repetitions per method
     seed: int = 0
+    results_dir: Path = RESULTS_DIR  # where results are written (and earlier ones read)
 
 
 def spread(values: list) -> dict:

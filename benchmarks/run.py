@@ -27,6 +27,7 @@ BENCHMARKS = {
     "reopen": "benchmarks.reopen",
     "logging_overhead": "benchmarks.logging_overhead",
     "conv_transpose": "benchmarks.conv_transpose",
+    "peers": "benchmarks.peers",
 }
 
 
@@ -59,7 +60,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    opts = Options(epochs=args.epochs, reps=args.reps, seed=args.seed)
+    opts = Options(epochs=args.epochs, reps=args.reps, seed=args.seed, results_dir=args.results_dir)
     failed = []
     for name in args.only or list(BENCHMARKS):
         module = importlib.import_module(BENCHMARKS[name])

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "reopen": "benchmarks.reopen",
     "logging_overhead": "benchmarks.logging_overhead",
     "conv_transpose": "benchmarks.conv_transpose",
+    "uci_sweep": "benchmarks.uci_sweep",
     "peers": "benchmarks.peers",
 }
 

@@ -59,6 +59,18 @@ def cores(start: tuple | None, end: tuple | None) -> dict:
     return {"sweep_cores": own / wall, "other_processes_cores": max(0.0, busy - own) / wall}
 
 
+def timed(command: list, env: dict, cwd: Path, what: str) -> tuple[float, dict]:
+    """Run ``command``; (its wall seconds, the cores it and other processes used)."""
+    start = cpu_sample()
+    tick = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+    seconds = time.perf_counter() - tick
+    load = cores(start, cpu_sample())
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{result.stderr[-2000:]}")
+    return seconds, load
+
+
 def sweep(launcher: str, seeds: list[int], epochs: int, root: Path) -> dict:
     """Run the sweep as a subprocess; its wall time, load and each job's metrics."""
     sweep_dir = root / f"{launcher}_{time.time_ns()}"
@@ -68,13 +80,7 @@ def sweep(launcher: str, seeds: list[int], epochs: int, root: Path) -> dict:
         f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(root))
-    start = cpu_sample()
-    tick = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
-    seconds = time.perf_counter() - tick
-    load = cores(start, cpu_sample())
-    if result.returncode != 0:
-        raise RuntimeError(f"{launcher} sweep failed:\n{result.stderr[-2000:]}")
+    seconds, load = timed(command, env, root, f"{launcher} sweep")
     jobs = {}
     for path in sorted(sweep_dir.glob("*/metrics.json")):
         metrics = json.loads(path.read_text())

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import Options, environment, spread
-from benchmarks.joblib_sweep import cores, cpu_sample
+from benchmarks.joblib_sweep import timed
 
 NAME = "uci_sweep"
 REPS = 1  # a basic sweep of the preset takes about 9 minutes on 2 cores
@@ -51,13 +50,7 @@ def sweep(launcher: str, epochs: int | None, root: Path) -> dict:
     ]  # fmt: skip
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(root))
     env.setdefault("BSLRUN_UCI_SPLITS", str(SPLITS_DIR))
-    start = cpu_sample()
-    tick = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
-    seconds = time.perf_counter() - tick
-    load = cores(start, cpu_sample())
-    if result.returncode != 0:
-        raise RuntimeError(f"{launcher} sweep failed:\n{result.stderr[-2000:]}")
+    seconds, load = timed(command, env, root, f"{launcher} sweep")
     splits = {}
     for path in sorted(sweep_dir.glob("*/metrics.json")):
         metrics = json.loads(path.read_text())

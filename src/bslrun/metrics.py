@@ -106,10 +106,12 @@ def mixture_quantile(q: float, mu, sigma, df=None, iterations: int = 60):
         newton = x - (cdf - q) / mixture_pdf(x, mu, sigma, df)
         # A closed bracket: a converged point (a zero step onto the end x just set) stays.
         inside = jnp.isfinite(newton) & (newton >= low) & (newton <= high)
-        new = jnp.where(inside, newton, 0.5 * (low + high))
-        # Once F(x) is q to float32 resolution, further steps only chase its rounding.
+        # Once F(x) is q to float32 resolution, a point takes Newton steps but never
+        # bisects, and no longer holds the loop: its steps only chase F's rounding.
         settled = jnp.abs(cdf - q) <= 4 * jnp.finfo(mu.dtype).eps
-        return i + 1, new, low, high, jnp.max(jnp.where(settled, 0.0, jnp.abs(new - x) - tolerance))
+        new = jnp.where(inside, newton, jnp.where(settled, x, 0.5 * (low + high)))
+        step = jnp.where(settled, 0.0, jnp.abs(new - x) - tolerance)
+        return i + 1, new, low, high, jnp.max(step)
 
     def going(carry):
         i, *_, worst_step = carry

@@ -90,7 +90,7 @@ def assert_same_function(kwargs, shape, seed=0):
     [
         (7, 64, 64, 2),  # the decoder's layers: 7x7 -> 14x14
         (14, 64, 32, 2),  # 14x14 -> 28x28
-        (7, 64, 64, 1),  # stride 1 runs the plain op
+        (7, 64, 64, 1),  # stride 1: nets.correlate with conv-transpose padding
         (28, 32, 1, 1),
         (5, 6, 3, 2),  # odd and even sides
         (6, 3, 5, 2),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -97,17 +99,159 @@ class MLPDecoder(nn.Module):
         return MLP(self.hidden, self.out_dim, self.activation)(z)
 
 
-# ------------------------------------------------------------ transposed convolutions
+# -------------------------------------------------------------- convolutions on CPU
 def subpixel_default() -> bool:
-    """Whether ``ConvTranspose`` computes strided layers as sub-pixel convolutions here.
+    """Whether ``Conv`` and ``ConvTranspose`` route around XLA's slow CPU convolutions
+    here: gradients as canonical convolutions (``correlate``), strided transposed
+    convolutions as sub-pixel convolutions (``subpixel_conv_transpose``).
 
-    On CPU, XLA's gradient of a strided transposed convolution (an input-dilated
-    convolution) is slow: forward+backward of the decoder's 64->32 layer at 14x14,
-    batch 32, took about 130 ms against 9 ms for the sub-pixel form on a 2-core CPU
-    (benchmarks/conv_transpose.py). GPUs and TPUs run the plain op with their own
-    convolution kernels and nothing shows the decomposition helps there, so it stays.
+    XLA's CPU convolution library takes one layout (NHWC input, HWIO kernel, NHWC
+    output); anything else runs as a naive loop nest. Autodiff's gradients are never in
+    it: the kernel gradient swaps batch and features, the input gradient has an HWOI
+    kernel. XLA rewrites them (its ConvCanonicalization pass) in the entry computation
+    only, not in a loop body, and the engine's epoch is one ``lax.scan``: there the
+    lecture encoder's 32->64 stride-2 layer (28x28, batch 32) took ~210 ms per forward
+    and backward against ~6 ms outside the loop, and the conv VAE's epoch ran 8-11x
+    slower than with canonical gradients (2-core CPU, issue 14). Outside a loop the
+    strided transposed convolution's gradient is slow too (130 ms against 9 ms for the
+    sub-pixel form, benchmarks/conv_transpose.py). GPUs and TPUs run the plain ops with
+    their own kernels and nothing shows these forms help there, so they stay.
     """
     return jax.default_backend() == "cpu"
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def correlate(x, kernel, strides, padding, precision=None):
+    """``y[b, m, n, o] = sum_{i,j,c} xp[b, s_h m + i, s_w n + j, c] K[i, j, c, o]``: x (B, H,
+    W, C) zero-padded by ``padding`` ((lo, hi) per axis) into xp, kernel K (kh, kw, C, O).
+
+    ``lax.conv_general_dilated`` (NHWC, HWIO), whose gradients are written as convolutions
+    in that same layout (see ``subpixel_default``); reverse mode only (no jvp).
+    """
+    return lax.conv_general_dilated(
+        x, kernel, strides, padding, precision=precision, dimension_numbers=_NHWC
+    )
+
+
+def _correlate_fwd(x, kernel, strides, padding, precision):
+    return correlate(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _correlate_bwd(strides, padding, precision, residuals, g):
+    """Per axis: kernel size k, padding lo, input length n, stride s, output length o."""
+    x, kernel = residuals
+    axes = list(zip(kernel.shape[:2], padding, x.shape[1:3], strides, g.shape[1:3], strict=True))
+    conv = partial(
+        lax.conv_general_dilated, window_strides=(1, 1), precision=precision,
+        dimension_numbers=_NHWC,
+    )  # fmt: skip
+    # dK[i, j, c, o] = sum_{b,m,n} xp[b, s m + i, s n + j, c] g[b, m, n, o]: x with c as
+    # the batch and b as the feature, correlated with g dilated by the strides; x's far
+    # side padded (or cropped) to the windows' reach k + s (o - 1).
+    dk = conv(
+        jnp.transpose(x, (3, 1, 2, 0)),
+        jnp.transpose(g, (1, 2, 0, 3)),
+        padding=[(lo, k + s * (o - 1) - n - lo) for k, (lo, _), n, s, o in axes],
+        rhs_dilation=strides,
+    )  # (C, kh, kw, O)
+    # dx[b, u, v, c] = sum g[b, m, n, o] K[i, j, c, o] over s m + i = u + lo: g dilated by
+    # the strides, correlated with the flipped kernel (O in, C out), cropped to x.
+    dx = conv(
+        g,
+        jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)),
+        padding=[(k - 1 - lo, lo + n - s * (o - 1) - 1) for k, (lo, _), n, s, o in axes],
+        lhs_dilation=strides,
+    )
+    return dx, jnp.transpose(dk, (1, 2, 0, 3))
+
+
+correlate.defvjp(_correlate_fwd, _correlate_bwd)
+
+
+def _unsupported(layer, inputs) -> str | None:
+    """Why a 2D layer cannot run as ``correlate`` or sub-pixel phases, for what Conv and
+    ConvTranspose share (None when nothing stops it)."""
+    two_d = not isinstance(layer.kernel_size, int) and len(layer.kernel_size) == 2
+    if not two_d or inputs.ndim < 3:
+        return f"2D kernels only (kernel_size={layer.kernel_size}, input rank {inputs.ndim})"
+    if layer.padding != "SAME":
+        return f"padding='SAME' only (padding={layer.padding!r})"
+    if layer.kernel_dilation not in (None, 1, (1, 1), [1, 1]):
+        return f"no kernel dilation (kernel_dilation={layer.kernel_dilation})"
+    if layer.mask is not None:
+        return "no mask only"
+    return None
+
+
+def _pair(strides) -> tuple[int, int]:
+    strides = strides if strides is not None else 1
+    return (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` (same parameters, same function) computed by ``correlate``
+    (gradients as canonical convolutions) when ``canonical_grads`` is True, or when it
+    is None and ``subpixel_default()`` says so.
+
+    That covers 2D kernels, padding "SAME", no input or kernel dilation, one feature
+    group, shared weights, no mask and flax's own convolution; ``canonical_grads=None``
+    runs anything else as the plain op, and ``canonical_grads=True`` refuses it.
+    """
+
+    canonical_grads: bool | None = None
+
+    def _why_not(self, inputs) -> str | None:
+        why = _unsupported(self, inputs)
+        if why is None and self.input_dilation not in (None, 1, (1, 1), [1, 1]):
+            why = f"no input dilation (input_dilation={self.input_dilation})"
+        if why is None and (self.feature_group_count != 1 or not self.shared_weights):
+            why = "one feature group and shared weights only"
+        if why is None and (self.conv_general_dilated or self.conv_general_dilated_cls):
+            why = "lax.conv_general_dilated only (no replacement)"
+        return why
+
+    def _use_correlate(self, inputs) -> bool:
+        if self.canonical_grads is False:
+            return False
+        why = self._why_not(inputs)
+        if self.canonical_grads and why is not None:
+            raise ValueError(f"Conv(canonical_grads=True) supports {why}")
+        return why is None and (self.canonical_grads or subpixel_default())
+
+    @nn.compact
+    def __call__(self, inputs):
+        if not self._use_correlate(inputs):
+            return super().__call__(inputs)
+        batch_shape, image = inputs.shape[:-3], inputs.shape[-3:]
+        kernel = self.param(
+            "kernel", self.kernel_init, (*self.kernel_size, image[-1], self.features),
+            self.param_dtype,
+        )  # fmt: skip
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        strides = _pair(self.strides)
+        padding = tuple(lax.padtype_to_pads(image[:2], self.kernel_size, strides, "SAME"))
+        y = correlate(x.reshape((-1, *image)), kernel, strides, padding, self.precision)
+        if bias is not None:
+            y = y + bias
+        return y.reshape((*batch_shape, *y.shape[1:]))
+
+
+# ------------------------------------------------------------ transposed convolutions
+def _transpose_padding(k: int, s: int) -> tuple[int, int]:
+    """Zeros (before, after) of ``lax.conv_transpose(padding="SAME")`` along one axis
+    (``lax.convolution._conv_transpose_padding``): the input dilated by s is padded so
+    that the output has s*n entries."""
+    pad_len = k + s - 2
+    pad_lo = k - 1 if s > k - 1 else -(-pad_len // 2)
+    return pad_lo, pad_len - pad_lo
 
 
 def _phase_taps(k: int, s: int) -> list[list[tuple[int, int]]]:
@@ -119,8 +263,7 @@ def _phase_taps(k: int, s: int) -> list[list[tuple[int, int]]]:
     xd[o + t - pad_lo]`` where ``xd[s*i] = x[i]`` and zero elsewhere, so tap t reaches
     phase r iff ``r + t - pad_lo`` is a multiple of s. The output has s*n entries.
     """
-    pad_len = k + s - 2  # lax.convolution._conv_transpose_padding, 'SAME'
-    pad_lo = k - 1 if s > k - 1 else -(-pad_len // 2)
+    pad_lo = _transpose_padding(k, s)[0]
     return [
         [(t, (r + t - pad_lo) // s) for t in range(k) if (r + t - pad_lo) % s == 0]
         for r in range(s)
@@ -166,33 +309,27 @@ def subpixel_conv_transpose(x, kernel, strides, precision=None, preferred_elemen
 
 class ConvTranspose(nn.ConvTranspose):
     """``flax.linen.ConvTranspose`` (same parameters, same function) that computes a
-    strided 2D layer as a sub-pixel convolution (``subpixel_conv_transpose``) when
-    ``subpixel`` is True, or when it is None and ``subpixel_default()`` says so.
+    strided 2D layer as a sub-pixel convolution (``subpixel_conv_transpose``), and a
+    stride-1 layer, a correlation with the same kernel, by ``correlate`` (gradients as
+    canonical convolutions), when ``subpixel`` is True, or when it is None and
+    ``subpixel_default()`` says so.
 
     The sub-pixel form covers padding "SAME" without kernel dilation, mask or
     ``transpose_kernel``; ``subpixel=None`` runs anything else as the plain op, and
-    ``subpixel=True`` refuses it. Stride 1 runs the plain op (nothing to gain).
+    ``subpixel=True`` refuses it.
     """
 
     subpixel: bool | None = None
 
     def _subpixel_unsupported(self, inputs) -> str | None:
         """Why this layer cannot run as a sub-pixel convolution (None when it can)."""
-        two_d = not isinstance(self.kernel_size, int) and len(self.kernel_size) == 2
-        if not two_d or inputs.ndim < 3:
-            return f"2D kernels only (kernel_size={self.kernel_size}, input rank {inputs.ndim})"
-        if self.padding != "SAME":
-            return f"padding='SAME' only (padding={self.padding!r})"
-        if self.kernel_dilation not in (None, 1, (1, 1), [1, 1]):
-            return f"no kernel dilation (kernel_dilation={self.kernel_dilation})"
-        if self.mask is not None or self.transpose_kernel:
-            return "no mask and transpose_kernel=False only"
-        return None
+        why = _unsupported(self, inputs)
+        if why is None and self.transpose_kernel:
+            why = "transpose_kernel=False only"
+        return why
 
     def _use_subpixel(self, inputs) -> bool:
-        strides = self.strides if self.strides is not None else 1
-        strided = any(s != 1 for s in ((strides,) * 2 if isinstance(strides, int) else strides))
-        if self.subpixel is False or not strided:
+        if self.subpixel is False:
             return False
         why = self._subpixel_unsupported(inputs)
         if self.subpixel and why is not None:
@@ -203,8 +340,7 @@ class ConvTranspose(nn.ConvTranspose):
     def __call__(self, inputs):
         if not self._use_subpixel(inputs):
             return super().__call__(inputs)
-        strides = self.strides if self.strides is not None else 1
-        strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+        strides = _pair(self.strides)
         batch_shape, image = inputs.shape[:-3], inputs.shape[-3:]
         in_features = image[-1]
         kernel = self.param(
@@ -219,9 +355,14 @@ class ConvTranspose(nn.ConvTranspose):
             else None
         )
         x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        y = subpixel_conv_transpose(
-            x.reshape((-1, *image)), kernel, strides, self.precision, self.preferred_element_type
-        )
+        x = x.reshape((-1, *image))
+        if strides == (1, 1):
+            padding = tuple(_transpose_padding(k, 1) for k in self.kernel_size)
+            y = correlate(x, kernel, strides, padding, self.precision)
+        else:
+            y = subpixel_conv_transpose(
+                x, kernel, strides, self.precision, self.preferred_element_type
+            )
         if bias is not None:
             y = y + bias
         return y.reshape((*batch_shape, *y.shape[1:]))
@@ -238,16 +379,29 @@ def _norm_act(x, train: bool):
 
 
 class ConvEncoder(nn.Module):
-    """Flattened images (n, H*W*C) -> (loc, scale) through 3x3 convolutions."""
+    """Flattened images (n, H*W*C) -> (loc, scale) through 3x3 convolutions.
+
+    ``canonical_grads`` is passed to the convolutions (None: on CPU); it changes how
+    their gradients are computed, never the function or the parameters.
+    """
 
     image_shape: tuple
     latent_dim: int
+    canonical_grads: bool | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         x = x.reshape((-1, *self.image_shape))
-        for features, stride in CONV_LAYERS:
-            x = nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME")(x)
+        for i, (features, stride) in enumerate(CONV_LAYERS):
+            # named as flax.linen.Conv auto-names its layers: same parameter paths
+            x = Conv(
+                features,
+                (3, 3),
+                strides=(stride, stride),
+                padding="SAME",
+                canonical_grads=self.canonical_grads,
+                name=f"Conv_{i}",
+            )(x)
             x = _norm_act(x, train)
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.latent_dim)(x), _positive(nn.Dense(self.latent_dim)(x))
@@ -256,8 +410,8 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z (n, latent_dim) -> flattened logits (n, H*W*C): the encoder mirrored.
 
-    ``subpixel`` is passed to the transposed convolutions (None: sub-pixel on CPU); it
-    changes how they are computed, never the function or the parameters.
+    ``subpixel`` is passed to the transposed convolutions (None: on CPU); it changes how
+    they are computed, never the function or the parameters.
     """
 
     image_shape: tuple

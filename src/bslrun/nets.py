@@ -100,6 +100,18 @@ class MLPDecoder(nn.Module):
 
 
 # -------------------------------------------------------------- convolutions on CPU
+def _cpu_form(forced: bool | None, why_not, layer: str) -> bool:
+    """Whether a layer takes its CPU form: ``forced`` False never, True always (refusing,
+    in one line, what the form cannot do), None by default where it can
+    (``subpixel_default``). ``why_not()`` says why it cannot (None when it can)."""
+    if forced is False:
+        return False
+    why = why_not()
+    if forced and why is not None:
+        raise ValueError(f"{layer} supports {why}")
+    return why is None and (forced or subpixel_default())
+
+
 def subpixel_default() -> bool:
     """Whether ``Conv`` and ``ConvTranspose`` route around XLA's slow CPU convolutions
     here: gradients as canonical convolutions (``correlate``), strided transposed
@@ -214,12 +226,8 @@ class Conv(nn.Conv):
         return why
 
     def _use_correlate(self, inputs) -> bool:
-        if self.canonical_grads is False:
-            return False
-        why = self._why_not(inputs)
-        if self.canonical_grads and why is not None:
-            raise ValueError(f"Conv(canonical_grads=True) supports {why}")
-        return why is None and (self.canonical_grads or subpixel_default())
+        return _cpu_form(self.canonical_grads, lambda: self._why_not(inputs),
+                         "Conv(canonical_grads=True)")  # fmt: skip
 
     @nn.compact
     def __call__(self, inputs):
@@ -329,12 +337,8 @@ class ConvTranspose(nn.ConvTranspose):
         return why
 
     def _use_subpixel(self, inputs) -> bool:
-        if self.subpixel is False:
-            return False
-        why = self._subpixel_unsupported(inputs)
-        if self.subpixel and why is not None:
-            raise ValueError(f"ConvTranspose(subpixel=True) supports {why}")
-        return why is None and (self.subpixel or subpixel_default())
+        return _cpu_form(self.subpixel, lambda: self._subpixel_unsupported(inputs),
+                         "ConvTranspose(subpixel=True)")  # fmt: skip
 
     @nn.compact
     def __call__(self, inputs):

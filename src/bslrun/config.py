@@ -48,6 +48,8 @@ class Posterior(str, Enum):
     full_rank = "full_rank"  # Gaussian with a full lower-triangular scale
     iaf = "iaf"  # diagonal Gaussian pushed through inverse autoregressive affine steps
     iaf_spline = "iaf_spline"  # the same with rational-quadratic spline steps
+    ensemble = "ensemble"  # M independently initialised MAP networks (deep ensembles)
+    mc_dropout = "mc_dropout"  # MAP network with dropout kept on at test time (MC dropout)
 
 
 class FlowKind(str, Enum):
@@ -235,6 +237,12 @@ class BnnConfig(ModelConfig):
     # hidden widths of each step's MADE.
     flow_steps: int = 2
     flow_hidden: list[int] = field(default_factory=lambda: [256])
+    # posterior=ensemble: members M, each a MAP network of its own initialisation, noise and
+    # training; the predictive is their equal mixture (Lakshminarayanan et al. 2017).
+    ensemble_size: int = 5
+    # posterior=mc_dropout: the probability of dropping each input and hidden unit, in
+    # training and in every predictive draw (Gal & Ghahramani 2016).
+    dropout: float = 0.05
 
     def fill_defaults(self, task: str | None) -> None:
         if self.likelihood is None and task in TASKS_WITH_TARGETS:
@@ -254,6 +262,12 @@ class BnnConfig(ModelConfig):
         _positive("model.init_scale", self.init_scale)
         if self.rank < 1:
             raise ConfigError(f"model.rank={self.rank} must be at least 1")
+        check_counts("model", self, ("ensemble_size",))
+        if not 0 < self.dropout < 1:
+            raise ConfigError(
+                f"model.dropout={self.dropout} must lie strictly between 0 and 1 (the "
+                "probability of dropping a unit)"
+            )
         if self.noise_scale is not None:
             _positive("model.noise_scale", self.noise_scale)
         likelihood = None if self.likelihood is None else Likelihood(self.likelihood)
@@ -430,6 +444,37 @@ class EvalConfig:
     flow_samples: int = 5000
     # Importance samples per test image for the VAE's log-likelihood bound.
     iw_samples: int = 1000
+    # A run folder of inference=nuts on the same data and split: a variational BNN run
+    # then reports how far its predictive is from that reference (metrics.json
+    # "reference": W2 and Gaussian KL for regression, agreement and total variation for
+    # classification; docs/nuts.md). null: no comparison.
+    reference: str | None = None
+
+
+class InferenceMethod(str, Enum):
+    svi = "svi"  # train the model's posterior (model.posterior) by stochastic variational inference
+    nuts = "nuts"  # sample a BNN's posterior by Hamiltonian Monte Carlo (NUTS): no training
+
+
+@dataclass
+class InferenceConfig:
+    """How the posterior is found. inference=nuts samples p(w, noise | data) of model=bnn
+    with NumPyro's NUTS on the full training set (docs/nuts.md); model.posterior, optim
+    and the trainer's epochs are then not used."""
+
+    method: InferenceMethod = InferenceMethod.svi
+    # NUTS: warm-up iterations per chain (step size and mass matrix adaptation; discarded).
+    num_warmup: int = 500
+    # NUTS: iterations kept per chain after warm-up (before thinning).
+    num_samples: int = 500
+    # NUTS: independent chains, run together as one vectorised program.
+    num_chains: int = 4
+    # NUTS: the mean acceptance probability that warm-up adapts the step size to.
+    target_accept: float = 0.8
+    # NUTS: the deepest trajectory tree (at most 2^depth - 1 leapfrog steps per iteration).
+    max_tree_depth: int = 10
+    # NUTS: keep every thinning-th iteration (num_samples / thinning draws per chain).
+    thinning: int = 1
 
 
 @dataclass
@@ -484,6 +529,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 # --------------------------------------------------------------------------- checks
@@ -658,6 +704,22 @@ def check_trainer(t: TrainerConfig) -> None:
         raise ConfigError(
             f"trainer.replicas={t.replicas} trains on one device from the start; drop {other} "
             "or set trainer.replicas=1"
+        )
+
+
+def check_inference(i: InferenceConfig) -> None:
+    """The sampler's ranges (checked whatever the method, so a typo is caught at once)."""
+    check_counts("inference", i, ("num_warmup", "num_samples", "num_chains", "max_tree_depth"))
+    check_counts("inference", i, ("thinning",))
+    if i.thinning > i.num_samples:
+        raise ConfigError(
+            f"inference.thinning={i.thinning} keeps no draw of inference.num_samples="
+            f"{i.num_samples}; lower the thinning or raise num_samples"
+        )
+    if not 0 < i.target_accept < 1:
+        raise ConfigError(
+            f"inference.target_accept={i.target_accept} must lie strictly between 0 and 1 "
+            "(0.8 is usual; 0.9-0.99 for hard posteriors)"
         )
 
 

@@ -27,21 +27,33 @@ class MLP(nn.Module):
     """x (..., d) -> (..., out_dim) through Dense layers of widths ``hidden``.
 
     ``zero_output`` starts the output layer at zero (a flow conditioner then starts
-    its layer at the identity map).
+    its layer at the identity map). Given a ``dropout_key``, each input and hidden unit
+    is dropped with probability ``dropout`` and the kept ones are scaled by 1 / (1 - p),
+    as in Gal's MC dropout networks (dropout before every Dense layer; Gal &
+    Ghahramani 2016, appendix); without a key the network is deterministic.
     """
 
     hidden: Sequence[int]
     out_dim: int
     activation: str = "relu"
     zero_output: bool = False
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, dropout_key=None):
         act = ACTIVATIONS[self.activation]
-        for width in self.hidden:
-            x = act(nn.Dense(width)(x))
+        for layer, width in enumerate(self.hidden):
+            x = act(nn.Dense(width)(self._drop(x, dropout_key, layer)))
         init = nn.initializers.zeros_init() if self.zero_output else nn.initializers.lecun_normal()
+        x = self._drop(x, dropout_key, len(self.hidden))
         return nn.Dense(self.out_dim, kernel_init=init)(x)
+
+    def _drop(self, x, key, layer: int):
+        """Inverted dropout of ``x``'s units (the identity without a key): E[output] = x."""
+        if key is None or self.dropout == 0.0:
+            return x
+        keep = jax.random.bernoulli(jax.random.fold_in(key, layer), 1.0 - self.dropout, x.shape)
+        return jnp.where(keep, x / (1.0 - self.dropout), 0.0)
 
 
 class FlatView:

@@ -5,7 +5,16 @@ Blundell et al. 2015). With no hidden layer (``model.hidden=[]``) the network is
 affine map f(x; w) = W^T x + b: Bayesian linear regression (conjugate, with a fixed
 ``noise_scale``, so its posterior has a closed form; Bishop 2006, sec. 3.3) or Bayesian
 multinomial logistic regression. The variational posterior q(w) is one of the families
-in ``bslrun.models.guides``. Likelihoods, for network output f(x; w):
+in ``bslrun.models.guides``, or one of two baselines that are not variational:
+
+- ensemble:   M MAP networks w_1..w_M, each its own initialisation, noise parameters
+              and (through Adam's per-coordinate steps) training; the predictive is the
+              equal mixture (1/M) sum_m p(y | x, w_m) (Lakshminarayanan et al. 2017)
+- mc_dropout: one MAP network trained and evaluated with dropout masks z on its inputs
+              and hidden units: w_s = w * z_s / (1 - p), the predictive a mixture over
+              draws of z (Gal & Ghahramani 2016)
+
+Likelihoods, for network output f(x; w):
 
 - regression:      y ~ N(f(x), sigma(x)^2), sigma learned (type-II maximum likelihood) or fixed
 - student_t:       y ~ t_df(f(x), sigma(x)), df > 2 learned with sigma, or fixed
@@ -22,6 +31,7 @@ mapped back to original units here.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import jax
@@ -48,6 +58,7 @@ from bslrun.models.family import Family
 from bslrun.nets import MLP, FlatView
 
 SITE = "w"
+POINT_BASELINES = ("ensemble", "mc_dropout")  # trained as MAP networks (a Delta guide)
 MIN_SCALE = 1e-3  # keeps heteroscedastic scales away from 0 (and the NLL finite)
 EVAL_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large nets
 INTERVAL = (0.025, 0.975)  # the central 95% predictive interval of predictions.npz
@@ -77,7 +88,12 @@ class BnnFamily(Family):
         out_dim = {"regression": 1, "student_t": 1, "heteroscedastic": 2}.get(
             likelihood, spec.num_classes
         )
-        self.net = MLP(tuple(cfg.hidden), out_dim, Activation(cfg.activation).value)
+        dropout = cfg.dropout if self.posterior == "mc_dropout" else 0.0
+        self.net = MLP(
+            tuple(cfg.hidden), out_dim, Activation(cfg.activation).value, dropout=dropout
+        )
+        # The ensemble's members along a leading axis of the weights and noise parameters.
+        self.members = (cfg.ensemble_size,) if self.posterior == "ensemble" else ()
         self.input_dim = spec.input_dim
         abstract_key = jax.ShapeDtypeStruct((2,), jnp.uint32)
         shapes = jax.eval_shape(self.net.init, abstract_key, jnp.zeros((1, spec.input_dim)))
@@ -85,11 +101,16 @@ class BnnFamily(Family):
         self.num_weights = self.flat.size
         self._check_size()
         self.flow = guides.FlowShape(cfg.flow_steps, tuple(cfg.flow_hidden))
-        self.prior = dist.Normal(0.0, cfg.prior_scale).expand([self.num_weights]).to_event(1)
+        # p(w) of one weight vector; the ensemble's prior is that of each member.
+        self.weight_prior = dist.Normal(0.0, cfg.prior_scale).expand([self.num_weights])
+        self.weight_prior = self.weight_prior.to_event(1)
+        shape = [*self.members, self.num_weights]
+        self.prior = dist.Normal(0.0, cfg.prior_scale).expand(shape).to_event(len(shape))
+        self.guide_kind = "map" if self.posterior in POINT_BASELINES else self.posterior
         self.guide = guides.make_guide(
-            self.posterior,
+            self.guide_kind,
             SITE,
-            self._initial_weights,
+            self._initial_members if self.members else self._initial_weights,
             self.num_weights,
             cfg.init_scale,
             cfg.rank,
@@ -126,11 +147,25 @@ class BnnFamily(Family):
         template = self.net.init(key, jnp.zeros((1, self.input_dim)))["params"]
         return self.flat.ravel(template)
 
+    def _initial_members(self, key):
+        """The ensemble's members (M, D), each initialised from a key of its own."""
+        return jax.vmap(self._initial_weights)(jax.random.split(key, self.members[0]))
+
     # ------------------------------------------------------------------ model
 
-    def forward(self, w, x):
-        """Network output f(x; w) for one flat weight vector: (n, out_dim)."""
-        return self.net.apply({"params": self.flat.unravel(w)}, x)
+    def forward(self, w, x, dropout_key=None):
+        """Network output f(x; w) for one flat weight vector: (n, out_dim); with
+        posterior=mc_dropout and a key, under dropout masks drawn from it (one per row)."""
+        return self.net.apply({"params": self.flat.unravel(w)}, x, dropout_key)
+
+    def _outputs(self, w, x):
+        """The model's network outputs: (M, n, out_dim) for the ensemble's members w (M, D),
+        (n, out_dim) otherwise, under fresh dropout masks for posterior=mc_dropout."""
+        if self.members:
+            return jax.vmap(self.forward, (0, None))(w, x)
+        if self.posterior == "mc_dropout":
+            return self.forward(w, x, numpyro.prng_key())
+        return self.forward(w, x)
 
     @staticmethod
     def _param(params, name: str, init, constraint):
@@ -140,20 +175,29 @@ class BnnFamily(Family):
         return numpyro.param(name, init, constraint=constraint)
 
     def _noise(self, x, params=None):
-        """sigma(x) in standardised units: (n,) for noise=linear, else a scalar."""
+        """sigma(x) in standardised units: (n,) for noise=linear, else a scalar; an
+        ensemble's members have noise parameters of their own, (M, n) or (M, 1)."""
         if self.cfg.noise_scale is not None:
             sigma = jnp.asarray(self.cfg.noise_scale)
         else:
-            sigma = self._param(params, "noise_scale", jnp.asarray(1.0), constraints.positive)
+            ones = jnp.ones(self.members)
+            sigma = self._param(params, "noise_scale", ones, constraints.positive)
         if Noise(self.cfg.noise) is Noise.linear:
-            coef = self._param(params, "noise_coef", jnp.zeros(self.input_dim), constraints.real)
-            sigma = sigma * jnp.exp(x @ coef)
-        return sigma
+            zeros = jnp.zeros((*self.members, self.input_dim))
+            coef = self._param(params, "noise_coef", zeros, constraints.real)
+            # x @ coef.T: (n,) for one coefficient vector, (n, M) for the members'
+            return self._per_member(sigma) * jnp.moveaxis(jnp.exp(x @ coef.T), 0, -1)
+        return self._per_member(sigma)
+
+    def _per_member(self, value):
+        """A member's parameter (M,) as (M, 1), beside its outputs (M, n)."""
+        return value[..., None] if self.members and jnp.ndim(value) else value
 
     def _df(self, params=None):
         if self.cfg.df is not None:
             return jnp.asarray(self.cfg.df)
-        return self._param(params, "df", jnp.asarray(DF_INIT), constraints.greater_than(2.0))
+        init = jnp.full(self.members, DF_INIT)
+        return self._per_member(self._param(params, "df", init, constraints.greater_than(2.0)))
 
     def _observation(self, out, x, params=None):
         """p(y | x, w) for network outputs ``out`` (..., n, out_dim) at inputs x (n, d)."""
@@ -170,27 +214,49 @@ class BnnFamily(Family):
         batch = x.shape[0]
         # Scaling a batch of B by N / B makes the ELBO an unbiased estimate of the
         # full-data ELBO; the engine's 1 / N then gives the lecture's KL weight 1/N.
-        with numpyro.plate("data", batch), numpyro.handlers.scale(scale=self.n_train / batch):
-            numpyro.sample("y", self._observation(self.forward(w, x), x), obs=y)
+        # An ensemble's members each add their own log-likelihood: their gradients
+        # (and Adam's steps) are those of M separate trainings.
+        members = (
+            numpyro.plate("members", self.members[0], dim=-2) if self.members else nullcontext()
+        )
+        with members, numpyro.plate("data", batch, dim=-1):
+            with numpyro.handlers.scale(scale=self.n_train / batch):
+                numpyro.sample("y", self._observation(self._outputs(w, x), x), obs=y)
 
     # ------------------------------------------------------------- posterior
 
     def posterior_distribution(self, params):
-        return guides.distribution(self.posterior, guides.site_params(SITE, params), self.flow)
+        """q(w) of the variational families; the baselines' point estimates as a Delta."""
+        return guides.distribution(self.guide_kind, guides.site_params(SITE, params), self.flow)
+
+    def weight_draws(self, params, key, num_samples):
+        """Weights w_s (S, D) of the predictive mixture and their log q(w_s) (S,): draws of
+        q; the ensemble's M members (all of them, whatever ``num_samples``); MC dropout's
+        trained weights, S times (its draws are the masks, see ``_predictive``)."""
+        loc = guides.site_params(SITE, params).get("loc")
+        if self.members:
+            return loc, jnp.zeros(self.members)
+        if self.posterior == "mc_dropout":
+            return jnp.broadcast_to(loc, (num_samples, loc.shape[-1])), jnp.zeros(num_samples)
+        return guides.sample_and_log_prob(self.posterior_distribution(params), key, (num_samples,))
 
     def _draws(self, params, x, key, num_samples):
-        """Weights w_s ~ q, their log q(w_s) (S,) and per-draw predictive distributions
+        """Weights w_s, their log q(w_s) (S,) and per-draw predictive distributions
         for x (batch shape (S, n))."""
-        q = self.posterior_distribution(params)
-        weights, log_q = guides.sample_and_log_prob(q, key, (num_samples,))
-        return weights, log_q, self._predictive(params, weights, x)
+        weights, log_q = self.weight_draws(params, key, num_samples)
+        return weights, log_q, self._predictive(params, weights, x, jax.random.fold_in(key, 1))
 
-    def _predictive(self, params, weights, x):
-        """p(y | x, w_s) for each weight draw w_s (S, D): batch shape (S, n)."""
+    def _predictive(self, params, weights, x, key=None):
+        """p(y | x, w_s) for each weight draw w_s (S, D): batch shape (S, n). MC dropout
+        draws each w_s's masks from its own key split from ``key`` (one mask per row)."""
         draws = weights.shape[0]
-        outputs = jax.lax.map(
-            lambda w: self.forward(w, x), weights, batch_size=min(draws, EVAL_CHUNK)
-        )
+        chunk = min(draws, EVAL_CHUNK)
+        if self.posterior == "mc_dropout":
+            keys = jax.random.split(key, draws)
+            outputs = jax.lax.map(lambda wk: self.forward(wk[0], x, wk[1]), (weights, keys),
+                                  batch_size=chunk)  # fmt: skip
+        else:
+            outputs = jax.lax.map(lambda w: self.forward(w, x), weights, batch_size=chunk)
         return self._observation(outputs, x, params)
 
     def _original_units(self, predictive):
@@ -210,7 +276,7 @@ class BnnFamily(Family):
         bound is the log joint, as in MAP training.
         """
         loglik = jnp.mean(predictive.log_prob(y[None, :]))
-        kl = jnp.mean(log_q - self.prior.log_prob(weights))
+        kl = jnp.mean(log_q - self.weight_prior.log_prob(weights))
         elbo = loglik - kl / self.n_train
         if self.spec.task == "regression":
             elbo = elbo - jnp.log(self.spec.y_scaler.std)  # change of variables y = a z + b
@@ -242,12 +308,10 @@ class BnnFamily(Family):
         H[p], the ``mutual_information`` H[p] - mean_s H[p_s] between the label and w
         (Houlsby et al. 2011; the epistemic part), and the arg-max ``prediction``.
         """
-        weights, _ = guides.sample_and_log_prob(
-            self.posterior_distribution(params), key, (num_samples,)
-        )
+        weights, _ = self.weight_draws(params, key, num_samples)
 
-        def rows(xc, _):
-            predictive = self._predictive(params, weights, xc)
+        def rows(xc, chunk_key):
+            predictive = self._predictive(params, weights, xc, chunk_key)
             if self.spec.task == "classification":
                 return classification_summary(predictive.logits)
             return self._regression_summary(predictive, levels)
@@ -268,9 +332,38 @@ class BnnFamily(Family):
         }
 
     def sample(self, params, key, num: int):
-        """``num`` weight vectors w ~ q (num, number of weights)."""
-        q = self.posterior_distribution(params)
-        return guides.sample_and_log_prob(q, key, (num,))[0]
+        """``num`` weight vectors w ~ q (num, number of weights): for the ensemble, members
+        drawn uniformly; for MC dropout, the weights under dropout masks on the rows of
+        each layer's kernel (the inputs that the layer's dropout drops), scaled by 1 / (1 - p)."""
+        if self.posterior not in POINT_BASELINES:
+            q = self.posterior_distribution(params)
+            return guides.sample_and_log_prob(q, key, (num,))[0]
+        loc = guides.site_params(SITE, params)["loc"]
+        if self.members:
+            return loc[jax.random.randint(key, (num,), 0, self.members[0])]
+        return jax.vmap(lambda k: self._dropped_weights(loc, k))(jax.random.split(key, num))
+
+    def _dropped_weights(self, w, key):
+        """The flat weights w with one dropout mask on each Dense layer's input rows."""
+        layers = self.flat.unravel(w)
+        keep = 1.0 - self.cfg.dropout
+        dropped = {}
+        for i, (name, layer) in enumerate(sorted(layers.items(), key=lambda kv: _layer(kv[0]))):
+            mask = jax.random.bernoulli(jax.random.fold_in(key, i), keep, layer["kernel"].shape[:1])
+            dropped[name] = {**layer, "kernel": layer["kernel"] * mask[:, None] / keep}
+        return self.flat.ravel(dropped)
+
+    def weight_marginals(self, params, key):
+        """(mean, std, one draw) of the weights (each (D,)) for the weight histograms: q's
+        marginals (std None for MAP and MC dropout), or over the ensemble's members."""
+        draw_key, moment_key = jax.random.split(key)
+        draw = self.sample(params, draw_key, 1)[0]
+        if self.members:  # the spread of one member is no spread
+            members = guides.site_params(SITE, params)["loc"]
+            spread = jnp.std(members, axis=0) if self.members[0] > 1 else None
+            return jnp.mean(members, axis=0), spread, draw
+        mean, std = bnn_figures.posterior_marginals(self.posterior_distribution(params), moment_key)
+        return mean, None if self.guide_kind == "map" else std, draw
 
     def artifacts(self, params, x, y, key, num_samples, ood_x=None, ood_source=None):
         """``predict``'s summaries of the test set beside its targets (original units), and
@@ -341,3 +434,8 @@ def flow_parameters(dim: int, hidden, bins: int) -> int:
         sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
         + widths[-1] * dim * outputs
     )
+
+
+def _layer(name: str) -> int:
+    """Flax's layer order from its name ("Dense_10" after "Dense_9")."""
+    return int(name.rsplit("_", 1)[-1])

@@ -57,15 +57,13 @@ def curve(family, params, x, key, num_samples):
     grid = jnp.linspace(low - pad, high + pad, CURVE_POINTS)
     scaled = family.spec.x_scaler.forward(grid[:, None])
     curve = family.predict(params, scaled, key, num_samples, levels=CURVE_LEVELS)
-    weights, _ = guides.sample_and_log_prob(
-        family.posterior_distribution(params), key, (num_samples,)
-    )
-    draws = weights[: min(CURVE_DRAWS, num_samples)]
+    weights, _ = family.weight_draws(params, key, num_samples)
+    draws = weights[: min(CURVE_DRAWS, weights.shape[0])]
     bands = jnp.moveaxis(curve.pop("quantiles"), -1, 0)
     ends = ("lower_95", "lower_50", "upper_50", "upper_95")
     return {
         "curve_x": grid,
-        "curve_draws": family._original_units(family._predictive(params, draws, scaled))[0],
+        "curve_draws": family._original_units(family._predictive(params, draws, scaled, key))[0],
         "x": inputs,
         **{f"curve_{k}": v for k, v in curve.items()},
         **{f"curve_{k}": v for k, v in zip(ends, bands, strict=True)},
@@ -76,12 +74,11 @@ def calibration_curve(family, params, x, y, key, num_samples):
     """PIT values u_i = F_i(y_i) of the test targets under the predictive mixture (the
     same S draws as ``predict``) and the observed coverage of the central intervals at
     the nominal COVERAGE_LEVELS (Gneiting et al. 2007)."""
-    weights, _ = guides.sample_and_log_prob(
-        family.posterior_distribution(params), key, (num_samples,)
-    )
+    weights, _ = family.weight_draws(params, key, num_samples)
 
-    def rows(xy, _):  # targets ride along as the last column, chunked with their rows
-        mu, sigma, df = family._original_units(family._predictive(params, weights, xy[:, :-1]))
+    def rows(xy, chunk_key):  # targets ride along as the last column, chunked with their rows
+        predictive = family._predictive(params, weights, xy[:, :-1], chunk_key)
+        mu, sigma, df = family._original_units(predictive)
         targets = family.spec.y_scaler.inverse(xy[:, -1])
         return {"pit": metrics.mixture_cdf(targets, mu, sigma, df)}
 
@@ -116,11 +113,8 @@ def images(family, params, x, out, key, num_samples, ood_x):
 def weight_histograms(family, params, key) -> dict:
     """Histograms (densities) of the weights' posterior means mu_j, of one draw w ~ q and
     the prior density N(0, s^2) on the same bins; and of log10 of the posterior stds
-    sigma_j (none for MAP), beside log10 s."""
-    q = family.posterior_distribution(params)
-    draw_key, moment_key = jax.random.split(key)
-    draw = guides.sample_and_log_prob(q, draw_key)[0]
-    mean, std = posterior_marginals(q, moment_key)
+    sigma_j (none for MAP and MC dropout; over the members for an ensemble), beside log10 s."""
+    mean, std, draw = family.weight_marginals(params, key)
     s = family.cfg.prior_scale
     span = jnp.maximum(2.0 * s, jnp.max(jnp.abs(jnp.concatenate([mean, draw]))))
     edges = jnp.linspace(-span, span, WEIGHT_BINS + 1)
@@ -132,7 +126,7 @@ def weight_histograms(family, params, key) -> dict:
         "weight_prior_density": jax.scipy.stats.norm.pdf(centres, 0.0, s),
         "prior_scale": jnp.asarray(s),
     }
-    if family.posterior != "map":
+    if std is not None:
         log_std = jnp.log10(std)
         low = jnp.minimum(jnp.min(log_std), jnp.log10(s)) - 0.1
         high = jnp.maximum(jnp.max(log_std), jnp.log10(s)) + 0.1

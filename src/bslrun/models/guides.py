@@ -116,8 +116,8 @@ def declare(
 def distribution(kind: str, params: dict, flow: FlowShape | None = None) -> dist.Distribution:
     """q(w) from constrained parameters (keys without the site prefix)."""
     loc = params["loc"]
-    if kind == "map":
-        return dist.Delta(loc, event_dim=1)
+    if kind == "map":  # every axis an event axis: a point (D,), or an ensemble's (M, D)
+        return dist.Delta(loc, event_dim=jnp.ndim(loc))
     if kind == "mean_field":
         return dist.Normal(loc, params["scale"]).to_event(1)
     if kind == "lowrank":

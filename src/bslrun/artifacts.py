@@ -14,6 +14,8 @@ Layout of one run folder (format ``FORMAT``; docs/run-folder.md is the contract)
     metrics.json           nested metrics (test, val, train, timing, seed, versions)
     history.csv            one row per epoch
     predictions.npz        BNN: test-set predictions (samples.npz for VAEs and flows)
+    posterior_samples.npz  inference=nuts: the posterior draws, (chains, draws, ...) per site
+    reference.npz          inference=nuts: the test predictive that eval.reference compares with
     checkpoint/params.msgpack   parameters and mutable state (flax msgpack; never pickle)
     checkpoint/train/      the last training checkpoint (orbax) and config.json, for resuming
     plots/*.png
@@ -158,6 +160,17 @@ class RunFolder:
     @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def posterior_samples(self) -> Path:
+        """inference=nuts: the posterior draws of each site, grouped by chain."""
+        return self.root / "posterior_samples.npz"
+
+    @property
+    def reference(self) -> Path:
+        """inference=nuts: the test predictive (quantiles or class probabilities) that a
+        variational run's ``eval.reference`` is compared with."""
+        return self.root / "reference.npz"
 
     def arrays(self, kind: str) -> Path:
         """The family's saved arrays: ``predictions`` (BNN) or ``samples`` (VAE, flow)."""

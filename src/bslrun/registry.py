@@ -26,11 +26,14 @@ from bslrun.config import (
     FileDataConfig,
     FileTask,
     ImageDataConfig,
+    InferenceConfig,
+    InferenceMethod,
     ModelConfig,
     OptimConfig,
     ToyDataConfig,
     TrainerConfig,
     check_counts,
+    check_inference,
     check_name,
     check_optim,
     check_seed,
@@ -91,6 +94,7 @@ def register() -> None:
         store.store(group="schema/model", name=name, node=entry.schema)
     store.store(group="schema/optim", name="optim", node=OptimConfig)
     store.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    store.store(group="schema/inference", name="inference", node=InferenceConfig)
 
 
 def load(path: str):
@@ -142,6 +146,7 @@ def validate(cfg: Config) -> Config:
     cfg.model.check()
     cfg.model.check_fits(cfg, data_task(cfg.data))
     check_training(cfg)
+    check_sampling(cfg)
     return cfg
 
 
@@ -156,4 +161,35 @@ def check_training(cfg: Config) -> None:
         raise ConfigError(
             f"optim.warmup_epochs={cfg.optim.warmup_epochs} must be below "
             f"trainer.epochs={cfg.trainer.epochs}"
+        )
+
+
+def check_sampling(cfg: Config) -> None:
+    """``inference=nuts`` and ``eval.reference``: what they apply to (docs/nuts.md)."""
+    check_inference(cfg.inference)
+    family = cfg.model.family
+    if InferenceMethod(cfg.inference.method) is InferenceMethod.nuts:
+        if family != "bnn":
+            raise ConfigError(
+                f"inference=nuts samples the weights of model=bnn; model={family} is trained "
+                "by variational inference: use inference=svi (the default) or model=bnn"
+            )
+        t = cfg.trainer
+        for refused, setting in ((t.replicas > 1, f"trainer.replicas={t.replicas}"),
+                                 (t.devices > 1, f"trainer.devices={t.devices}"),
+                                 (bool(t.resume), "trainer.resume")):  # fmt: skip
+            if refused:
+                raise ConfigError(
+                    f"{setting} does not apply to inference=nuts, which runs its chains "
+                    f"together on one device (inference.num_chains); drop {setting}"
+                )
+        if cfg.eval.reference:
+            raise ConfigError(
+                "eval.reference compares a variational run with a NUTS run, and this run is "
+                "the NUTS run: drop eval.reference (or use inference=svi)"
+            )
+    elif cfg.eval.reference and family != "bnn":
+        raise ConfigError(
+            f"eval.reference compares a BNN's predictive with a NUTS run; model={family} has "
+            "no predictive over targets: drop eval.reference or use model=bnn"
         )

@@ -14,10 +14,10 @@ from pathlib import Path
 import jax
 
 from bslrun import artifacts, clock, loggers, plots, replicas, seeding
-from bslrun.config import Config, as_dict
+from bslrun.config import Config, InferenceMethod, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import BslrunError, ConfigError, DivergenceError, RunInterrupted
-from bslrun.inference import checkpoint, engine
+from bslrun.inference import checkpoint, engine, reference
 from bslrun.models import build as build_family
 from bslrun.version import __version__
 
@@ -136,6 +136,8 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     ``sweep_dir``: the sweep folder of a sweep job, which groups its runs in the loggers.
     """
     run_dir = Path(run_dir)
+    if InferenceMethod(cfg.inference.method) is InferenceMethod.nuts:
+        return run_nuts(cfg, run_dir, stop, sweep_dir)
     if cfg.trainer.replicas > 1:
         return run_replicas(cfg, run_dir, stop, sweep_dir)
     folder = artifacts.RunFolder(run_dir)
@@ -155,11 +157,86 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     )
     family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
     log.info("model %s", as_dict(cfg.model))
+    # eval.reference is checked before training: a wrong folder costs a second.
+    ref = read_reference(cfg, family, data)
     group = None if sweep_dir is None else str(sweep_dir)
     with loggers.opened(cfg, run_dir, group) as tracked:
         result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch, handed)
         result.timing["log_s"] = tracked.seconds
         metrics = evaluate_and_write(cfg, folder, family, data, result, handed)
+        if ref is not None:
+            metrics = compare_with_reference(cfg, folder, family, data, result.params, ref, metrics)
+        tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
+    return metrics
+
+
+def read_reference(cfg: Config, family, data) -> dict | None:
+    """The NUTS run's reference.npz that ``eval.reference`` names, checked to predict the
+    same test points (DataError else); None without eval.reference."""
+    if not cfg.eval.reference:
+        return None
+    targets = reference.targets(data.spec, data.test.y)
+    return reference.read(cfg.eval.reference, targets, data.spec.task)
+
+
+def compare_with_reference(cfg, folder, family, data, params, ref: dict, metrics: dict) -> dict:
+    """metrics.json with a ``reference`` section: this run's distances from the NUTS
+    predictive (inference/reference.py), from the draws its predictions.npz used."""
+    key = seeding.eval_keys(cfg.seed).artifacts
+    num_samples = family.eval_samples(cfg.eval)
+    with clock.Phase("comparing with the NUTS reference", "compared"):
+        found = reference.compare(family, params, data.test.x, ref, key, num_samples)
+    metrics = {**metrics, "reference": {**found, "folder": cfg.eval.reference}}
+    artifacts.write_json(folder.metrics, metrics)
+    return metrics
+
+
+def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) -> dict:
+    """``inference=nuts``: sample the BNN's posterior by NUTS instead of training it
+    (inference/nuts.py), and write what a run writes (docs/nuts.md): metrics.json with an
+    ``mcmc`` section, predictions.npz and figures, posterior_samples.npz, reference.npz.
+    A stop signal ends the run once the chains are done (sampling is one program)."""
+    from bslrun.inference import nuts
+
+    folder = artifacts.RunFolder(run_dir)
+    artifacts.write_json(folder.config, as_dict(cfg))
+    artifacts.write_json(folder.manifest, provenance())
+    keys = seeding.streams(cfg.seed)
+    data = load_data(cfg.data, keys.data)
+    artifacts.write_json(folder.data_spec, {**data.spec.to_json(), "n_train": len(data.train)})
+    family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
+    settings = cfg.inference
+    group = None if sweep_dir is None else str(sweep_dir)
+    with loggers.opened(cfg, run_dir, group) as tracked:
+        what = f"{settings.num_chains} chains of {settings.num_warmup} + {settings.num_samples}"
+        with clock.Phase(f"sampling {what} (NUTS) on {len(data.train)} rows", "sampled"):
+            chains = nuts.sample(family, data.train, settings, keys.train)
+        if stop:
+            stop.now_or_never(f"sampling finished; the run folder is {run_dir}")
+        with clock.Phase("evaluating the test split", "evaluated") as phase:
+            result = nuts.evaluate(family, chains, data)
+        metrics = {
+            "name": cfg.name,
+            "seed": cfg.seed,
+            "test": result.test,
+            "val": result.val or {"nll": None},
+            "train": {"n": len(data.train), "posterior": "nuts"},
+            "mcmc": result.mcmc,
+            "data": {
+                "val_n": len(data.val) if data.val is not None else 0,
+                "test_n": len(data.test),
+            },
+            "timing": {"sample_s": chains.stats["wall_s"], "eval_s": phase.seconds},
+            "config": as_dict(cfg),
+            "versions": versions(),
+        }
+        artifacts.write_json(folder.metrics, metrics)
+        artifacts.write_npz(folder.arrays(family.saves), result.predictions)
+        artifacts.write_npz(folder.posterior_samples, chains.samples)
+        artifacts.write_npz(folder.reference, result.reference)
+        shown = {**result.predictions, **{f"test.{k}": v for k, v in result.test.items()}}
+        with clock.Phase("drawing the figures", "drawn"):
+            draw("the bnn figures", family.plot, shown, folder.plots)
         tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
     return metrics
 
@@ -340,7 +417,11 @@ HEADLINE = (
     "rmse", "accuracy", "nll", "neg_elbo", "bits_per_dim", "kl_to_true", "coverage_95", "ece",
 )  # fmt: skip
 TRAINING = ("epochs_run", "best_epoch", "stopped_early")
-TIMING = ("startup_s", "compile_s", "train_s", "eval_s", "train_examples_per_sec")
+TIMING = ("startup_s", "compile_s", "train_s", "sample_s", "eval_s", "train_examples_per_sec")
+# inference=nuts: how well the chains mixed (metrics.json's "mcmc" has the rest)
+MCMC = ("predictive_rhat_max", "predictive_ess_min", "divergences")
+# eval.reference: the distance from the NUTS predictive (regression; classification)
+REFERENCE = ("w2", "agreement")
 
 
 def format_table(metrics: dict, run_dir: Path | None = None) -> str:
@@ -352,6 +433,12 @@ def format_table(metrics: dict, run_dir: Path | None = None) -> str:
         for key in HEADLINE
         if (metrics.get(section) or {}).get(key) is not None
     ]
+    ref = metrics.get("reference") or {}
+    rows += [
+        (f"reference.{key}", f"{ref[key]:.4f}") for key in REFERENCE if ref.get(key) is not None
+    ]
+    mcmc = metrics.get("mcmc") or {}
+    rows += [(f"mcmc.{key}", f"{mcmc[key]:.4g}") for key in MCMC if mcmc.get(key) is not None]
     train = metrics.get("train") or {}
     rows += [(f"train.{key}", str(train[key])) for key in TRAINING if key in train]
     timing = metrics.get("timing") or {}

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install chromium run test test-full bench flow-toys uci-wine-red report lint format docs clean
+.PHONY: help install chromium run test test-full bench flow-toys uci-wine-red uci report lint format docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,22 @@ uci-wine-red: $(STAMP)  ## UCI red wine, 20 splits, then the table beside the pu
 	$(BIN)/bslrun -m sweep=uci_splits experiment=uci_wine_red $(ARGS) "hydra.sweep.dir=$$dir"; \
 	status=$$?; \
 	$(BIN)/bslrun-report "$$dir" --published uci_wine_red && exit $$status
+
+# The whole UCI regression benchmark: each data set's splits (20; 5 for protein) under the
+# shared protocol (configs/experiment/uci/protocol.yaml), for each method of UCI_METHODS,
+# every method's splits trained as one program (the vectorised launcher); then one table
+# beside the published numbers. Its split files are read from $BSLRUN_UCI_DIR (default
+# ../shared/data/uci_regression). UCI_SETS and UCI_METHODS narrow it.
+UCI_SETS    ?= boston concrete energy kin8nm naval power protein wine_red yacht
+UCI_METHODS ?= lowrank,ensemble,mc_dropout
+uci: $(STAMP)  ## the UCI regression benchmark (9 data sets x UCI_METHODS), then the table beside the published results
+	@dir=$${BSLRUN_OUTPUT_DIR:-experiments}/uci/$$(date +%Y-%m-%d_%H-%M-%S_%6N); status=0; \
+	for d in $(UCI_SETS); do \
+	  ( set -x; $(BIN)/bslrun -m hydra/launcher=vectorised experiment=uci/$$d \
+	    model.posterior=$(UCI_METHODS) trainer.progress=false $(ARGS) "hydra.sweep.dir=$$dir/$$d" ) \
+	    || status=$$?; \
+	done; \
+	$(BIN)/bslrun-report "$$dir" --published uci && exit $$status
 
 report: $(STAMP)  ## summarise run folders: DIR=experiments/<name> (default: experiments)
 	$(BIN)/bslrun-report $(or $(DIR),experiments) $(ARGS)

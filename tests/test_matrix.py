@@ -14,12 +14,14 @@ from conftest import compose
 
 from bslrun import run
 from bslrun.config import ToyDataConfig
-from bslrun.data import toy2d
+from bslrun.data import toy2d, uci
 from bslrun.errors import ConfigError
 from bslrun.registry import FAMILIES, datasets
 
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MNIST_DIR = SHARED / "data" / "mnist"
+UCI_DIR = SHARED / "data" / "uci_regression"
+os.environ.setdefault("BSLRUN_UCI_DIR", str(UCI_DIR))  # where the UCI data YAMLs look
 DATASETS = datasets()
 TOYS = [name for name, entry in DATASETS.items() if entry.schema is ToyDataConfig]
 
@@ -50,7 +52,7 @@ def table(tmp_path_factory) -> Path:
 def data_overrides(name: str, model: str, table: Path) -> list[str]:
     if name in TOYS:
         return ["data.n_train=64", "data.n_val=32", "data.n_test=32"]
-    if name.startswith("wine"):
+    if name.startswith("wine") or name in uci.TARGETS:
         return ["data.train_subset=0.05"]
     if name == "file":
         target = [] if model == "flow" else ["data.target=label"]
@@ -95,6 +97,8 @@ def runnable(model: str, name: str) -> bool:
         return False
     if name == "fashion_mnist":
         return False  # no offline copy: its loader is tested in test_mnist.py
+    if name in uci.TARGETS:  # one stands for the eight (their loader: tests/data/test_uci.py)
+        return name == "yacht" and UCI_DIR.is_dir()
     return name != "mnist" or MNIST_DIR.is_dir()
 
 

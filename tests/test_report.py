@@ -266,8 +266,10 @@ def test_published_table_beside_a_split_sweep(split_sweep, capsys):
         "VI (Graves 2011)",
         "PBP",
         "MC dropout",
+        "MC dropout (2018 re-run)",
+        "Deep ensembles",
     ]
-    ours, vi, pbp, dropout = table
+    ours, vi, pbp, dropout, rerun, ensembles = table
     n = len(SPLIT_RMSE)
     for column, values, sign in (
         ("test_rmse", SPLIT_RMSE, 1),
@@ -283,9 +285,12 @@ def test_published_table_beside_a_split_sweep(split_sweep, capsys):
         ("20", "0.646", "-0.98"),
         ("20", "0.635", "-0.97"),
         ("20", "0.62", "-0.93"),
+        ("20", "0.6218", "-0.928"),
+        ("20", "0.64", "-0.94"),
     ]
     assert vi["source"] == pbp["source"] == "Hernández-Lobato & Adams 2015"
     assert dropout["source"] == "Gal & Ghahramani 2016" and dropout["test_rmse_se"] == ""
+    assert (rerun["test_rmse_se"], ensembles["test_rmse_se"]) == ("0.0082", "")
     out = capsys.readouterr().out
     assert "| method | splits | test RMSE ↓ | test log-likelihood ↑ | source |" in out
     assert (

@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--published",
         metavar="BENCHMARK",
-        help="also write the groups beside a benchmark's published results (e.g. uci_wine_red)",
+        help="also write the groups beside a benchmark's published results (e.g. uci_wine_red; "
+        "uci: per data set, all nine UCI regression data sets)",
     )
     return parser.parse_args(argv)
 
@@ -220,7 +221,7 @@ def report(args: argparse.Namespace) -> int:
     extra = add_published(page, done, keys, args.published) if bench else {}
     show(markdown_report(page, with_runs=False))  # first: an unwritable --out still shows it
     # Runs made for a benchmark show its published results as lines, even without --published.
-    page.plots = plot_files(rows, keys, metrics, bench or published.benchmark_of(done))
+    page.plots = plot_files(rows, keys, metrics, published.plotted(bench, done))
     files = {
         "report.md": markdown_report(page).encode(),
         "report.csv": csv_report(rows, keys, metrics).encode(),

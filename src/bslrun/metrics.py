@@ -8,6 +8,8 @@ are Student-t instead, t_df(y; mu_s, sigma_s). ``probs`` has shape (S, n, C).
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 from jax import lax
 from jax.nn import logsumexp
@@ -119,6 +121,20 @@ def mixture_quantile(q: float, mu, sigma, df=None, iterations: int = 60):
 
     carry = (0, start, low, high, jnp.asarray(jnp.inf, mu.dtype))
     return lax.while_loop(going, body, carry)[1]
+
+
+QUANTILE_CHUNK = 8  # levels solved at once: one compiled solve, memory bounded for long tests
+
+
+def mixture_quantiles(levels, mu, sigma, df=None):
+    """``mixture_quantile`` at each of ``levels``: shape (n, len(levels)), the levels
+    solved QUANTILE_CHUNK at a time in one loop (a Python loop would compile one solve
+    per level)."""
+    if len(levels) == 0:
+        return jnp.zeros((mu.shape[-1], 0), mu.dtype)
+    solve = functools.partial(mixture_quantile, mu=mu, sigma=sigma, df=df)
+    at = jnp.asarray(levels, mu.dtype)
+    return lax.map(solve, at, batch_size=min(len(levels), QUANTILE_CHUNK)).T
 
 
 def regression_summary(y, mu, sigma, df=None) -> dict:

@@ -198,6 +198,16 @@ def shown(bench: dict, ours: list[Ours]) -> list:
     return [data for data in bench["parts"] if any(group.data == data for group in ours)]
 
 
+def sections(bench: dict, ours: list[Ours]):
+    """Per data set shown: (its leading cells, [data] in a whole table, else none),
+    bslrun's groups of it, and its published rows."""
+    whole = "parts" in bench
+    for data in shown(bench, ours):
+        groups = [group for group in ours if group.data == data]
+        rows = [row for row in bench["rows"] if row.get("data") == data]
+        yield ([data] if whole else []), groups, rows
+
+
 def cells(bench: dict, ours: list[Ours]) -> list[list[str]]:
     """Header, then per data set shown (first column the data set, in a whole table)
     bslrun's rows, then the published ones as printed in their sources."""
@@ -205,15 +215,14 @@ def cells(bench: dict, ours: list[Ours]) -> list[list[str]]:
     labels = [summary.marked(c["label"], c["metric"], c["sign"]) for c in columns]
     first = ["data set"] if whole else []
     table = [[*first, "method", bench.get("replicates", "n"), *labels, "source"]]
-    for data in shown(bench, ours):
-        lead = [data] if whole else []
-        for group in (group for group in ours if group.data == data):
+    for lead, groups, rows in sections(bench, ours):
+        for group in groups:
             values = []
             for column in columns:
                 stat = group.stats[column["metric"]]
                 values.append(summary.format_cell(column["sign"] * stat.mean, *stat[1:]))
             table.append([*lead, group.label, str(group.n), *values, "these runs"])
-        for row in (row for row in bench["rows"] if row.get("data") == data):
+        for row in rows:
             values = [published_cell(row, c["name"]) for c in columns]
             table.append([*lead, row["method"], str(row.get("n", "")), *values, row["source"]])
     return table
@@ -259,16 +268,15 @@ def csv_text(bench: dict, ours: list[Ours]) -> str:
     def text(value):
         return "" if value is None or not math.isfinite(value) else repr(float(value))
 
-    for data in shown(bench, ours):
-        lead = [data] if whole else []
-        for group in (group for group in ours if group.data == data):
+    for lead, groups, rows in sections(bench, ours):
+        for group in groups:
             values = []
             for column in columns:
                 stat = group.stats[column["metric"]]
                 values += [text(column["sign"] * stat.mean), text(stat.se)]
                 values += [""] if with_sd else []
             writer.writerow([*lead, group.label, "these runs", group.n, *values])
-        for row in (row for row in bench["rows"] if row.get("data") == data):
+        for row in rows:
             values = [
                 text(row.get(c["name"] + suffix)) for c in columns for suffix in suffixes.values()
             ]

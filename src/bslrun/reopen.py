@@ -223,6 +223,12 @@ class Run:
         random = family_class(model.family).random_structure(model)
         structure = seeding.streams(seed).structure if random else None
         self.family = build_family(model, self.spec, self.n_train, structure)
+        if (self.config.get("inference") or {}).get("method") == "nuts":
+            raise ConfigError(
+                f"{self.path} is a NUTS run (inference=nuts): reopening it is not supported; "
+                f"its posterior draws are in {folder.posterior_samples.name} and its test "
+                f"predictions in {folder.arrays(self.family.saves).name}"
+            )
         self.params = read_params(folder.params)
 
     def __repr__(self) -> str:

@@ -167,6 +167,15 @@ def test_a_nuts_run_writes_metrics_predictions_samples_and_its_reference(nuts_ru
     assert not (nuts_run / "history.csv").exists()
 
 
+def test_reopening_a_nuts_run_is_refused_in_one_line(nuts_run):
+    import bslrun
+    from bslrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is a NUTS run") as error:
+        bslrun.load(nuts_run)
+    assert "\n" not in str(error.value) and "posterior_samples.npz" in str(error.value)
+
+
 def test_a_variational_run_reports_its_distance_from_the_reference(nuts_run, tmp_path):
     result = bslrun(*TINY, "trainer.epochs=3", "trainer.progress=false",
                     f"eval.reference={nuts_run}", out=tmp_path)  # fmt: skip

@@ -45,7 +45,6 @@ from bslrun.inference import reference
 from bslrun.models import bnn, bnn_figures
 
 DRAW_CHUNK = 32  # posterior draws evaluated at once: bounds memory for large nets
-LEVEL_CHUNK = 8  # quantile levels solved at once: bounds memory for long test sets
 
 PRIORS = {
     "noise_scale": lambda init: dist.HalfNormal(1.0),
@@ -153,21 +152,9 @@ def components(family, samples: dict, x) -> dict:
 
 
 def regression_predictions(c: dict, levels) -> dict:
-    """The mixture (1/S) sum_s p(y | x, w_s) per point, as ``BnnFamily.predict`` gives it:
-    ``mean``, ``std`` (total), ``epistemic_std`` (std_s of mu_s), ``aleatoric_std``
-    (sqrt mean_s Var_s) and ``quantiles`` (n, len(levels))."""
-    mu, sigma, df = c["mu"], c["sigma"], c.get("df")
-    epistemic = jnp.std(mu, axis=0)
-    aleatoric = jnp.sqrt(jnp.mean(metrics.component_variance(sigma, df), axis=0))
-    solve = functools.partial(metrics.mixture_quantile, mu=mu, sigma=sigma, df=df)
-    quantiles = jax.lax.map(solve, jnp.asarray(levels), batch_size=LEVEL_CHUNK)
-    return {
-        "mean": jnp.mean(mu, axis=0),
-        "std": jnp.sqrt(epistemic**2 + aleatoric**2),
-        "epistemic_std": epistemic,
-        "aleatoric_std": aleatoric,
-        "quantiles": quantiles.T,
-    }
+    """The mixture (1/S) sum_s p(y | x, w_s) per point, as ``BnnFamily.predict`` gives it
+    (``bnn.mixture_summary``)."""
+    return bnn.mixture_summary(c["mu"], c["sigma"], c.get("df"), levels)
 
 
 def scores(family, c: dict, y) -> dict:

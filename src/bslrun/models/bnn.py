@@ -319,17 +319,7 @@ class BnnFamily(Family):
         return chunked_map(rows, x, key, min(x.shape[0], PREDICT_ROWS))
 
     def _regression_summary(self, predictive, levels) -> dict:
-        mu, sigma, df = self._original_units(predictive)
-        epistemic = jnp.std(mu, axis=0)
-        aleatoric = jnp.sqrt(jnp.mean(metrics.component_variance(sigma, df), axis=0))
-        quantiles = [metrics.mixture_quantile(q, mu, sigma, df) for q in levels]
-        return {
-            "mean": jnp.mean(mu, axis=0),
-            "std": jnp.sqrt(epistemic**2 + aleatoric**2),
-            "epistemic_std": epistemic,
-            "aleatoric_std": aleatoric,
-            "quantiles": jnp.stack(quantiles, axis=-1) if levels else jnp.zeros((mu.shape[1], 0)),
-        }
+        return mixture_summary(*self._original_units(predictive), levels)
 
     def sample(self, params, key, num: int):
         """``num`` weight vectors w ~ q (num, number of weights): for the ensemble, members
@@ -439,3 +429,19 @@ def flow_parameters(dim: int, hidden, bins: int) -> int:
 def _layer(name: str) -> int:
     """Flax's layer order from its name ("Dense_10" after "Dense_9")."""
     return int(name.rsplit("_", 1)[-1])
+
+
+def mixture_summary(mu, sigma, df, levels) -> dict:
+    """Summaries per point of the mixture (1/S) sum_s p(y | mu_s, sigma_s, df) with
+    components (S, n) in original units (``BnnFamily.predict``'s regression keys):
+    ``mean``, ``std`` (total), ``epistemic_std`` (std_s of mu_s), ``aleatoric_std``
+    (sqrt mean_s Var_s) and ``quantiles`` (n, len(levels))."""
+    epistemic = jnp.std(mu, axis=0)
+    aleatoric = jnp.sqrt(jnp.mean(metrics.component_variance(sigma, df), axis=0))
+    return {
+        "mean": jnp.mean(mu, axis=0),
+        "std": jnp.sqrt(epistemic**2 + aleatoric**2),
+        "epistemic_std": epistemic,
+        "aleatoric_std": aleatoric,
+        "quantiles": metrics.mixture_quantiles(levels, mu, sigma, df),
+    }

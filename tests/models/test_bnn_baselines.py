@@ -111,8 +111,9 @@ def test_a_dropout_weight_draw_is_the_network_under_that_rows_masks(rng):
 
 
 def test_mc_dropout_predictive_mixes_draws_of_the_masks(rng):
-    """Each predictive draw is the network under fresh masks; the mean over many draws
-    approaches the mean of the dropped network, which differs from the plain one."""
+    """Each predictive draw is one network (one set of masks for every input, so a draw is
+    a function); per point, the mixture is that of the forward pass's per-row masks, whose
+    mean differs from the plain network's."""
     fam = family("mc_dropout", dropout=0.2)
     w = rng.normal(size=fam.num_weights).astype(np.float32)
     params = {"w_loc": w, "noise_scale": np.float32(0.5), "noise_coef": np.zeros(DIM, np.float32),
@@ -128,3 +129,8 @@ def test_mc_dropout_predictive_mixes_draws_of_the_masks(rng):
     assert (np.abs(np.asarray(out["mean"]) - by_hand.mean(0)) <= error).all()
     np.testing.assert_allclose(np.asarray(out["epistemic_std"]), by_hand.std(0), rtol=0.15)
     assert not np.allclose(by_hand.mean(0), plain, atol=1e-3)  # ReLU: E[f] is not f(E[w])
+    twice = jnp.asarray(np.repeat(x[:1], 2, axis=0))
+    weights, _ = fam.weight_draws(params, jax.random.PRNGKey(7), 16)
+    means = np.asarray(fam._predictive(params, weights, twice).loc)
+    np.testing.assert_array_equal(means[:, 0], means[:, 1])  # the same input, the same draw
+    assert np.unique(means[:, 0]).size > 1  # ... and the draws differ

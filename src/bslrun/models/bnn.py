@@ -231,32 +231,28 @@ class BnnFamily(Family):
 
     def weight_draws(self, params, key, num_samples):
         """Weights w_s (S, D) of the predictive mixture and their log q(w_s) (S,): draws of
-        q; the ensemble's M members (all of them, whatever ``num_samples``); MC dropout's
-        trained weights, S times (its draws are the masks, see ``_predictive``)."""
-        loc = guides.site_params(SITE, params).get("loc")
+        q; the ensemble's M members (all of them, whatever ``num_samples``); for MC dropout,
+        the trained weights under S draws of the masks (``sample``): each draw one network
+        for every input, so a draw is a function, and each point's mixture is the one of
+        per-row masks."""
         if self.members:
-            return loc, jnp.zeros(self.members)
+            return guides.site_params(SITE, params)["loc"], jnp.zeros(self.members)
         if self.posterior == "mc_dropout":
-            return jnp.broadcast_to(loc, (num_samples, loc.shape[-1])), jnp.zeros(num_samples)
+            return self.sample(params, key, num_samples), jnp.zeros(num_samples)
         return guides.sample_and_log_prob(self.posterior_distribution(params), key, (num_samples,))
 
     def _draws(self, params, x, key, num_samples):
         """Weights w_s, their log q(w_s) (S,) and per-draw predictive distributions
         for x (batch shape (S, n))."""
         weights, log_q = self.weight_draws(params, key, num_samples)
-        return weights, log_q, self._predictive(params, weights, x, jax.random.fold_in(key, 1))
+        return weights, log_q, self._predictive(params, weights, x)
 
-    def _predictive(self, params, weights, x, key=None):
-        """p(y | x, w_s) for each weight draw w_s (S, D): batch shape (S, n). MC dropout
-        draws each w_s's masks from its own key split from ``key`` (one mask per row)."""
+    def _predictive(self, params, weights, x):
+        """p(y | x, w_s) for each weight draw w_s (S, D): batch shape (S, n)."""
         draws = weights.shape[0]
-        chunk = min(draws, EVAL_CHUNK)
-        if self.posterior == "mc_dropout":
-            keys = jax.random.split(key, draws)
-            outputs = jax.lax.map(lambda wk: self.forward(wk[0], x, wk[1]), (weights, keys),
-                                  batch_size=chunk)  # fmt: skip
-        else:
-            outputs = jax.lax.map(lambda w: self.forward(w, x), weights, batch_size=chunk)
+        outputs = jax.lax.map(
+            lambda w: self.forward(w, x), weights, batch_size=min(draws, EVAL_CHUNK)
+        )
         return self._observation(outputs, x, params)
 
     def _original_units(self, predictive):
@@ -310,8 +306,8 @@ class BnnFamily(Family):
         """
         weights, _ = self.weight_draws(params, key, num_samples)
 
-        def rows(xc, chunk_key):
-            predictive = self._predictive(params, weights, xc, chunk_key)
+        def rows(xc, _):
+            predictive = self._predictive(params, weights, xc)
             if self.spec.task == "classification":
                 return classification_summary(predictive.logits)
             return self._regression_summary(predictive, levels)

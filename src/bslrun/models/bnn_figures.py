@@ -63,7 +63,7 @@ def curve(family, params, x, key, num_samples):
     ends = ("lower_95", "lower_50", "upper_50", "upper_95")
     return {
         "curve_x": grid,
-        "curve_draws": family._original_units(family._predictive(params, draws, scaled, key))[0],
+        "curve_draws": family._original_units(family._predictive(params, draws, scaled))[0],
         "x": inputs,
         **{f"curve_{k}": v for k, v in curve.items()},
         **{f"curve_{k}": v for k, v in zip(ends, bands, strict=True)},
@@ -76,9 +76,8 @@ def calibration_curve(family, params, x, y, key, num_samples):
     the nominal COVERAGE_LEVELS (Gneiting et al. 2007)."""
     weights, _ = family.weight_draws(params, key, num_samples)
 
-    def rows(xy, chunk_key):  # targets ride along as the last column, chunked with their rows
-        predictive = family._predictive(params, weights, xy[:, :-1], chunk_key)
-        mu, sigma, df = family._original_units(predictive)
+    def rows(xy, _):  # targets ride along as the last column, chunked with their rows
+        mu, sigma, df = family._original_units(family._predictive(params, weights, xy[:, :-1]))
         targets = family.spec.y_scaler.inverse(xy[:, -1])
         return {"pit": metrics.mixture_cdf(targets, mu, sigma, df)}
 

@@ -157,7 +157,7 @@ def test_prevalidate_accepts_launchers_and_optuna_search_spaces(argv):
         (["-m", "hydra/launcher=jobib", "seed=0,1"], "unknown option hydra/launcher=jobib"),
         (["-m", "hydra/launcher=slurm", "hydra.launcher.partion=gpu"], "partition"),
         (["hydra/sweeper=optuna", "optim.lr=interval(1e-4, 1e-1)"], "add -m"),
-        (["sweep=optuna_bnn"], "sweep=optuna_bnn runs several jobs: add -m"),
+        (["sweep=optuna_bnn"], "sweep=optuna_bnn runs several jobs: add -m (or give"),
     ],
 )  # fmt: skip
 def test_prevalidate_refuses_bad_sweeps_in_one_line(argv, message):

@@ -76,7 +76,7 @@ def test_a_sweep_without_multirun_is_refused_in_one_line(tmp_path):
     result = bslrun("sweep=seeds", "debug=tiny", out=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "bslrun: error: sweep=seeds runs several jobs: add -m"
+        "bslrun: error: sweep=seeds runs several jobs: add -m (or give seed one value for one run)"
     ]
     assert list(tmp_path.iterdir()) == []
 

@@ -346,7 +346,10 @@ def prevalidate(argv: list[str]) -> Plan:
                 if declared and not args.multirun:
                     choice = hydra_cfg.runtime.choices.get("sweep")
                     what = f"sweep={choice}" if choice else "hydra.sweeper.params"
-                    raise ConfigError(f"{what} runs several jobs: add -m")
+                    keys = ", ".join(d.split("=", 1)[0] for d in declared)
+                    raise ConfigError(
+                        f"{what} runs several jobs: add -m (or give {keys} one value for one run)"
+                    )
                 configs = [
                     to_config(compose(config_name, overrides=job))
                     for job in sweep_variants(declared + variant)

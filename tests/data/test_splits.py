@@ -490,3 +490,6 @@ def test_fit_standardiser_matches_numpy(rng):
     assert z.dtype == np.float32 and np.all(np.isfinite(z))
     np.testing.assert_allclose(z[:, 1], 0.0)
     np.testing.assert_allclose(s.inverse(z), a, rtol=1e-5, atol=1e-5)
+    # constant but for rounding (one ulp apart) is constant; a small but real spread is not
+    b = np.stack([np.full(50, 0.1) + np.arange(50) % 2 * np.spacing(0.1), 1e-12 * a[:, 0]], 1)
+    np.testing.assert_allclose(fit_standardiser(b).std, [1.0, 1e-12 * a[:, 0].std()], rtol=1e-6)

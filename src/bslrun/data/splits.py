@@ -102,11 +102,17 @@ class Dataset:
     spec: DataSpec
 
 
+# A column whose spread is below this fraction of its magnitude is constant but for
+# rounding (naval's column 11: std 2e-13 of values near 1); scaling by that spread would
+# blow its rounding up to values of 1e5.
+CONSTANT = 1e-9
+
+
 def fit_standardiser(a: np.ndarray) -> Standardiser:
-    """Column means and standard deviations; constant columns keep scale 1."""
+    """Column means and standard deviations; constant columns (to rounding) keep scale 1."""
     mean = a.mean(axis=0)
     std = a.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
+    std = np.where(std > CONSTANT * np.abs(mean), std, 1.0)
     return Standardiser(mean.astype(np.float32), std.astype(np.float32))
 
 

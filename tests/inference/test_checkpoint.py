@@ -119,8 +119,15 @@ def bslrun(*overrides: str, output: Path, wait: bool = True):
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(output))
     command = [sys.executable, "-m", "bslrun", *RUN, *overrides]
     if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A shell without job control starts background jobs with SIGINT ignored, and the run
+        # keeps an ignored signal ignored (lifecycle.StopSignals): give it Ctrl-C's default.
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=default_sigint)  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def saved_epochs(run_dir: Path) -> list[int]:

@@ -22,7 +22,9 @@ run: $(STAMP)  ## train the embedded default (BNN on white wine); ARGS="key=valu
 
 # Two workers: JAX compiles on one core, so two test processes keep a 2-core machine busy.
 # loadscope keeps each module's tests (and their shared fixtures) in one worker.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadscope
+# The tests share one compilation cache in the checkout: a clean clone starts it empty and
+# its later tests load what the earlier ones compiled (docs/speed.md).
+PYTEST := BSLRUN_COMPILATION_CACHE=$(CURDIR)/.cache/jax $(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 test: $(STAMP) chromium  ## the test suite without the long statistical checks (under 10 minutes)
 	$(PYTEST) -m "not slow"
@@ -100,6 +102,6 @@ docs: $(DOCS_STAMP)  ## build the documentation site into site/ (mkdocs, warning
 	PYTHONDONTWRITEBYTECODE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:  ## remove .venv, caches, site/ and run folders (experiments/README.md stays)
-	rm -rf $(VENV) .pytest_cache benchmarks/results site
+	rm -rf $(VENV) .pytest_cache .cache benchmarks/results site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find experiments -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -67,6 +67,19 @@ def linear_regression_data(rng: np.random.Generator, n: int, d: int, sigma: floa
     return x.astype(np.float32), y.astype(np.float32)
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Every test process (each xdist worker, each ``bslrun`` a test starts) compiles into
+    one cache in the checkout (``make test`` names the same folder): a test loads what an
+    earlier one compiled for the same shapes (bslrun.compilation)."""
+    from bslrun import compilation
+
+    os.environ.setdefault(compilation.ENV, str(CHECKOUT / ".cache" / "jax"))
+    compilation.enable(compilation.AUTO)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

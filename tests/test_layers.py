@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Bottom first. A module may import modules of its own layer or below; a module's layer is
 # that of the longest pattern naming it ("bslrun.data" covers bslrun.data.*).
 LAYERS = [
-    ["bslrun.errors", "bslrun.version", "bslrun.clock"],
+    ["bslrun.errors", "bslrun.version", "bslrun.clock", "bslrun.compilation"],
     ["bslrun.config"],  # the schemas
     [
         "bslrun.artifacts",

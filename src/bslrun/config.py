@@ -434,6 +434,11 @@ class TrainerConfig:
     # gradients, activations, data) exceeds it is refused before anything compiles.
     # null: what the machine has free (MemAvailable on CPU, the accelerator's limit on GPU).
     max_memory_gb: float | None = None
+    # Where compiled programs are kept between runs (compilation.py, docs/speed.md): a
+    # folder, off (or null), or auto ($BSLRUN_COMPILATION_CACHE, else ~/.cache/bslrun/jax).
+    compilation_cache: str | None = "auto"
+    # The most (GB) that cache keeps per machine type; the least recently used goes first.
+    compilation_cache_gb: float = 1.0
 
 
 @dataclass
@@ -694,6 +699,7 @@ def check_trainer(t: TrainerConfig) -> None:
     check_counts("trainer", t, ("devices", "replicas"))
     if t.max_memory_gb is not None:
         _positive("trainer.max_memory_gb", t.max_memory_gb)
+    _positive("trainer.compilation_cache_gb", t.compilation_cache_gb)
     if t.batch_size % t.devices:
         raise ConfigError(
             f"trainer.batch_size={t.batch_size} must be a multiple of trainer.devices={t.devices}"
@@ -759,12 +765,14 @@ def check_name(name) -> None:
 # Keys that choose where a run writes, how it reports or when it saves, never what it
 # computes: the run's name and where its data lives, the loggers, the progress bar,
 # checkpointing and resuming (which continues the same run), the sweep preset (its jobs'
-# own overrides carry what it sweeps) and the memory cap (which only refuses). A sweep's
+# own overrides carry what it sweeps), the memory cap (which only refuses) and the
+# compilation cache (a loaded program is the program compiled). A sweep's
 # job folder names and the report's groups and header leave them out. A key covers its
 # sub-keys ("logger" covers "logger.wandb.mode") and its config group ("hydra/launcher").
 RESULT_NEUTRAL_KEYS = (
     "hydra", "name", "sweep", "logger", "data.root", "data.download",
     "trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.max_memory_gb",
+    "trainer.compilation_cache", "trainer.compilation_cache_gb",
 )  # fmt: skip
 
 

@@ -200,6 +200,9 @@ def sample(args) -> str:
 
 def main_with(parser: Parser, command) -> None:
     args = parser.parse_args()
+    from bslrun import compilation
+
+    compilation.enable(compilation.AUTO)  # the programs the run (or a last call) compiled
     try:
         print(f"{parser.prog}: {command(args)}")
     except BslrunError as error:

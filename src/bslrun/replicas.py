@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from bslrun import clock, seeding
+from bslrun import clock, compilation, seeding
 from bslrun.config import as_dict, changes_results, flatten
 from bslrun.data import load as load_data
 from bslrun.inference.engine import FitResult
@@ -83,6 +83,7 @@ def train_together(cfgs: list, stop_requested=lambda: None) -> bool:
     """Train the jobs ``cfgs`` (one group of ``groups``) as one program, evaluate them as
     another, and hand each job's outcome to its run. False when their data turn out to
     differ in shape (the jobs then train alone)."""
+    compilation.enable(cfgs[0].trainer.compilation_cache, cfgs[0].trainer.compilation_cache_gb)
     replicas, datas = [], []
     for cfg in cfgs:
         keys = seeding.streams(cfg.seed)

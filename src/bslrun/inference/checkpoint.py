@@ -33,8 +33,12 @@ MANIFEST = "bslrun-manifest.json"  # SHA-256 of every file of a step, written af
 log = logging.getLogger("bslrun")
 
 # Keys that may differ between a run and its resumption: they change how a run is
-# watched or where it runs, not what it computes (devices: within float rounding).
-MAY_DIFFER = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every", "trainer.devices")
+# watched, where it runs or how fast it starts, not what it computes (devices: within
+# float rounding).
+MAY_DIFFER = (
+    "trainer.resume", "trainer.progress", "trainer.checkpoint_every", "trainer.devices",
+    "trainer.compilation_cache", "trainer.compilation_cache_gb",
+)  # fmt: skip
 
 
 def folder(run_dir: Path) -> Path:

@@ -30,7 +30,7 @@ from bslrun.config import EvalConfig
 from bslrun.data import spec_from_json
 from bslrun.errors import ConfigError, DataError, ResourceError
 from bslrun.models import build as build_family
-from bslrun.models import family_class
+from bslrun.models import family_class, scaler_free
 from bslrun.registry import FAMILIES
 from bslrun.runs import read_history
 
@@ -246,7 +246,10 @@ class Run:
 
     @cached_property
     def _predict(self):
-        return jax.jit(self.family.predict, static_argnums=(3, 4))
+        # As the run computed its saved predictions: the standardisers are arguments.
+        program = jax.jit(scaler_free(self.family, "predict"), static_argnums=(4, 5))
+        arrays = self.spec.scaler_arrays()
+        return lambda *args: program(arrays, *args)
 
     @cached_property
     def _log_prob(self):

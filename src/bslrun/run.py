@@ -8,17 +8,19 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
 import jax
 
-from bslrun import artifacts, clock, loggers, plots, replicas, seeding
+from bslrun import artifacts, clock, compilation, loggers, plots, replicas, seeding
 from bslrun.config import Config, InferenceMethod, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import BslrunError, ConfigError, DivergenceError, RunInterrupted
 from bslrun.inference import checkpoint, engine, reference
 from bslrun.models import build as build_family
+from bslrun.models import with_scalers
 from bslrun.version import __version__
 
 log = logging.getLogger("bslrun")
@@ -68,12 +70,6 @@ def provenance() -> dict:
         "devices": [str(d.device_kind) for d in devices],
         "versions": versions(),
     }
-
-
-def evaluate(score, params, split, key, num_samples: int) -> dict:
-    """``score`` (a family's ``evaluate`` or ``final_validate``) on one split, as floats."""
-    scores = jax.jit(score, static_argnums=4)(params, split.x, split.y, key, num_samples)
-    return {k: float(v) for k, v in jax.device_get(scores).items()}
 
 
 def draw(what: str, plot, *args) -> None:
@@ -136,6 +132,10 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     ``sweep_dir``: the sweep folder of a sweep job, which groups its runs in the loggers.
     """
     run_dir = Path(run_dir)
+    # timing.import_s: Python, Hydra, JAX and bslrun loaded and the config composed (in a
+    # later job of a sweep run in one process, the config alone).
+    import_s = clock.seconds_since_run_start()
+    compilation.enable(cfg.trainer.compilation_cache, cfg.trainer.compilation_cache_gb)
     if InferenceMethod(cfg.inference.method) is InferenceMethod.nuts:
         return run_nuts(cfg, run_dir, stop, sweep_dir)
     if cfg.trainer.replicas > 1:
@@ -162,7 +162,7 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     group = None if sweep_dir is None else str(sweep_dir)
     with loggers.opened(cfg, run_dir, group) as tracked:
         result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch, handed)
-        result.timing["log_s"] = tracked.seconds
+        result.timing.update(import_s=import_s, log_s=tracked.seconds)
         metrics = evaluate_and_write(cfg, folder, family, data, result, handed)
         if ref is not None:
             metrics = compare_with_reference(cfg, folder, family, data, result.params, ref, metrics)
@@ -347,7 +347,9 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, h
             checkpoints.close()
     if stop:
         stop.now_or_never(f"training finished; results so far are in {run_dir}")
+    tick = time.perf_counter()
     write_training(run_dir, result, family)
+    result.timing["write_s"] = time.perf_counter() - tick
     return result
 
 
@@ -358,9 +360,10 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
     with them (``handed``)."""
     if handed is not None:
         test, val, predictions, eval_s = handed.test, handed.val, handed.predictions, handed.eval_s
+        eval_compile_s = None  # the group's evaluation program serves every job of it
     else:
-        test, val, predictions, eval_s = evaluate_alone(cfg, family, data, result)
-    timing = dict(result.timing, eval_s=eval_s)
+        test, val, predictions, eval_compile_s, eval_s = evaluate_alone(cfg, family, data, result)
+    timing = dict(result.timing, eval_compile_s=eval_compile_s, eval_s=eval_s)
     metrics = {
         "name": cfg.name,
         "seed": cfg.seed,
@@ -380,6 +383,7 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
         "config": as_dict(cfg),
         "versions": versions(),
     }
+    tick = time.perf_counter()
     # Numbers first: a figure that fails must never cost the metrics.
     artifacts.write_json(folder.metrics, metrics)
     artifacts.write_npz(folder.arrays(family.saves), predictions)
@@ -387,27 +391,39 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
     shown = {**predictions, **{f"test.{k}": v for k, v in test.items()}}
     with clock.Phase("drawing the figures", "drawn"):
         draw(f"the {cfg.model.family} figures", family.plot, shown, folder.plots)
+    # What writing took (the training files, these, the figures), once it is known.
+    timing["write_s"] = timing.get("write_s", 0.0) + time.perf_counter() - tick
+    artifacts.write_json(folder.metrics, metrics)
     return metrics
 
 
 def evaluate_alone(cfg, family, data, result) -> tuple:
-    """(test metrics, validation metrics, saved arrays, seconds) of one run."""
-    test_key, val_key, artifact_key = seeding.eval_keys(cfg.seed)
+    """(test metrics, validation metrics, saved arrays, seconds compiling, seconds
+    evaluating) of one run. The test and validation scores and the saved arrays are one
+    program, which takes the keys and the data's standardisers as arguments: a job of a
+    sweep over seeds or splits loads the program its first job compiled."""
+    keys = seeding.eval_keys(cfg.seed)
     num_samples = family.eval_samples(cfg.eval)
-    splits = "the test and validation splits" if data.val is not None else "the test split"
-    with clock.Phase(f"evaluating {splits} ({num_samples} draws)", "evaluated") as phase:
-        test = evaluate(family.evaluate, result.params, data.test, test_key, num_samples)
-        val = {}
-        if data.val is not None:
-            val_samples = family.final_val_samples(cfg.eval)
-            val = evaluate(family.final_validate, result.params, data.val, val_key, val_samples)
-        inputs = family.artifact_inputs(cfg.data, data, artifact_key)
-        predictions = jax.device_get(
-            jax.jit(family.artifacts, static_argnums=4)(
-                result.params, data.test.x, data.test.y, artifact_key, num_samples, **inputs
-            )
+    val_samples = family.final_val_samples(cfg.eval)
+    inputs = family.artifact_inputs(cfg.data, data, keys.artifacts)
+
+    def final(arrays, params, test, val, keys, inputs):
+        scored = with_scalers(family, arrays)
+        return (
+            scored.evaluate(params, *test, keys.test, num_samples),
+            scored.final_validate(params, *val, keys.val, val_samples) if val else {},
+            scored.artifacts(params, *test, keys.artifacts, num_samples, **inputs),
         )
-    return test, val, predictions, phase.seconds
+
+    test, val = ((s.x, s.y) if s is not None else None for s in (data.test, data.val))
+    args = (data.spec.scaler_arrays(), result.params, test, val, keys, inputs)
+    splits = "the test and validation splits" if data.val is not None else "the test split"
+    with clock.Phase("compiling the final evaluation", "compiled") as compiling:
+        program = jax.jit(final).lower(*args).compile()
+    with clock.Phase(f"evaluating {splits} ({num_samples} draws)", "evaluated") as phase:
+        test, val, predictions = jax.device_get(program(*args))
+    test, val = ({k: float(v) for k, v in scores.items()} for scores in (test, val))
+    return test, val, predictions, compiling.seconds, phase.seconds
 
 
 # The console table leads with the metrics that judge a task, in this order; a run shows
@@ -417,7 +433,10 @@ HEADLINE = (
     "rmse", "accuracy", "nll", "neg_elbo", "bits_per_dim", "kl_to_true", "coverage_95", "ece",
 )  # fmt: skip
 TRAINING = ("epochs_run", "best_epoch", "stopped_early")
-TIMING = ("startup_s", "compile_s", "train_s", "sample_s", "eval_s", "train_examples_per_sec")
+TIMING = (
+    "startup_s", "compile_s", "train_s", "sample_s", "eval_compile_s", "eval_s", "write_s",
+    "train_examples_per_sec",
+)  # fmt: skip
 # inference=nuts: how well the chains mixed (metrics.json's "mcmc" has the rest)
 MCMC = ("predictive_rhat_max", "predictive_ess_min", "divergences")
 # eval.reference: the distance from the NUTS predictive (regression; classification)

@@ -10,7 +10,7 @@ import errno
 import stat
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,18 @@ class DataSpec:
     # How ``log_density`` is rebuilt when a run is reopened (toy2d.log_density's arguments).
     density_args: dict | None = None
     class_names: tuple = ()  # the labels behind class codes 0..K-1, where they have names
+
+    def scaler_arrays(self) -> tuple:
+        """The standardisers (x mean, x std, y mean, y std) as float32 arrays. A program
+        takes them as arguments (``with_scalers`` inside it): the data's numbers then stay
+        out of the compiled program, which runs on other splits and seeds share."""
+        parts = (self.x_scaler.mean, self.x_scaler.std, self.y_scaler.mean, self.y_scaler.std)
+        return tuple(np.asarray(a, np.float32) for a in parts)
+
+    def with_scalers(self, arrays: tuple) -> DataSpec:
+        """This spec with the standardisers ``arrays`` (``scaler_arrays``; may be traced)."""
+        xm, xs, ym, ys = arrays
+        return replace(self, x_scaler=Standardiser(xm, xs), y_scaler=Standardiser(ym, ys))
 
     def to_json(self) -> dict:
         """The spec as plain JSON (data.json of a run folder; ``bslrun.data.spec_from_json``

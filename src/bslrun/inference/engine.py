@@ -31,6 +31,7 @@ from bslrun.errors import DivergenceError, RunInterrupted
 from bslrun.inference import memory, optim
 from bslrun.inference.devices import Placement
 from bslrun.inference.svi import batch_plan, epoch_kwargs, make_svi, variables
+from bslrun.models import with_scalers
 
 
 @dataclass
@@ -145,12 +146,14 @@ class Validator:
 
 def run_validator(family, svi: SVI, split, key, num_samples: int, placement: Placement):
     """The Validator of one run: ``family.validate`` on ``split`` with the same draws
-    (``key``) every time, so scores differ only by the parameters."""
+    (``key``) every time, so scores differ only by the parameters. The data's standardisers
+    are arguments, so that runs of other seeds and splits share the compiled program."""
 
-    def score(state, x, y, key):
-        return family.validate(variables(svi, state), x, y, key, num_samples)
+    def score(state, x, y, key, arrays):
+        return with_scalers(family, arrays).validate(variables(svi, state), x, y, key, num_samples)
 
-    return Validator(score, (*placement.replicate((split.x, split.y)), key))
+    data = placement.replicate((split.x, split.y, family.spec.scaler_arrays()))
+    return Validator(score, (*data[:2], key, data[2]))
 
 
 @dataclass

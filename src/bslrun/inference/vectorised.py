@@ -28,7 +28,6 @@ import numpy as np
 
 from bslrun.clock import Phase, seconds_since_run_start
 from bslrun.config import Monitor
-from bslrun.data.splits import Standardiser
 from bslrun.errors import RunInterrupted
 from bslrun.inference import engine, optim
 from bslrun.inference.svi import batch_plan, epoch_kwargs, make_svi, variables
@@ -67,12 +66,6 @@ def differing(replicas: list, family_settings: tuple) -> list[dict]:
     return [{k: jnp.float32(v[k]) for k in varied} for v in values]
 
 
-def scalers(spec) -> tuple:
-    """The data's standardisers (x mean, x std, y mean, y std) as float32 arrays."""
-    parts = (spec.x_scaler.mean, spec.x_scaler.std, spec.y_scaler.mean, spec.y_scaler.std)
-    return tuple(jnp.asarray(a, jnp.float32) for a in parts)
-
-
 def stacked(trees: list):
     """One tree whose leaves carry a leading replica axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -104,10 +97,7 @@ class Program:
 
         model_cfg = dataclasses.replace(self.template.model_cfg, **chosen("model."))
         optim_cfg = dataclasses.replace(self.template.optim_cfg, **chosen("optim."))
-        xm, xs, ym, ys = scaler_arrays
-        spec = dataclasses.replace(
-            self.template.data.spec, x_scaler=Standardiser(xm, xs), y_scaler=Standardiser(ym, ys)
-        )
+        spec = self.template.data.spec.with_scalers(scaler_arrays)
         family = build_family(model_cfg, spec, self.n_train, self.structure_key)
         optimiser, _ = optim.build(optim_cfg, self.num_batches, self.trainer_cfg.epochs)
         svi = make_svi(family, optimiser, self.trainer_cfg.num_particles)
@@ -141,7 +131,7 @@ class Group:
         family_settings = self.program.family_settings
         own = differing(replicas, family_settings)
         self.values = stacked(own)
-        self.scalers = stacked([scalers(r.data.spec) for r in replicas])
+        self.scalers = stacked([r.data.spec.scaler_arrays() for r in replicas])
         self.x = jnp.stack([r.data.train.x for r in replicas])
         self.y = jnp.stack([r.data.train.y for r in replicas])
         keys = jnp.stack([jax.random.split(r.key) for r in replicas])  # (epochs, validation)
@@ -149,7 +139,7 @@ class Group:
         self.first = epoch_kwargs(self.program.family, 1)
         # A template SVI, traced once, learns the parameters' constraints (the same in
         # every replica) and maps any replica's parameters to constrained ones.
-        _, self.svi = self.program.parts(own[0], scalers(template.data.spec))
+        _, self.svi = self.program.parts(own[0], template.data.spec.scaler_arrays())
         jax.eval_shape(self.svi.init, template.init_key, self.x[0, : self.batch_size],
                        self.y[0, : self.batch_size], **self.first)  # fmt: skip
         self.program.constrain_fn = self.svi.constrain_fn

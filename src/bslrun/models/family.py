@@ -9,6 +9,7 @@ one line (``ConfigError``) that says what the family can do instead.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ class Family:
         self.cfg = cfg
         self.spec = spec
         self.n_train = n_train  # N: the likelihood of a batch of B is scaled by N / B
+
+    def for_spec(self, spec) -> Family:
+        """This family, its structure and networks unchanged, for another spec of the same
+        shapes: one whose standardisers a program takes as arguments (``models.with_scalers``).
+        A member derived from the spec is therefore a property, never set in ``__init__``."""
+        twin = copy.copy(self)
+        twin.spec = spec
+        return twin
 
     # ----------------------------------------------------------- training
 

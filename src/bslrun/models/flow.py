@@ -81,10 +81,12 @@ class FlowFamily(Family):
         # Each layer's network starts as the identity (its output layer at zero), so training
         # starts from the base density, free of the spikes random spline knots put in it.
         self.conditioners = [self.layer.conditioner(self.dim, cfg) for _ in range(cfg.depth)]
-        # Standardised tables: x = a z + b in original units, so log p(x) = log p(z) - sum log a.
-        self.log_jacobian_to_original = -jnp.sum(jnp.log(jnp.asarray(spec.x_scaler.std)))
-        if spec.x_scaler.std.ndim == 0:
-            self.log_jacobian_to_original *= self.dim
+
+    @property
+    def log_jacobian_to_original(self):
+        """Standardised tables: x = a z + b in original units, so log p(x) = log p(z) - sum log a."""
+        std = jnp.asarray(self.spec.x_scaler.std)
+        return -jnp.sum(jnp.log(std)) * (self.dim if std.ndim == 0 else 1)
 
     # --------------------------------------------------------------- layers
 

@@ -29,6 +29,7 @@ BENCHMARKS = {
     "conv_transpose": "benchmarks.conv_transpose",
     "uci_sweep": "benchmarks.uci_sweep",
     "peers": "benchmarks.peers",
+    "startup": "benchmarks.startup",
 }
 
 

@@ -100,16 +100,32 @@ def test_a_folder_that_cannot_be_written_turns_the_cache_off_with_one_warning(
     assert "set trainer.compilation_cache to a writable folder, or off" in message
 
 
-def test_the_bound_reaches_jax_and_the_folder_is_private(tmp_path, restore_cache):
+def test_jax_is_pointed_at_the_machines_folder_which_is_private(tmp_path, restore_cache):
     import jax
 
-    folder = compilation.enable(str(tmp_path), max_gb=0.5)
+    folder = compilation.enable(str(tmp_path))
     assert jax.config.jax_compilation_cache_dir == str(folder)
-    assert jax.config.jax_compilation_cache_max_size == 2**29
     assert jax.config.jax_enable_compilation_cache
     assert folder.stat().st_mode & 0o077 == 0  # the cache is trusted: others may not write
     compilation.enable("off")
     assert not jax.config.jax_enable_compilation_cache
+
+
+def test_a_cache_over_its_bound_loses_its_least_recently_used_entries(tmp_path, restore_cache):
+    folder = compilation.machine_folder(tmp_path)
+    folder.mkdir(parents=True)
+    for age in range(10):  # entry 0 used most recently, entry 9 longest ago
+        entry = folder / f"jit_p{age}-{age:064x}-cache"
+        entry.write_bytes(bytes(1000))
+        os.utime(entry, (1e9 - 3600 * age, 1e9 - 3600 * age))
+    (folder / "unrelated.txt").write_text("kept")
+    # Within the bound: nothing goes.
+    assert compilation.prune(folder, 10_000) == 0
+    assert len(entries(folder)) == 10
+    # Over it (10 kB in a bound of 8 kB): the oldest go until 3/4 of the bound (6 kB) is left.
+    compilation.enable(str(tmp_path), max_gb=8000 / 2**30)
+    assert sorted(entries(folder)) == [f"jit_p{a}-{a:064x}-cache" for a in range(6)]
+    assert (folder / "unrelated.txt").read_text() == "kept"
 
 
 # ----------------------------------------------------------------------------- settings

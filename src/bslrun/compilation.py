@@ -11,8 +11,9 @@ Where: ``trainer.compilation_cache`` (a folder, ``auto`` or ``off``). ``auto`` i
 for the jaxlib version, the backend and this CPU's model and instruction-set flags: JAX's own
 key names the jaxlib version and the backend but, on CPU, not which CPU compiled the code,
 so a cache on a home folder shared by machines of different CPUs must not hand one machine
-the other's code. Each subfolder is bounded (``trainer.compilation_cache_gb``): JAX deletes
-the least recently used entries beyond it. Clearing it is deleting the folder.
+the other's code. Each subfolder is bounded (``trainer.compilation_cache_gb``): a run that
+finds it over the bound first deletes the least recently used entries. Clearing it is
+deleting the folder.
 """
 
 from __future__ import annotations
@@ -75,6 +76,31 @@ def machine_folder(folder: Path) -> Path:
     return folder / f"jaxlib-{jaxlib.__version__}-{jax.default_backend()}-{cpu_fingerprint()}"
 
 
+def prune(folder: Path, max_bytes: int) -> int:
+    """When ``folder`` holds more than ``max_bytes`` of entries, delete the least recently
+    used (last read or written, as the file system's access and modification times tell)
+    until it holds three quarters of that; returns the bytes deleted. One pass over the
+    folder, once per process: JAX's own bound rescans the folder at every entry it writes,
+    which made a test session of thousands of programs quadratic."""
+    entries = []
+    for path in folder.glob("*-cache"):
+        try:
+            info = path.stat()
+        except OSError:  # deleted meanwhile by another process
+            continue
+        entries.append((max(info.st_atime, info.st_mtime), info.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    if total <= max_bytes:
+        return 0
+    freed = 0
+    for _, size, path in sorted(entries, key=lambda entry: entry[0]):
+        if total - freed <= max_bytes * 3 // 4:
+            break
+        path.unlink(missing_ok=True)
+        freed += size
+    return freed
+
+
 def enable(setting: str | None, max_gb: float = 1.0) -> Path | None:
     """Point JAX's persistent cache at the folder ``setting`` names (None: turn it off);
     returns the machine's subfolder in use. Called before a run compiles anything; calling
@@ -84,19 +110,22 @@ def enable(setting: str | None, max_gb: float = 1.0) -> Path | None:
     import jax
 
     folder = root(setting)
+    max_bytes = max(int(max_gb * 2**30), 1)
     if folder is not None:
         folder = machine_folder(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not os.access(folder, os.W_OK):
                 raise PermissionError(f"{folder} is not writable")
+            if (str(folder), max_bytes) != _active:
+                prune(folder, max_bytes)
         except OSError as error:
             log.warning(
                 "compilation cache off: cannot write %s (%s); set trainer.compilation_cache "
                 "to a writable folder, or off", folder, getattr(error, "strerror", None) or error,
             )  # fmt: skip
             folder = None
-    wanted = None if folder is None else (str(folder), max(int(max_gb * 2**30), 1))
+    wanted = None if folder is None else (str(folder), max_bytes)
     if wanted == _active:
         return folder
     from jax.experimental.compilation_cache import compilation_cache
@@ -107,7 +136,7 @@ def enable(setting: str | None, max_gb: float = 1.0) -> Path | None:
     else:
         jax.config.update("jax_enable_compilation_cache", True)
         jax.config.update("jax_compilation_cache_dir", wanted[0])
-        jax.config.update("jax_compilation_cache_max_size", wanted[1])
+        jax.config.update("jax_compilation_cache_max_size", -1)  # bounded by ``prune``
         # Every program is kept: a small one loads in milliseconds but compiles in tens.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     _active = wanted

@@ -360,10 +360,10 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
     with them (``handed``)."""
     if handed is not None:
         test, val, predictions, eval_s = handed.test, handed.val, handed.predictions, handed.eval_s
-        eval_compile_s = None  # the group's evaluation program serves every job of it
+        timing = dict(result.timing, eval_s=eval_s)  # the group's program: its compile_s
     else:
         test, val, predictions, eval_compile_s, eval_s = evaluate_alone(cfg, family, data, result)
-    timing = dict(result.timing, eval_compile_s=eval_compile_s, eval_s=eval_s)
+        timing = dict(result.timing, eval_compile_s=eval_compile_s, eval_s=eval_s)
     metrics = {
         "name": cfg.name,
         "seed": cfg.seed,
@@ -461,7 +461,9 @@ def format_table(metrics: dict, run_dir: Path | None = None) -> str:
     train = metrics.get("train") or {}
     rows += [(f"train.{key}", str(train[key])) for key in TRAINING if key in train]
     timing = metrics.get("timing") or {}
-    rows += [(f"timing.{key}", f"{timing[key]:.2f}") for key in TIMING if key in timing]
+    rows += [
+        (f"timing.{key}", f"{timing[key]:.2f}") for key in TIMING if timing.get(key) is not None
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
     if run_dir is not None:

@@ -156,3 +156,18 @@ def test_sizes_read_well():
     assert memory._gb(1e6) == "1 MB"
     assert memory._gb(231_000) == "231 kB"
     assert memory._gb(12) == "12 bytes"
+
+
+def test_a_second_run_of_the_same_shapes_reuses_the_estimate(monkeypatch):
+    """The jobs of a sweep over seeds share shapes: the model is traced for the estimate once
+    per process; another shape (a wider layer) is estimated afresh."""
+    traced = []
+    original = memory.estimate
+    monkeypatch.setattr(memory, "estimate", lambda *a: traced.append(a) or original(*a))
+    monkeypatch.setattr(memory, "_estimates", {})
+    runs = [composed("trainer.epochs=1", f"seed={seed}") for seed in (1, 2)]
+    runs.append(composed("trainer.epochs=1", "model.hidden=[7]"))
+    for cfg, data, family in runs:
+        memory.check(family, data, cfg.optim, cfg.trainer, VAL_SAMPLES, 200)
+    assert len(traced) == 2
+    assert traced[1][0].cfg.hidden == [7]

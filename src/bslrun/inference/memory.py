@@ -200,12 +200,34 @@ def per_device(need: Estimate, devices: int, platform: str) -> int:
     return need.resident + max(need.step // devices, need.evaluation)
 
 
+# Estimates by ``shapes_key``: they depend on shapes and settings, never on values.
+_estimates: dict = {}
+
+
+def shapes_key(family, data, optim_cfg, trainer_cfg, val_samples, test_samples) -> str:
+    """What an ``estimate`` depends on: the family and its settings, the splits' shapes,
+    the optimiser and the trainer's batching."""
+    splits = [None if s is None else (_abstract(s.x), _abstract(s.y))
+              for s in (data.train, data.val, data.test)]  # fmt: skip
+    spec = data.spec
+    return repr((
+        type(family).__qualname__, family.cfg, family.n_train, splits, spec.task,
+        spec.num_classes, spec.image_shape, optim_cfg, trainer_cfg.batch_size,
+        trainer_cfg.epochs, trainer_cfg.num_particles, trainer_cfg.restore_best,
+        val_samples, test_samples,
+    ))  # fmt: skip
+
+
 def check(
     family, data, optim_cfg, trainer_cfg, val_samples: int, test_samples: int | None = None
 ) -> Estimate:
     """Raise ConfigError, before anything compiles, when training (and, with
     ``test_samples``, the final evaluation) would not fit in memory."""
-    need = estimate(family, data, optim_cfg, trainer_cfg, val_samples, test_samples)
+    key = shapes_key(family, data, optim_cfg, trainer_cfg, val_samples, test_samples)
+    if key not in _estimates:  # the later jobs of a sweep in one process trace nothing here
+        _estimates[key] = estimate(family, data, optim_cfg, trainer_cfg, val_samples,
+                                   test_samples)  # fmt: skip
+    need = _estimates[key]
     limit, source = available(trainer_cfg)
     total = per_device(need, trainer_cfg.devices, jax.devices()[0].platform)
     if limit is not None and total > limit:

@@ -41,7 +41,7 @@ LAUNCHERS = {
 TARGETS = {"basic": 5.0, "joblib": 3.0}  # vectorised must be this many times faster
 TOLERANCE = 1e-4  # per-split test metrics, vectorised against basic
 COMPARED = ("rmse", "nll")
-SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci_wine_red_splits"
+UCI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci_regression"
 
 
 def sweep(launcher: str, epochs: int | None, root: Path) -> dict:
@@ -53,7 +53,7 @@ def sweep(launcher: str, epochs: int | None, root: Path) -> dict:
         *([f"trainer.epochs={epochs}"] if epochs else []),
     ]  # fmt: skip
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(root))
-    env.setdefault("BSLRUN_UCI_SPLITS", str(SPLITS_DIR))
+    env.setdefault("BSLRUN_UCI_DIR", str(UCI_DIR))
     seconds, load = timed(command, env, root, f"{launcher} sweep")
     splits = {}
     for path in sorted(sweep_dir.glob("*/metrics.json")):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,39 @@ def sweep_job(sweep: Path, num: int) -> Path:
     found = [p for p in sweep.iterdir() if p.is_dir() and p.name.split("_")[0] == str(num)]
     assert len(found) == 1, sorted(p.name for p in sweep.iterdir())
     return found[0]
+
+
+# ------------------------------------------------------- a UCI benchmark tree of its own
+
+UCI_FOLDER = re.compile(r"\$\{oc\.env:BSLRUN_UCI_DIR,[^}]*\}/(\S+)")
+
+
+def uci_folder_names() -> set[str]:
+    """The data set folders that the configs read below ``$BSLRUN_UCI_DIR``."""
+    from bslrun import cli
+
+    return {
+        match
+        for path in cli.CONFIG_DIR.rglob("*.yaml")
+        for match in UCI_FOLDER.findall(path.read_text())
+    }
+
+
+def make_uci_tree(root: Path, rows: int = 60, columns: int = 5, splits: int = 2) -> Path:
+    """A tiny synthetic ``$BSLRUN_UCI_DIR``: every folder the presets name, in the
+    benchmark's layout (data.txt, the column indices, train/test rows of ``splits``
+    splits), so that the uci presets run on a clone without the shared split files."""
+    rng = np.random.default_rng(0)
+    for name in sorted(uci_folder_names()):
+        folder = root / name
+        folder.mkdir(parents=True)
+        table = rng.normal(size=(rows, columns + 1))
+        table[:, -1] = table[:, :-1] @ np.linspace(1, -1, columns) + 0.1 * table[:, -1]
+        np.savetxt(folder / "data.txt", table)
+        np.savetxt(folder / "index_features.txt", np.arange(columns), fmt="%d")
+        np.savetxt(folder / "index_target.txt", [columns], fmt="%d")
+        for k in range(splits):
+            order = rng.permutation(rows)
+            np.savetxt(folder / f"index_train_{k}.txt", order[: rows * 3 // 4], fmt="%d")
+            np.savetxt(folder / f"index_test_{k}.txt", order[rows * 3 // 4 :], fmt="%d")
+    return root

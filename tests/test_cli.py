@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_uci_tree
 
 from bslrun import artifacts, cli
 
@@ -19,11 +20,9 @@ PRESETS = sorted(cli.option_name(EXPERIMENTS, p) for p in EXPERIMENTS.rglob("*.y
 MNIST_PRESETS = ["bnn_mnist", "lecture_vae_mnist", "vae_mnist_benchmark"]
 SHARED = Path(os.environ.get("BSLRUN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MNIST_DIR = SHARED / "data" / "mnist"
-UCI_SPLITS = SHARED / "data" / "uci_wine_red_splits"
-# Wine and toy data; the UCI benchmark preset reads the shared split folder.
-OFFLINE_PRESETS = [
-    p for p in PRESETS if p not in MNIST_PRESETS and (p != "uci_wine_red" or UCI_SPLITS.is_dir())
-]
+# Wine, toy data, and the UCI presets on a synthetic benchmark tree (conftest.make_uci_tree):
+# a clone without the shared split files runs them too.
+OFFLINE_PRESETS = [p for p in PRESETS if p not in MNIST_PRESETS]
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST copy not present")
 REQUIRED = [
     "test.rmse",
@@ -38,13 +37,8 @@ REQUIRED = [
 ]
 
 
-def bslrun(*args: str, out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        BSLRUN_OUTPUT_DIR=str(out),
-        BSLRUN_UCI_SPLITS=str(UCI_SPLITS),
-        HYDRA_FULL_ERROR="0",
-    )
+def bslrun(*args: str, out: Path, timeout: int = 300, **env_vars) -> subprocess.CompletedProcess:
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0", **env_vars)
     return subprocess.run(
         [sys.executable, "-m", "bslrun", *args],
         capture_output=True,
@@ -127,12 +121,12 @@ def test_same_seed_gives_identical_numbers(default_run, tmp_path):
         assert first[section] == second[section], section
 
 
-def run_presets(tmp_path, presets, *overrides):
+def run_presets(tmp_path, presets, *overrides, **env_vars):
     """All ``presets`` as one sweep (one process); returns {name: metrics} of the jobs."""
     sweep = tmp_path / "sweep"
     result = bslrun(
         "-m", "experiment=" + ",".join(presets), "debug=tiny", *overrides,
-        f"hydra.sweep.dir={sweep}", out=tmp_path, timeout=900,
+        f"hydra.sweep.dir={sweep}", out=tmp_path, timeout=900, **env_vars,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     found = {}
@@ -147,7 +141,9 @@ def run_presets(tmp_path, presets, *overrides):
 
 
 def test_every_offline_preset_runs_one_tiny_epoch(tmp_path):
-    runs = run_presets(tmp_path, OFFLINE_PRESETS)
+    runs = run_presets(
+        tmp_path, OFFLINE_PRESETS, BSLRUN_UCI_DIR=str(make_uci_tree(tmp_path / "uci"))
+    )
     for _, metrics in runs.values():
         assert np.isfinite(metrics["test"]["nll"])
     job, maf = runs["lecture_maf_moons"]

@@ -27,7 +27,8 @@ SWEEPS = {
 }
 # Optuna searches: {key: (low, high, log scale)} of their search spaces.
 SEARCHES = {"optuna_bnn": {"optim.lr": (1e-4, 3e-2, True), "model.prior_scale": (0.03, 3.0, True)}}
-UCI_SPLITS = SHARED / "data" / "uci_wine_red_splits"
+UCI_DIR = SHARED / "data" / "uci_regression"
+UCI_SPLITS = UCI_DIR / "wine-quality-red"
 
 
 def sweeper_config(*overrides: str):
@@ -97,7 +98,7 @@ def test_a_bad_value_inside_a_sweep_file_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not UCI_SPLITS.is_dir(), reason="shared UCI red-wine splits not present")
 def test_uci_preset_reads_the_shared_splits(monkeypatch, tmp_path):
-    monkeypatch.setenv("BSLRUN_UCI_SPLITS", str(UCI_SPLITS))
+    monkeypatch.setenv("BSLRUN_UCI_DIR", str(UCI_DIR))
     cfg = compose("experiment=uci_wine_red")
     assert cfg.data.split_dir == str(UCI_SPLITS) and cfg.data.name == "wine_red"
     # The published protocol: every training row is used, for a fixed number of epochs.
@@ -105,9 +106,9 @@ def test_uci_preset_reads_the_shared_splits(monkeypatch, tmp_path):
     assert list(cfg.model.hidden) == [50] and cfg.model.activation.value == "relu"
     assert all((UCI_SPLITS / f"index_train_{k}.txt").is_file() for k in range(20))
     # Without the variable: ../shared/data/... from the working directory (a checkout's root).
-    monkeypatch.delenv("BSLRUN_UCI_SPLITS")
+    monkeypatch.delenv("BSLRUN_UCI_DIR")
     (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "shared" / "data" / "uci_wine_red_splits").symlink_to(UCI_SPLITS)
+    (tmp_path / "shared" / "data" / "uci_regression").symlink_to(UCI_DIR)
     (tmp_path / "checkout").mkdir()
     monkeypatch.chdir(tmp_path / "checkout")
     split_dir = Path(compose("experiment=uci_wine_red").data.split_dir)

@@ -245,7 +245,7 @@ def task(dcfg) -> float | None:
             return None
         log_to_file_only(logging.ERROR, str(error))
         end_status(run_dir, started, error.status, error.exit_code, str(error))
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        say_error(error, run_dir, hydra_cfg.job.num if sweep else None)
         if isinstance(error, RunInterrupted):
             stop.hand_on(error.signum)  # e.g. submitit requeues the job
         if not sweep or isinstance(error, RunInterrupted):
@@ -256,6 +256,27 @@ def task(dcfg) -> float | None:
     return None
 
 
+def say_error(error: BslrunError, run_dir: Path, job: int | None) -> None:
+    """The error's one line on stderr; a sweep's job (number ``job``) that failed as the
+    job before it did stays quiet: the sweep's summary names them all."""
+    if job is None or not previous_job_failed_alike(run_dir, job, str(error)):
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+
+
+def previous_job_failed_alike(run_dir: Path, num: int, error: str) -> bool:
+    """Whether the sweep's job ``num - 1`` ended with the same error line: a sweep whose
+    every job fails alike (a missing data folder) says it once, and once more at its end."""
+    from bslrun import artifacts
+
+    if num < 1 or not run_dir.parent.is_dir():
+        return False
+    for sibling in run_dir.parent.iterdir():
+        if sibling.name == str(num - 1) or sibling.name.startswith(f"{num - 1}_"):
+            status = artifacts.read_status(sibling) or {}
+            return status.get("error") == error
+    return False
+
+
 def sweep_jobs(sweep_dir: Path) -> list:
     """The job folders of ``sweep_dir``, read as ``bslrun-report`` reads them."""
     from bslrun.runs import find_run_dirs, load_run
@@ -264,14 +285,25 @@ def sweep_jobs(sweep_dir: Path) -> list:
 
 
 def failed_jobs(runs: list) -> list[str]:
-    """``"<job folder>: <its last error>"`` for each job that has no metrics.json."""
+    """One line per distinct error of the jobs that did not complete: ``"<job folder>:
+    <error>"``, or ``"<n> jobs (<first>, ..., <last>): <error>"`` for jobs that failed
+    alike, so that twenty jobs stopped by one missing folder say it once."""
     from bslrun.runs import relative
 
-    return [
-        f"{relative(run.path, Path.cwd())}: {LOG_PREFIX.sub('', run.message)}"
-        for run in runs
-        if run.status != "completed"
-    ]
+    alike: dict[str, list[str]] = {}
+    for run in runs:
+        if run.status != "completed":
+            alike.setdefault(LOG_PREFIX.sub("", run.message), []).append(
+                relative(run.path, Path.cwd())
+            )
+    lines = []
+    for error, folders in alike.items():
+        if len(folders) == 1:
+            lines.append(f"{folders[0]}: {error}")
+        else:
+            shown = ", ".join(folders) if len(folders) <= 3 else f"{folders[0]}, ..., {folders[-1]}"
+            lines.append(f"{len(folders)} jobs ({shown}): {error}")
+    return lines
 
 
 class SweepFailures(Callback):
@@ -282,9 +314,9 @@ class SweepFailures(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = sweep_jobs(sweep_dir)
-        failed = failed_jobs(runs)
-        SWEEPS.append((sweep_dir, len(runs), len(failed)))
-        FAILED_JOBS.extend(failed)
+        failed = sum(run.status != "completed" for run in runs)
+        SWEEPS.append((sweep_dir, len(runs), failed))
+        FAILED_JOBS.extend(failed_jobs(runs))
 
 
 def sweep_summary(sweep_dir: Path, jobs: int, failed: int) -> str:
@@ -372,7 +404,8 @@ def end_sweeps() -> None:
     for sweep in SWEEPS:
         print(sweep_summary(*sweep))
     if FAILED_JOBS:
-        print(f"{PROG}: {len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
+        failed = sum(count for _, _, count in SWEEPS)
+        print(f"{PROG}: {failed} job(s) failed:", file=sys.stderr)
         for line in FAILED_JOBS:
             print(f"  {line}", file=sys.stderr)
         sys.exit(1)

@@ -69,7 +69,14 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
         marker = RunFolder(".").hydra_config.as_posix()  # .hydra/config.yaml
         found.update(p.parent.parent.resolve() for p in path.rglob(marker))
     # A run of trainer.replicas replicas is its replicas' folders, each a run.
-    return sorted(p for p in found if not RunFolder(p).replica(0).is_dir())
+    return sorted((p for p in found if not RunFolder(p).replica(0).is_dir()), key=natural_order)
+
+
+def natural_order(path: Path) -> list:
+    """Sort key: the numbers in a path compare as numbers (job ``2_...`` before ``10_...``,
+    ``replica_2`` before ``replica_10``), the rest as text."""
+    parts = re.split(r"(\d+)", str(path))
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts]
 
 
 def is_hydra_override(override: str) -> bool:

@@ -7,6 +7,7 @@ data (``DataSpec``) so that metrics can be reported in original units.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import warnings
 from collections.abc import Callable, Sequence
@@ -148,6 +149,9 @@ def subsample(rng: np.random.Generator, idx: np.ndarray, fraction: float) -> np.
     return np.sort(rng.permutation(idx)[:keep])
 
 
+# Every UCI preset reads its split folder below this variable (configs/data/<name>.yaml).
+UCI_DIR_VARIABLE = "BSLRUN_UCI_DIR"
+UCI_DIR_DEFAULT = "../shared/data/uci_regression"
 SPLIT_FILES = "data.txt, index_features.txt, index_target.txt and index_{train,test}_<k>.txt"
 
 
@@ -159,7 +163,13 @@ def read_split_dir(split_dir: str, split: int):
     """
     label = f"data.split_dir={paths.shown(split_dir)}"
     root = paths.expand(split_dir, "data.split_dir")
-    fix = f"point data.split_dir at a folder holding {SPLIT_FILES}"
+    fix = (
+        f"set {UCI_DIR_VARIABLE} to the folder holding the UCI benchmark's data set folders "
+        f"(the presets' default: {UCI_DIR_DEFAULT}), or point data.split_dir at a folder "
+        f"holding {SPLIT_FILES}"
+    )
+    if os.environ.get("BSLRUN_UCI_SPLITS"):  # what experiment=uci_wine_red once read
+        fix += f" (BSLRUN_UCI_SPLITS is no longer read: {UCI_DIR_VARIABLE} replaces it)"
     if not paths.folder(root, label, fix):
         raise paths.no_such(root, label, "folder", fix)
     table = read_split_file(root / "data.txt", np.float64, ndmin=2)

@@ -182,6 +182,9 @@ class FileDataConfig(FractionSplits):
     # Input columns (CSV header names, or 0-based indices as strings for arrays); null: all
     # columns but the target.
     columns: list[str] | None = None
+    # Columns left out of the inputs (names or indices, as data.columns): a text column
+    # such as a label that is not the target (data.exclude=[colour]).
+    exclude: list[str] | None = None
     # Target column for model=bnn; null: no target (density estimation with model=flow).
     target: str | None = None
     # What the target is; null: classification for text labels, regression for numbers.

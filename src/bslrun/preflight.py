@@ -114,6 +114,12 @@ def describe_error(error: BaseException) -> str:
             allowed = "; valid keys here: " + ", ".join(f.name for f in fields(cause.object_type))
         return f"unknown key {cause.full_key}{allowed}"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        if "is not a ListConfig, list or tuple" in (cause.msg or ""):
+            value = getattr(cause, "value", None)
+            return (
+                f"{cause.full_key}={value} is one value, but {cause.full_key} takes a list; "
+                f"write {cause.full_key}=[{value}] (in a shell: '{cause.full_key}=[{value}]')"
+            )
         message = cause.msg.splitlines()[0] if cause.msg else type(cause).__name__
         return f"{cause.full_key}: {message}"
     return str(error).strip().splitlines()[0]

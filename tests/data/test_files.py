@@ -104,6 +104,23 @@ def test_csv_regression_maps_back_to_the_files_numbers(tmp_path):
     assert abs(float(data.test.x[:, 0].mean())) > 1e-3 or abs(float(data.val.x.mean())) > 1e-3
 
 
+def test_a_text_column_that_is_not_the_target_is_left_out_as_the_error_says(tmp_path):
+    rows = table(20)
+    colours = ["red", "blue"] * 10
+    path = write_csv(tmp_path, csv_text(rows, ("i", "a", "y", "colour"), colours))
+    hint = error_text(DataError, config(path, target="y"))
+    assert "'red' is not a number" in hint and "data.exclude=[colour]" in hint
+    data = load(config(path, target="y", exclude=["colour"]), KEY)
+    assert data.spec.feature_names == ("i", "a") and data.spec.input_dim == 2
+    np.testing.assert_allclose(by_row(all_rows(data)), rows, rtol=1e-5, atol=1e-5)
+    # Excluding by name from an explicit list too; an unknown name lists the columns.
+    only_a = load(config(path, target="y", columns=["i", "a"], exclude=["i"]), KEY)
+    assert only_a.spec.feature_names == ("a",)
+    assert "no column 'nope' (data.exclude)" in error_text(
+        DataError, config(path, target="y", exclude=["nope"])
+    )
+
+
 def test_text_labels_become_codes_in_sorted_order(tmp_path, caplog):
     rows = table(12)[:, :2]
     labels = ["dog", "cat", "emu"] * 4

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class Table:
 def load(cfg, key) -> Dataset:
     """Read ``cfg.path``, pick its columns, and split the rows with randomness from ``key``."""
     table = read(cfg.path, cfg.key)
-    inputs, target = select(table, cfg.columns, cfg.target)
+    inputs, target = select(table, cfg.columns, cfg.target, cfg.exclude)
     x = numeric_block(table, inputs)
     if target is None:
         y, task, classes = np.zeros(len(x), np.int32), "density", ()
@@ -109,8 +110,9 @@ def split_rows(cfg, key, path: str, n: int):
 # ----------------------------------------------------------------------------- columns
 
 
-def select(table: Table, columns, target) -> tuple[list[int], int | None]:
-    """Column positions of the inputs and of the target (None: no target)."""
+def select(table: Table, columns, target, exclude=None) -> tuple[list[int], int | None]:
+    """Column positions of the inputs (``columns``, else every column but the target, less
+    ``exclude``) and of the target (None: no target)."""
 
     index = {name: j for j, name in enumerate(table.names)}
 
@@ -131,8 +133,12 @@ def select(table: Table, columns, target) -> tuple[list[int], int | None]:
         inputs = [j for j in range(len(table.names)) if j != j_target]
     else:
         inputs = [position(c, "data.columns") for c in columns]
+    left_out = {position(c, "data.exclude") for c in exclude or []}
+    inputs = [j for j in inputs if j not in left_out]
     if not inputs:
-        raise DataError(f"{table.path} has no column left for inputs besides data.target")
+        raise DataError(
+            f"{table.path} has no column left for inputs besides data.target and data.exclude"
+        )
     return inputs, j_target
 
 
@@ -224,7 +230,10 @@ def numeric_column(table: Table, j: int, role: str) -> np.ndarray:
     """Column j as float64; missing, text or infinite values are errors."""
     values, bad = parse(check_missing(table, j, role))
     if values is None:
-        leave_out = ", or leave the column out with data.columns" if role == "input" else ""
+        name = table.names[j] if re.fullmatch(r"[\w.-]+", table.names[j]) else repr(table.names[j])
+        leave_out = (
+            f", or leave the column out with data.exclude=[{name}]" if role == "input" else ""
+        )
         raise DataError(
             f"{table.where(bad, j)}: {str(table.cells[bad, j]).strip()!r} is not a number; "
             f"fix the value{leave_out}"

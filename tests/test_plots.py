@@ -91,3 +91,35 @@ def test_a_figure_that_cannot_be_drawn_is_skipped_with_a_warning(caplog):
     assert caplog.messages == [
         "skipped the flow figures: ValueError: x and y must have the same first dimension"
     ]
+
+
+def titles_of(monkeypatch, draw) -> list[str]:
+    """The axes titles of the figure that ``draw()`` saves."""
+    seen = []
+    real = plots._save
+
+    def keep(fig, path):
+        seen.extend(ax.get_title() for ax in fig.axes)
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    draw()
+    return seen
+
+
+def test_figure_titles_quote_the_runs_test_numbers_as_the_console_does(monkeypatch, tmp_path):
+    counts = np.array([0, 0, 3, 5, 0, 40], float)
+    arrays = {"calibration_counts": counts, "calibration_accuracy": np.linspace(0, 1, 6),
+              "calibration_confidence": np.linspace(0.05, 0.95, 6),
+              "calibration_edges": np.linspace(0, 1, 7), "ece": 0.0010, "test.ece": 0.0023}  # fmt: skip
+    shown = titles_of(monkeypatch, lambda: plots.reliability(arrays, tmp_path / "r.png"))
+    assert "ECE = 0.0023" in shown[0]
+    mean = np.arange(10.0)
+    y = np.where(mean < 9, mean, 20.0)
+    # The saved interval holds 9 of 10 targets; the run's own coverage is quoted.
+    args = (y, mean, mean - 1, mean + 1, tmp_path / "p.png")
+    shown = titles_of(monkeypatch, lambda: plots.predicted_vs_observed(*args, coverage=0.9537))
+    assert shown == ["95% interval coverage 0.9537"]
+    assert titles_of(monkeypatch, lambda: plots.predicted_vs_observed(*args)) == [
+        "95% interval coverage 0.9000"
+    ]

@@ -85,8 +85,11 @@ def learning_curves(
     return _save(fig, path)
 
 
-def predicted_vs_observed(y, mean, lower, upper, path: Path, target: str = "y") -> Path:
-    """Predictive means with 95% intervals against the observed targets."""
+def predicted_vs_observed(
+    y, mean, lower, upper, path: Path, target: str = "y", coverage: float | None = None
+) -> Path:
+    """Predictive means with 95% intervals against the observed targets; the title quotes
+    ``coverage``, the run's test.coverage_95 (the console's number), where given."""
     plt = pyplot()
     y, mean, lower, upper = map(np.asarray, (y, mean, lower, upper))
     rng = np.random.default_rng(0)  # jitter only separates tied integer targets visually
@@ -107,7 +110,7 @@ def predicted_vs_observed(y, mean, lower, upper, path: Path, target: str = "y") 
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel(f"observed {target}")
     ax.set_ylabel(f"predicted {target} (mean, 95% interval)")
-    ax.set_title(f"95% interval coverage {inside.mean():.3f}")
+    ax.set_title(f"95% interval coverage {inside.mean() if coverage is None else coverage:.4f}")
     return _save(fig, path)
 
 
@@ -140,7 +143,8 @@ def reliability(arrays: dict, path: Path, binary: bool = False) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy in the bin (white: points)")
     n = int(counts.sum())
-    ax.set_title(f"reliability: ECE = {float(arrays['ece']):.4f} ({len(counts)} bins, n = {n})")
+    ece = float(arrays.get("test.ece", arrays["ece"]))  # the run's test.ece, as the console
+    ax.set_title(f"reliability: ECE = {ece:.4f} ({len(counts)} bins, n = {n})")
     ax.legend(loc="upper left", fontsize=8)
     hist.bar(
         left[used], counts[used], width[used], align="edge", color="0.6", edgecolor="k", lw=0.6
@@ -168,6 +172,27 @@ def image_grid(images, columns: int, path: Path, title: str = "") -> Path:
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def latent_manifold(images, z0, z1, path: Path) -> Path:
+    """Decoded images of a 2D latent grid (side x side, row-major from the top left) on
+    axes of the latent values ``z0`` (columns) and ``z1`` (rows, increasing upwards); an
+    older samples file without them gives the bare grid."""
+    if z0 is None or z1 is None:
+        return image_grid(images, int(np.sqrt(len(images))), path, "decoded latent grid")
+    plt = pyplot()
+    images, z0, z1 = np.clip(np.asarray(images), 0.0, 1.0), np.asarray(z0), np.asarray(z1)
+    side, (height, width) = len(z0), images.shape[1:]
+    canvas = images.reshape(side, side, height, width).transpose(0, 2, 1, 3)
+    canvas = canvas.reshape(side * height, side * width)
+    half0, half1 = (z0[1] - z0[0]) / 2, (z1[1] - z1[0]) / 2
+    fig, ax = plt.subplots(figsize=(7.5, 7.5))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest",
+              extent=(z0[0] - half0, z0[-1] + half0, z1[0] - half1, z1[-1] + half1))  # fmt: skip
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title("decoded latent grid E[x | z] over 98% of the test codes", fontsize=10)
     return _save(fig, path)
 
 

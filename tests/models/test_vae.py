@@ -658,3 +658,25 @@ def test_bits_per_dim_against_numpy(rng):
     got = np.asarray(metrics.bits_per_dim(jnp.asarray(nll, jnp.float32), D))
     np.testing.assert_allclose(got, nll / D / np.log(2.0), rtol=1e-6)
     np.testing.assert_allclose(got, np.log2(np.exp(nll / D)), rtol=1e-5)
+
+
+def test_the_latent_map_spans_the_codes_and_is_drawn_on_latent_axes(conv_fit, tmp_path):
+    from bslrun.models.vae import MANIFOLD_SIDE, latent_grid
+
+    # Codes wider than the prior: a grid at its 5-95% quantiles (+-1.64) leaves out 59%.
+    codes = 2.5 * jax.random.normal(jax.random.PRNGKey(3), (4000, 2)) + jnp.array([1.0, -2.0])
+    z0, z1 = latent_grid(codes, MANIFOLD_SIDE)
+    assert z0.shape == z1.shape == (MANIFOLD_SIDE,)
+    inside = (codes[:, 0] >= z0[0]) & (codes[:, 0] <= z0[-1])
+    inside &= (codes[:, 1] >= z1[0]) & (codes[:, 1] <= z1[-1])
+    assert 0.955 <= float(inside.mean()) <= 0.97  # 0.98 per axis
+    np.testing.assert_allclose(np.diff(z0), (z0[-1] - z0[0]) / (MANIFOLD_SIDE - 1), rtol=1e-4)
+    family, variables, x = conv_fit
+    arrays = jax.device_get(
+        family.artifacts(variables, x, np.zeros(len(x)), jax.random.PRNGKey(0), 1)
+    )
+    assert arrays["manifold"].shape[0] == MANIFOLD_SIDE**2
+    expected = latent_grid(arrays["latent_codes"], MANIFOLD_SIDE)
+    np.testing.assert_allclose(arrays["manifold_z0"], expected[0], rtol=1e-6)
+    paths = family.plot(arrays, tmp_path)
+    assert tmp_path / "manifold.png" in paths and (tmp_path / "manifold.png").stat().st_size > 0

@@ -160,6 +160,7 @@ def plot(family, arrays, plots_dir: Path) -> list:
             arrays["upper_95"],
             plots_dir / "predicted_vs_observed.png",
             target=family.spec.target_name,
+            coverage=arrays.get("test.coverage_95"),  # the run's number, as the console's
         )
     )
     if "coverage_observed" in arrays:

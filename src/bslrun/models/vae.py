@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from jax.scipy.special import ndtri
 from numpyro.contrib.module import flax_module
 from numpyro.infer import RenyiELBO, Trace_ELBO
 
@@ -318,10 +317,9 @@ class VaeFamily(Family):
             "labels": y,
         }
         if self.latent_dim == 2:
-            # Grid at evenly spaced prior quantiles, as in the lecture's latent map.
-            q = ndtri(jnp.linspace(0.05, 0.95, MANIFOLD_SIDE))
-            grid = jnp.stack(jnp.meshgrid(q, q[::-1]), axis=-1).reshape(-1, 2)
-            out["manifold"] = self._mean_image(variables, grid)
+            z0, z1 = latent_grid(codes, MANIFOLD_SIDE)
+            grid = jnp.stack(jnp.meshgrid(z0, z1[::-1]), axis=-1).reshape(-1, 2)
+            out.update(manifold=self._mean_image(variables, grid), manifold_z0=z0, manifold_z1=z1)
         return out
 
     def plot(self, arrays: dict, plots_dir: Path) -> list:
@@ -346,17 +344,31 @@ class VaeFamily(Family):
         ]
         if "manifold" in images:
             paths.append(
-                plots.image_grid(
+                plots.latent_manifold(
                     images["manifold"],
-                    MANIFOLD_SIDE,
+                    arrays.get("manifold_z0"),  # older samples files have no grid values
+                    arrays.get("manifold_z1"),
                     plots_dir / "manifold.png",
-                    "decoded latent grid",
                 )
             )
         return paths
 
 
 IMAGE_KEYS = ("prior_samples", "originals", "reconstructions", "manifold")
+
+
+def latent_grid(codes, side: int, coverage: float = 0.98):
+    """The decoded latent map's axes: ``side`` evenly spaced values per latent dimension,
+    from the (1 - coverage)/2 to the (1 + coverage)/2 quantile of the test codes (n, 2).
+
+    The codes of a trained encoder spread wider than the prior's N(0, I) (the aggregate
+    posterior is not the prior), so a grid at the prior's 5-95% quantiles (+-1.64) leaves
+    out many codes; a grid over the codes themselves shows what the decoder does where
+    the data lie."""
+    tail = 100 * (1 - coverage) / 2
+    low, high = jnp.percentile(codes, jnp.array([tail, 100 - tail]), axis=0)
+    steps = jnp.linspace(0.0, 1.0, side)
+    return low[0] + steps * (high[0] - low[0]), low[1] + steps * (high[1] - low[1])
 
 
 def project_2d(codes):

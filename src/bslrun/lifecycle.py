@@ -55,7 +55,13 @@ class RunLock:
         if self.held:
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        refuse_links(self.run_dir)
+        try:  # O_NOFOLLOW: a link put there after the check fails too, unwritten
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise link_refused(self.path) from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -76,6 +82,21 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock; the file stays, harmlessly
             self._fd = None
+
+
+def link_refused(link: Path) -> ResourceError:
+    return ResourceError(
+        f"{link} is a symbolic link, and bslrun writes no file through a link; remove the "
+        "link, or give the run another folder (hydra.run.dir=..., hydra.sweep.dir=... for -m)"
+    )
+
+
+def refuse_links(run_dir: Path) -> None:
+    """ResourceError if a file or folder that bslrun or Hydra writes in ``run_dir`` is a
+    symbolic link: writing it would change whatever the link points at."""
+    link = artifacts.RunFolder(run_dir).first_link()
+    if link is not None:
+        raise link_refused(link)
 
 
 # -------------------------------------------------------------------- signals

@@ -1,5 +1,5 @@
-"""Files written only where they belong: never through a symbolic link in a run folder
-(exit codes: errors.py).
+"""Files written only where they belong: never through a symbolic link in a run folder or a
+report's folder; report.md shows text as text (exit codes: errors.py).
 
 Every probe here is decided before Hydra starts, or by one writer: they run in this
 process and import no JAX.
@@ -12,9 +12,10 @@ import logging
 
 import numpy as np
 import pytest
-from test_probes import drive
+from test_probes import drive, one_line
+from test_report import make_run
 
-from bslrun import artifacts, cli, lifecycle
+from bslrun import artifacts, cli, lifecycle, report
 from bslrun.errors import ResourceError
 
 PRECIOUS = b"a user's file: not bslrun's to change\n"
@@ -133,4 +134,61 @@ def test_the_atomic_writers_replace_a_link_and_leave_its_target(writer, tmp_path
     WRITERS[writer](path)
     assert not path.is_symlink() and path.stat().st_size > 0
     assert (tmp_path / "precious.txt").read_bytes() == PRECIOUS
+
+
+# ------------------------------------------------------------ bslrun-report
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path / "runs", str(seed), [f"seed={seed}"], {"rmse": 0.5 + seed})
+    return tmp_path / "runs"
+
+
+def test_the_report_writes_no_plot_through_a_linked_plots_folder(two_runs, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (two_runs / "plots").symlink_to(elsewhere, target_is_directory=True)
+    assert report.main([str(two_runs)]) == 5
+    line = one_line(capsys.readouterr().err)
+    assert f"{two_runs / 'plots'} is a symbolic link" in line and "--out" in line
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_report_replaces_a_linked_report_file(two_runs, tmp_path):
+    (two_runs / "report.md").symlink_to(users_file(tmp_path))
+    assert report.main([str(two_runs)]) == 0
+    assert not (two_runs / "report.md").is_symlink()
+    assert (two_runs / "report.md").read_text().startswith("# bslrun report")
+    assert (tmp_path / "precious.txt").read_bytes() == PRECIOUS
+
+
+HOSTILE = "<script>alert(1)</script>&lt;|x"
+
+
+def test_report_md_shows_names_and_values_as_text(tmp_path):
+    """A run name and an override value holding a tag and ``|`` are text in report.md:
+    no HTML gets through, and the tables keep their columns."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        run = make_run(runs, str(seed), [f"seed={seed}", f"data.path={HOSTILE}{seed}"],
+                       {"rmse": 0.5 + seed})  # fmt: skip
+        (run / ".hydra" / "config.yaml").write_text(f"seed: 0\nname: '{HOSTILE}'\n")
+    make_run(runs, "2", ["seed=2"], log=f"[t][ERROR] {HOSTILE} failed\n", history=True)
+    assert report.main([str(runs)]) == 0
+    text = (runs / "report.md").read_text()
+    assert "<" not in text and ">" not in text, text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&amp;lt;" in text  # an entity shown too
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    columns = {line.replace("\\|", "").count("|") for line in table}
+    assert len(columns) == 2 and "\\|x0" in text, table  # the group table, the runs' table
+
+
+def test_a_backtick_in_a_folder_name_cannot_end_its_code_span():
+    from bslrun.summary import code_span
+
+    assert code_span("a`<b>") == "``a`<b>``"
+    assert code_span("`x") == "`` `x ``"
+    assert code_span("plain") == "`plain`"
 

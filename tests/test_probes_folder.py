@@ -1,5 +1,6 @@
 """Files written only where they belong: never through a symbolic link in a run folder or a
-report's folder; report.md shows text as text (exit codes: errors.py).
+report's folder, never outside the output folder a user chose, and a folder name that
+cannot be used is one line before anything is written (exit codes: errors.py).
 
 Every probe here is decided before Hydra starts, or by one writer: they run in this
 process and import no JAX.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -192,3 +194,51 @@ def test_a_backtick_in_a_folder_name_cannot_end_its_code_span():
     assert code_span("`x") == "`` `x ``"
     assert code_span("plain") == "`plain`"
 
+
+# ------------------------------------------------------------- the output setting
+
+
+def refused_with_output_dir(value: str, capsys, monkeypatch, tmp_path) -> tuple[int, str]:
+    """``bslrun`` with ``BSLRUN_OUTPUT_DIR=value``, from ``tmp_path``; (code, the line)."""
+    monkeypatch.chdir(tmp_path)  # a relative folder made by mistake lands in tmp_path
+    monkeypatch.setenv("BSLRUN_OUTPUT_DIR", value)
+    monkeypatch.setattr(sys, "argv", ["bslrun"])
+    monkeypatch.setattr("hydra.main", lambda **kw: lambda task: lambda: sys.exit(99))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    err = capsys.readouterr().err
+    return stopped.value.code, (one_line(err) if stopped.value.code != 99 else "not refused")
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_output_setting_is_refused(value, capsys, monkeypatch, tmp_path):
+    """config.yaml's ``${oc.env:BSLRUN_OUTPUT_DIR,experiments}/<name>``: empty, it is the
+    filesystem's root."""
+    code, line = refused_with_output_dir(value, capsys, monkeypatch, tmp_path)
+    assert code == 2 and "BSLRUN_OUTPUT_DIR is empty" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interpolation_in_the_output_setting_is_refused(capsys, monkeypatch, tmp_path):
+    code, line = refused_with_output_dir("${oc.env:HOME}/runs", capsys, monkeypatch, tmp_path)
+    assert code == 2 and "BSLRUN_OUTPUT_DIR=${oc.env:HOME}/runs" in line, line
+    assert "$HOME/runs" in line and list(tmp_path.iterdir()) == []
+
+
+# A byte that is not UTF-8 (0xff), as Python hands it over from the command line.
+NOT_UTF8 = "r\udcffun"
+
+
+def test_a_run_folder_that_is_not_utf8_is_refused_before_it_is_made(
+    capsys, monkeypatch, tmp_path
+):
+    argv = [f"hydra.run.dir='{tmp_path}/{NOT_UTF8}'"]
+    code, line = drive(argv, capsys, monkeypatch, tmp_path)
+    assert code == 2 and f"{tmp_path}/r\\xffun is not UTF-8" in line, line
+    assert "hydra.run.dir" in line and list(tmp_path.iterdir()) == []
+
+
+def test_an_output_setting_that_is_not_utf8_is_refused(capsys, monkeypatch, tmp_path):
+    code, line = refused_with_output_dir(str(tmp_path / NOT_UTF8), capsys, monkeypatch, tmp_path)
+    assert code == 2 and "r\\xffun" in line and "BSLRUN_OUTPUT_DIR" in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -319,9 +319,11 @@ def prevalidate(argv: list[str]) -> Plan:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from bslrun.output_folder import check_output_setting
     from bslrun.registry import register
     from bslrun.runs import is_hydra_override
 
+    check_output_setting(os.environ.get("BSLRUN_OUTPUT_DIR"))
     register()
     args, _ = get_args_parser().parse_known_args(argv)
     plan = Plan(multirun=bool(args.multirun), prints_only=bool(args.cfg))
@@ -383,14 +385,16 @@ def check_output_folder(plan: Plan):
 
     A folder named in full (``hydra.run.dir=...``, a resumed run) is locked now, so that
     a second run started into it refuses before it writes a byte; returns that lock. A
-    folder given again that holds a link where a file will be written is refused too.
+    folder given again that holds a link where a file will be written, or a name that is
+    not UTF-8, is refused too.
     """
     from bslrun.lifecycle import RunLock
-    from bslrun.output_folder import refuse_links_in_sweep
+    from bslrun.output_folder import check_utf8, refuse_links_in_sweep
 
     folder = plan.output_dir
     if folder is None or plan.prints_only:
         return None
+    check_utf8(folder)
     try:
         if plan.fixed and not plan.multirun:
             return RunLock(folder).acquire()  # refuses links among the run's files

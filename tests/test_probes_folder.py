@@ -3,7 +3,7 @@ report's folder, never outside the output folder a user chose, and a folder name
 cannot be used is one line before anything is written (exit codes: errors.py).
 
 Every probe here is decided before Hydra starts, or by one writer: they run in this
-process and import no JAX.
+process, and only ``save_params`` imports JAX.
 """
 
 from __future__ import annotations

@@ -63,6 +63,18 @@ def test_a_linked_folder_in_a_run_folder_is_refused(entry, capsys, monkeypatch, 
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_link_in_a_run_folder_to_resume_is_refused(capsys, monkeypatch, tmp_path):
+    """trainer.resume continues in the run's own folder: a link there is refused first
+    (its checkpoint stands checked: that is test_probes' concern)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.log").symlink_to(users_file(tmp_path))
+    monkeypatch.setattr("bslrun.preflight.check_resume", lambda cfg, multirun: str(run))
+    code, line = drive([f"trainer.resume={run}"], capsys, monkeypatch, tmp_path)
+    assert code == 5 and f"{run / 'run.log'} is a symbolic link" in line, line
+    assert (tmp_path / "precious.txt").read_bytes() == PRECIOUS
+
+
 def test_a_link_in_a_sweep_folder_given_again_is_refused(capsys, monkeypatch, tmp_path):
     sweep = tmp_path / "sweep"
     (sweep / "0_seed=1").mkdir(parents=True)
@@ -78,7 +90,7 @@ def test_the_lock_is_opened_without_following_a_link(monkeypatch, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").symlink_to(users_file(tmp_path))
-    monkeypatch.setattr(lifecycle, "refuse_links", lambda run_dir: None)
+    monkeypatch.setattr(lifecycle, "refuse_links", lambda run_dir: None, raising=False)
     with pytest.raises(ResourceError, match="is a symbolic link"):
         lifecycle.RunLock(run).acquire()
     assert (tmp_path / "precious.txt").read_bytes() == PRECIOUS

@@ -4,6 +4,8 @@
   ``.lock`` there. The kernel drops the lock when the process ends, however it ends
   (SIGKILL, out of memory), so a lock file left behind is stale by construction and
   never blocks the next run; the pid and host written inside only name the holder.
+  A folder where a file bslrun or Hydra writes is a symbolic link is refused: nothing
+  is written through a link.
 - **Stop signals.** SIGINT (Ctrl-C), SIGTERM and the cluster's warning signals (SIGUSR1,
   SIGUSR2: SLURM's preemption notice) set a flag; the training loop looks at it at the
   next epoch boundary, saves a checkpoint and stops (``RunInterrupted``). A second

@@ -41,6 +41,7 @@ LAYERS = [
         "bslrun.cli",
         "bslrun.launcher",
         "bslrun.preflight",
+        "bslrun.output_folder",
         "bslrun.report",
         "bslrun.summary",
         "bslrun.published",

@@ -27,6 +27,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -56,16 +57,15 @@ def copy_hydra_files(run_dir: Path, replica_dir: Path, seed: int) -> None:
     source, target = RunFolder(run_dir), RunFolder(replica_dir)
     if not source.hydra_config.is_file():
         return
-    target.hydra_config.parent.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(source.hydra_config.read_text())
     config["seed"] = seed
     config.setdefault("trainer", {})["replicas"] = 1
-    target.hydra_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_bytes(target.hydra_config, yaml.safe_dump(config, sort_keys=False).encode())
     overrides = yaml.safe_load(source.hydra_overrides.read_text()) or []
     own = [o for o in overrides if not o.lstrip("+~").startswith(("seed=", "trainer.replicas="))]
-    target.hydra_overrides.write_text(yaml.safe_dump([*own, f"seed={seed}"]))
+    write_bytes(target.hydra_overrides, yaml.safe_dump([*own, f"seed={seed}"]).encode())
     if source.hydra_settings.is_file():
-        target.hydra_settings.write_text(source.hydra_settings.read_text())
+        write_bytes(target.hydra_settings, source.hydra_settings.read_bytes())
 
 
 def point_latest(run_dir: Path) -> None:
@@ -84,7 +84,7 @@ def point_latest(run_dir: Path) -> None:
 
 
 class RunFolder:
-    """Paths of the files of one run folder (nothing is read or written here)."""
+    """Paths of the files of one run folder (nothing is written here)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -176,6 +176,21 @@ class RunFolder:
         """The family's saved arrays: ``predictions`` (BNN) or ``samples`` (VAE, flow)."""
         return self.root / ARRAY_FILES[kind]
 
+    def written(self) -> list[Path]:
+        """What bslrun or Hydra writes here, folders before the files in them."""
+        return [
+            self.hydra, self.hydra_config, self.hydra_overrides, self.hydra_settings,
+            self.lock, self.log, self.status, self.manifest, self.config, self.data_spec,
+            self.replicas, self.metrics, self.history, self.params.parent, self.params,
+            self.checkpoints, self.plots, self.posterior_samples, self.reference,
+            *(self.arrays(kind) for kind in ARRAY_FILES),
+        ]  # fmt: skip
+
+    def first_link(self) -> Path | None:
+        """The first of ``written`` that is a symbolic link: a file bslrun would write
+        through it would land somewhere else (another folder, a user's file)."""
+        return next((path for path in self.written() if path.is_symlink()), None)
+
 
 CURRENT_UMASK = os.umask(0)  # os.umask can only be read by setting it: restore at once
 os.umask(CURRENT_UMASK)
@@ -199,7 +214,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+class RunLogHandler(logging.FileHandler):
+    """run.log's handler (config.yaml's ``hydra.job_logging``): it appends as
+    ``logging.FileHandler`` does, but never through a symbolic link (``O_NOFOLLOW``)."""
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, 0o666)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
+    """``data`` into ``path`` atomically. A link at ``path`` is replaced, never written
+    through: ``os.replace`` renames over the link itself."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path

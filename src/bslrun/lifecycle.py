@@ -4,6 +4,8 @@
   ``.lock`` there. The kernel drops the lock when the process ends, however it ends
   (SIGKILL, out of memory), so a lock file left behind is stale by construction and
   never blocks the next run; the pid and host written inside only name the holder.
+  A folder where a file bslrun or Hydra writes is a symbolic link is refused: nothing
+  is written through a link.
 - **Stop signals.** SIGINT (Ctrl-C), SIGTERM and the cluster's warning signals (SIGUSR1,
   SIGUSR2: SLURM's preemption notice) set a flag; the training loop looks at it at the
   next epoch boundary, saves a checkpoint and stops (``RunInterrupted``). A second
@@ -55,7 +57,13 @@ class RunLock:
         if self.held:
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        refuse_links(self.run_dir)
+        try:  # O_NOFOLLOW: a link put there after the check fails too, unwritten
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise link_refused(self.path) from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -76,6 +84,21 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock; the file stays, harmlessly
             self._fd = None
+
+
+def link_refused(link: Path) -> ResourceError:
+    return ResourceError(
+        f"{link} is a symbolic link, and bslrun writes no file through a link; remove the "
+        "link, or give the run another folder (hydra.run.dir=..., hydra.sweep.dir=... for -m)"
+    )
+
+
+def refuse_links(run_dir: Path) -> None:
+    """ResourceError if a file or folder that bslrun or Hydra writes in ``run_dir`` is a
+    symbolic link: writing it would change whatever the link points at."""
+    link = artifacts.RunFolder(run_dir).first_link()
+    if link is not None:
+        raise link_refused(link)
 
 
 # -------------------------------------------------------------------- signals

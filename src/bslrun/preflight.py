@@ -229,6 +229,7 @@ OWN_TARGETS = (
     "bslrun.cli.SweepFailures",
     "hydra_plugins.bslrun_launcher.vectorised_launcher.VectorisedLauncher",
 )
+OWN_HANDLERS = ("bslrun.artifacts.RunLogHandler",)  # run.log's, in config.yaml
 PLUGIN_TARGETS = (
     "hydra._internal.core_plugins.",
     "hydra_plugins.hydra_joblib_launcher.",
@@ -282,7 +283,7 @@ def refuse_foreign_code(composed) -> None:
             if key.startswith("hydra.callbacks")
             else target.startswith(PLUGIN_TARGETS + OWN_TARGETS)
             or (key.startswith(("hydra.job_logging", "hydra.hydra_logging"))
-                and target.startswith("logging."))
+                and target.startswith(("logging.", *OWN_HANDLERS)))
         )  # fmt: skip
         if not allowed:
             raise ConfigError(
@@ -324,9 +325,11 @@ def prevalidate(argv: list[str]) -> Plan:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from bslrun.output_folder import check_output_setting
     from bslrun.registry import register
     from bslrun.runs import is_hydra_override
 
+    check_output_setting(os.environ.get("BSLRUN_OUTPUT_DIR"))
     register()
     args, _ = get_args_parser().parse_known_args(argv)
     plan = Plan(multirun=bool(args.multirun), prints_only=bool(args.cfg))
@@ -387,16 +390,22 @@ def check_output_folder(plan: Plan):
     """Make sure the run can write its folder before Hydra writes anything there.
 
     A folder named in full (``hydra.run.dir=...``, a resumed run) is locked now, so that
-    a second run started into it refuses before it writes a byte; returns that lock.
+    a second run started into it refuses before it writes a byte; returns that lock. A
+    folder given again that holds a link where a file will be written, or a name that is
+    not UTF-8, is refused too.
     """
     from bslrun.lifecycle import RunLock
+    from bslrun.output_folder import check_utf8, refuse_links_in_sweep
 
     folder = plan.output_dir
     if folder is None or plan.prints_only:
         return None
+    check_utf8(folder)
     try:
         if plan.fixed and not plan.multirun:
-            return RunLock(folder).acquire()
+            return RunLock(folder).acquire()  # refuses links among the run's files
+        if plan.multirun:
+            refuse_links_in_sweep(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".bslrun-probe-", dir=folder.parent))
     except OSError as error:

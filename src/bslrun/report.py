@@ -108,9 +108,22 @@ def missing_folders(folder: Path) -> list[Path]:
     return missing
 
 
+def refuse_linked_folders(out: Path, names) -> None:
+    """A sub-folder of ``out`` (``plots/``) that is a symbolic link would take the report's
+    files elsewhere. A link in place of a file is harmless: the rename replaces the link."""
+    folders = sorted({Path(name).parent for name in names} - {Path(".")})
+    linked = next((out / f for f in folders if (out / f).is_symlink()), None)
+    if linked is not None:
+        raise ResourceError(
+            f"{linked} is a symbolic link, and {PROG} writes no file through a link; remove "
+            "it, or give another folder with --out"
+        )
+
+
 def write_files(out: Path, files: dict) -> None:
     """Write ``{relative path: bytes}`` under ``out``, each atomically. On failure, the
     folders this call made and left empty are removed: nothing half-done stays."""
+    refuse_linked_folders(out, files)
     made = missing_folders(out / "plots")
     try:
         for name, data in files.items():

@@ -347,10 +347,30 @@ class Page:
     plots: dict = field(default_factory=dict)  # heading -> PNG bytes
 
 
+ENTITY = re.compile(r"&(?=#?\w+;)")  # the start of ``&lt;``; a lone ``&`` reads as itself
+
+
+def markdown_text(text) -> str:
+    """``text`` as it reads: a tag (``<script>``) or an entity in a run's name, override or
+    error line is shown in Markdown, never interpreted, as report.html escapes it."""
+    text = ENTITY.sub("&amp;", str(text)).replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\n", " ")
+
+
+def code_span(text: str) -> str:
+    """``text`` in a Markdown code span whose fence no backtick inside can close."""
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def cell_markdown(cell) -> str:
+    """A table cell, escaped: ``|`` (which would end the cell) and a backslash before it too."""
     if isinstance(cell, Link):
-        text = cell.text.replace("[", "\\[").replace("]", "\\]")
+        text = re.sub(r"([\\\[\]])", r"\\\1", markdown_text(cell.text))
         cell = f"[{text}]({cell.href})"
+    else:
+        cell = markdown_text(cell).replace("\\", "\\\\")
     return cell.replace("|", "\\|")
 
 
@@ -362,11 +382,17 @@ def markdown_table(cells: list[list]) -> str:
 
 
 def others_lines(others: list[Run], base: Path) -> list[str]:
-    return [f"- {r.status}: `{relative(r.path, base)}`: {r.message}" for r in others]
+    return [
+        f"- {r.status}: {code_span(relative(r.path, base))}: {markdown_text(r.message)}"
+        for r in others
+    ]
 
 
 def settings_markdown(settings: dict, count: int) -> str:
-    lines = [f"- **{section or 'run'}**: {text}" for section, text in settings_lines(settings)]
+    lines = [
+        f"- **{markdown_text(section or 'run')}**: {markdown_text(text)}"
+        for section, text in settings_lines(settings)
+    ]
     head = f"Settings shared by all {count} completed runs:" if count > 1 else "Settings:"
     return f"{head}\n\n" + "\n".join(lines) + "\n\n" if lines else ""
 
@@ -374,7 +400,7 @@ def settings_markdown(settings: dict, count: int) -> str:
 def markdown_report(page: Page, with_runs: bool = True) -> str:
     """Title, shared settings, the table, ``extra`` sections, the failed and unfinished
     runs, then (``with_runs``) the table of every run."""
-    text = f"# {page.title}\n\n" + settings_markdown(page.settings, page.completed)
+    text = f"# {markdown_text(page.title)}\n\n" + settings_markdown(page.settings, page.completed)
     text += markdown_table(page.cells) + f"\n\n{page.note}\n"
     if page.extra:
         text += "\n" + page.extra

@@ -241,9 +241,7 @@ def test_an_interpolation_in_the_output_setting_is_refused(capsys, monkeypatch, 
 NOT_UTF8 = "r\udcffun"
 
 
-def test_a_run_folder_that_is_not_utf8_is_refused_before_it_is_made(
-    capsys, monkeypatch, tmp_path
-):
+def test_a_run_folder_that_is_not_utf8_is_refused_before_it_is_made(capsys, monkeypatch, tmp_path):
     argv = [f"hydra.run.dir='{tmp_path}/{NOT_UTF8}'"]
     code, line = drive(argv, capsys, monkeypatch, tmp_path)
     assert code == 2 and f"{tmp_path}/r\\xffun is not UTF-8" in line, line

@@ -4,6 +4,7 @@ number a run reports."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -149,6 +150,30 @@ def test_jax_reads_and_writes_through_bslruns_entries(tmp_path, caplog, restore_
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith(f"compilation cache: deleted {machine / name}: it holds another")
     assert compilation.unseal(name.removesuffix("-cache"), (machine / name).read_bytes())
+
+
+def test_a_full_disk_leaves_no_half_entry_and_one_warning(
+    tmp_path, monkeypatch, caplog, recwarn, restore_cache
+):
+    """The disk fills halfway through an entry: nothing is left in the folder (a half
+    entry would be read by every later run), the program still runs, and one line says so."""
+    machine = compilation.enable(str(tmp_path))
+    write_bytes = Path.write_bytes
+
+    def half_then_full(path, data):
+        if machine in path.parents:
+            write_bytes(path, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with caplog.at_level(logging.WARNING, logger="bslrun"):
+        assert compiles_into(tmp_path) == {}
+    assert list(machine.iterdir()) == []
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("compilation cache: could not keep jit_triple_plus_one-")
+    assert "(No space left on device); the run goes on" in line
+    assert not [w for w in recwarn if "compilation cache" in str(w.message)]
 
 
 def test_an_entry_is_refused_unless_whole_its_keys_and_bslruns():

@@ -4,6 +4,7 @@ number a run reports."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,26 @@ def entries(folder: Path) -> set[str]:
 
 def scores(metrics: dict) -> dict:
     return {section: metrics[section] for section in ("test", "val")}
+
+
+def triple_plus_one(x):
+    return x * 3.0 + 1.0
+
+
+def five_times_plus_one(x):
+    return x * 5.0 + 1.0
+
+
+def compiles_into(folder: Path, program=triple_plus_one, at_2: float = 7.0) -> dict[str, bytes]:
+    """The entries (name: bytes) that ``program`` (which gives ``at_2`` at 2), compiled or
+    loaded after ``enable(folder)``, adds to the folder's machine subfolder."""
+    import jax
+
+    machine = compilation.machine_folder(folder)
+    before = entries(machine)
+    jax.clear_caches()  # the program is looked up on disk, not in this process's memory
+    assert float(jax.jit(program)(2.0)) == at_2
+    return {name: (machine / name).read_bytes() for name in entries(machine) - before}
 
 
 # ------------------------------------------------------------------------ where it lives
@@ -109,6 +130,65 @@ def test_jax_is_pointed_at_the_machines_folder_which_is_private(tmp_path, restor
     assert folder.stat().st_mode & 0o077 == 0  # the cache is trusted: others may not write
     compilation.enable("off")
     assert not jax.config.jax_enable_compilation_cache
+
+
+def test_jax_reads_and_writes_through_bslruns_entries(tmp_path, caplog, restore_cache):
+    """JAX offers no public way to hand it a cache object (compilation._install): this pins
+    that the private one used works. Entries are sealed with their keys, and JAX loads
+    through bslrun: the entry of x * 5 + 1 copied over that of x * 3 + 1 (the same shapes)
+    is deleted with one warning, and x * 3 + 1 is compiled again, not run as x * 5 + 1."""
+    compilation.enable(str(tmp_path))
+    ((name, entry),) = compiles_into(tmp_path, triple_plus_one, 7.0).items()
+    ((other, _),) = compiles_into(tmp_path, five_times_plus_one, 11.0).items()
+    assert name.startswith("jit_triple_plus_one-")
+    assert compilation.unseal(name.removesuffix("-cache"), entry)
+    assert compiles_into(tmp_path, triple_plus_one, 7.0) == {}  # loaded: nothing added
+    machine = compilation.machine_folder(tmp_path)
+    (machine / name).write_bytes((machine / other).read_bytes())
+    with caplog.at_level(logging.WARNING, logger="bslrun"):
+        assert compiles_into(tmp_path, triple_plus_one, 7.0) == {}  # written again
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"compilation cache: deleted {machine / name}: it holds another")
+    assert compilation.unseal(name.removesuffix("-cache"), (machine / name).read_bytes())
+
+
+def test_a_full_disk_leaves_no_half_entry_and_one_warning(
+    tmp_path, monkeypatch, caplog, recwarn, restore_cache
+):
+    """The disk fills halfway through an entry: nothing is left in the folder (a half
+    entry would be read by every later run), the program still runs, and one line says so."""
+    machine = compilation.enable(str(tmp_path))
+    write_bytes = Path.write_bytes
+
+    def half_then_full(path, data):
+        if machine in path.parents:
+            write_bytes(path, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with caplog.at_level(logging.WARNING, logger="bslrun"):
+        assert compiles_into(tmp_path) == {}
+    assert list(machine.iterdir()) == []
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("compilation cache: could not keep jit_triple_plus_one-")
+    assert "(No space left on device); the run goes on" in line
+    assert not [w for w in recwarn if "compilation cache" in str(w.message)]
+
+
+def test_an_entry_is_refused_unless_whole_its_keys_and_bslruns():
+    entry = compilation.seal("jit_f-00", b"executable")
+    assert compilation.unseal("jit_f-00", entry) == b"executable"
+    cases = {
+        "another program": ("jit_f-01", entry),
+        "cut short or altered": ("jit_f-00", entry[:-1]),
+        "cut short \\(a full disk": ("jit_f-00", entry[: len(compilation.MAGIC) + 10]),
+        "not written by this version": ("jit_f-00", b"\x28\xb5\x2f\xfd" + b"executable"),
+        "not written by": ("jit_f-00", b""),
+    }
+    for words, (key, damaged) in cases.items():
+        with pytest.raises(compilation.BadEntry, match=words):
+            compilation.unseal(key, damaged)
 
 
 def test_a_cache_over_its_bound_loses_its_least_recently_used_entries(tmp_path, restore_cache):

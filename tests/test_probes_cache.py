@@ -52,9 +52,8 @@ def warnings_of(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_an_entry_that_is_not_the_program_asked_for_is_dropped_not_run(
-    tmp_path, caplog, recwarn, restore_cache
-):
+@pytest.mark.usefixtures("restore_cache")
+def test_an_entry_that_is_not_the_program_asked_for_is_dropped_not_run(tmp_path, caplog, recwarn):
     """A valid executable under another program's key, and an entry cut short: the run
     reports its own numbers (those of the run that compiled its programs, which are those
     of the cache off: test_compilation.py), with one warning line for each entry, no JAX
@@ -86,9 +85,8 @@ def test_an_entry_that_is_not_the_program_asked_for_is_dropped_not_run(
 
 
 @pytest.mark.parametrize("owner", ["another user", "group-writable", "world-writable"])
-def test_a_folder_another_user_could_write_is_not_used(
-    owner, monkeypatch, tmp_path, caplog, restore_cache
-):
+@pytest.mark.usefixtures("restore_cache")
+def test_a_folder_another_user_could_write_is_not_used(owner, monkeypatch, tmp_path, caplog):
     """Its entries would be code this process runs: one warning, and the run compiles."""
     folder = tmp_path / "shared"
     folder.mkdir(mode=0o700)

@@ -1,0 +1,76 @@
+"""Probes of sweeps, replicas and loggers: each fault is one line and its exit code, and
+a summary of several runs says what each of them did.
+
+Replica runs train in this process (``run.run_replicas``), sharing one trained folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import compose
+from test_probes import TINY
+
+from bslrun import run, seeding
+from bslrun.data import load as load_data
+from bslrun.errors import ConfigError
+from bslrun.inference import memory
+from bslrun.models import build as build_family
+
+# Early stopping after two validations without improvement: seeds 0 and 1 stop at
+# different epochs (checked below, so that the test cannot pass by their agreeing).
+EARLY = [*TINY, "trainer.epochs=40", "trainer.patience=2", "trainer.checkpoint_every=0",
+         "optim.lr=0.03"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_replicas(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("replicas") / "run"
+    returned = run.run_replicas(compose(*EARLY, "trainer.replicas=2"), run_dir)
+    return run_dir, returned
+
+
+def test_replicas_summarise_each_replicas_training_not_replica_0s(two_replicas):
+    run_dir, returned = two_replicas
+    own = [json.loads((run_dir / f"replica_{r}" / "metrics.json").read_text()) for r in (0, 1)]
+    epochs = [m["train"]["epochs_run"] for m in own]
+    assert epochs[0] != epochs[1], "the replicas must stop at different epochs here"
+    summary = json.loads((run_dir / "replicas.json").read_text())
+    for r, m in enumerate(own):
+        assert summary["train"][f"replica_{r}"] == {"seed": r, **m["train"]}
+    best = [m["train"]["best_epoch"] for m in own]
+    assert summary["mean"]["train"]["epochs_run"] == f"{min(epochs)}-{max(epochs)}"
+    assert summary["mean"]["train"]["best_epoch"] == f"{min(best)}-{max(best)}"
+    losses = [m["train"]["final_loss"] for m in own]
+    assert summary["mean"]["train"]["final_loss"] == pytest.approx(np.mean(losses))
+    # The console table: the mean with its standard error, and the ranges.
+    table = run.format_table(returned, run_dir)
+    rmse = [m["test"]["rmse"] for m in own]
+    se = np.std(rmse, ddof=1) / np.sqrt(2)
+    assert f"{np.mean(rmse):.4f} ± {se:.4f}" in table
+    assert f"{min(epochs)}-{max(epochs)}" in table
+
+
+def tiny_need(cfg) -> int:
+    """The single-run memory estimate of ``cfg`` (bytes)."""
+    keys = seeding.streams(cfg.seed)
+    data = load_data(cfg.data, keys.data)
+    family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
+    return memory.estimate(family, data, cfg.optim, cfg.trainer, family.val_samples(cfg.eval),
+                           family.eval_samples(cfg.eval)).total  # fmt: skip
+
+
+def test_the_memory_check_scales_with_the_replicas_trained_together(tmp_path):
+    cfg = compose(*TINY, "trainer.replicas=3")
+    limit_gb = 1.5 * tiny_need(cfg) / memory.GB  # one replica fits, three do not
+    trainer = dataclasses.replace(cfg.trainer, max_memory_gb=limit_gb)
+    with pytest.raises(ConfigError) as refused:
+        run.run_replicas(dataclasses.replace(cfg, trainer=trainer), tmp_path / "run")
+    line = str(refused.value)
+    assert "training 3 replicas together needs about" in line and "\n" not in line
+    assert "trainer.replicas" in line and "raise trainer.max_memory_gb" in line
+    assert not list((tmp_path / "run").glob("replica_*"))  # refused before any replica

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from conftest import compose
 from test_probes import TINY
 
-from bslrun import run, seeding
+from bslrun import cli, run, seeding
 from bslrun.data import load as load_data
 from bslrun.errors import ConfigError
 from bslrun.inference import memory
@@ -74,3 +75,23 @@ def test_the_memory_check_scales_with_the_replicas_trained_together(tmp_path):
     assert "training 3 replicas together needs about" in line and "\n" not in line
     assert "trainer.replicas" in line and "raise trainer.max_memory_gb" in line
     assert not list((tmp_path / "run").glob("replica_*"))  # refused before any replica
+
+
+@pytest.mark.parametrize("how", ["--config-dir", "hydra.searchpath"])
+def test_a_harmless_config_from_elsewhere_reaches_the_task(how, monkeypatch, tmp_path):
+    """A user's experiment from --config-dir or hydra.searchpath passes the checks before
+    Hydra starts, and Hydra hands the task the config composed with it."""
+    mine = tmp_path / "mine"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "plain.yaml").write_text(
+        "# @package _global_\nseed: 3\ntrainer:\n  patience: 7\n"
+    )
+    where = ["--config-dir", str(mine)] if how == "--config-dir" else [
+        f"hydra.searchpath=[file://{mine}]"]  # fmt: skip
+    started = []
+    monkeypatch.setenv("BSLRUN_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "argv", ["bslrun", *where, "experiment=plain", *TINY])
+    monkeypatch.setattr(cli, "PRE_LOCK", None)
+    monkeypatch.setattr(cli, "task", lambda dcfg: started.append(cli.to_config(dcfg)))
+    cli.main()
+    assert [(cfg.seed, cfg.trainer.patience) for cfg in started] == [(3, 7)]

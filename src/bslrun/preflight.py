@@ -350,8 +350,9 @@ def prevalidate(argv: list[str]) -> Plan:
                     raise ConfigError(
                         f"{what} runs several jobs: add -m (or give {keys} one value for one run)"
                     )
+                # Each job as Hydra composes it: with the search path of --config-dir.
                 configs = [
-                    to_config(compose(config_name, overrides=job))
+                    to_config(compose(config_name, overrides=job + hydra_overrides))
                     for job in sweep_variants(declared + variant)
                 ]
                 resumed += [check_resume(c, args.multirun) for c in configs if c.trainer.resume]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import compose
-from test_probes import TINY
+from test_probes import TINY, drive
 
 from bslrun import cli, run, seeding
 from bslrun.data import load as load_data
@@ -95,3 +95,27 @@ def test_a_harmless_config_from_elsewhere_reaches_the_task(how, monkeypatch, tmp
     monkeypatch.setattr(cli, "task", lambda dcfg: started.append(cli.to_config(dcfg)))
     cli.main()
     assert [(cfg.seed, cfg.trainer.patience) for cfg in started] == [(3, 7)]
+
+
+# optuna settings that cannot run a study: refused before the first trial.
+OPTUNA_REFUSED = {
+    "no-trials": (["hydra.sweeper.n_trials=-1"], "hydra.sweeper.n_trials=-1"),
+    "zero-trials": (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
+    "sideways": (["hydra.sweeper.direction=sideways"], "choose minimize"),
+    "reversed": (["optim.lr=interval(0.1,0.001)"], "interval(0.001, 0.1)"),
+    "log-from-zero": (["optim.lr=tag(log,interval(0,0.1))"], "log interval starts above 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTUNA_REFUSED))
+def test_optuna_settings_that_cannot_run_are_one_line_exit_2(case, capsys, monkeypatch, tmp_path):
+    overrides, words = OPTUNA_REFUSED[case]
+    argv = ["-m", "sweep=optuna_bnn", *overrides]
+    code, line = drive(argv, capsys, monkeypatch, tmp_path)
+    assert code == 2 and words in line, line
+    assert not (tmp_path / "out").exists()  # before any trial
+
+
+def test_a_sound_optuna_study_is_not_refused(capsys, monkeypatch, tmp_path):
+    argv = ["-m", "hydra/sweeper=optuna", "optim.lr=tag(log,interval(1e-3,0.1))"]
+    assert drive(argv, capsys, monkeypatch, tmp_path) == (99, "not refused")

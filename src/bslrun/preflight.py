@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bslrun import sweeper
 from bslrun.errors import ConfigError, ResourceError
 
 PROG = "bslrun"
@@ -340,6 +341,8 @@ def prevalidate(argv: list[str]) -> Plan:
                 composed = compose(config_name, variant + hydra_overrides, return_hydra_config=True)
                 refuse_foreign_code(composed)
                 hydra_cfg = composed.hydra
+                if args.multirun:
+                    sweeper.check(hydra_cfg.sweeper, overrides)
                 if plan.output_dir is None:
                     plan.output_dir, plan.fixed = output_folder(hydra_cfg, plan.multirun)
                 declared = declared_sweeps(hydra_cfg.sweeper.params, variant)

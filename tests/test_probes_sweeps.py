@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,9 @@ import pytest
 from conftest import compose
 from test_probes import TINY, drive
 
-from bslrun import cli, run, seeding
+from bslrun import cli, loggers, run, seeding
 from bslrun.data import load as load_data
-from bslrun.errors import ConfigError
+from bslrun.errors import ConfigError, ResourceError, RunInterrupted
 from bslrun.inference import memory
 from bslrun.models import build as build_family
 
@@ -119,3 +122,94 @@ def test_optuna_settings_that_cannot_run_are_one_line_exit_2(case, capsys, monke
 def test_a_sound_optuna_study_is_not_refused(capsys, monkeypatch, tmp_path):
     argv = ["-m", "hydra/sweeper=optuna", "optim.lr=tag(log,interval(1e-3,0.1))"]
     assert drive(argv, capsys, monkeypatch, tmp_path) == (99, "not refused")
+
+
+# ------------------------------------------------------------------------------- loggers
+
+LOGGERS_REFUSED = {
+    "wandb-mode": (["logger=wandb", "logger.wandb.mode=bogus"], "logger.wandb.mode=bogus"),
+    "tensorboard-climbs-out": (["logger=tensorboard", "logger.tensorboard.dir=../../x"],
+                               "leaves the run folder"),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOGGERS_REFUSED))
+def test_a_loggers_bad_setting_is_one_line_exit_2(case, capsys, monkeypatch, tmp_path):
+    overrides, words = LOGGERS_REFUSED[case]
+    code, line = drive(overrides, capsys, monkeypatch, tmp_path)
+    assert code == 2 and words in line, line
+
+
+def test_an_absolute_tensorboard_folder_is_the_users_choice(capsys, monkeypatch, tmp_path):
+    argv = ["logger=tensorboard", f"logger.tensorboard.dir={tmp_path / 'events'}"]
+    assert drive(argv, capsys, monkeypatch, tmp_path) == (99, "not refused")
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def mlflow_cfg(uri: str):
+    return compose(*TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}")
+
+
+@pytest.fixture
+def mlflow_env(monkeypatch):
+    """MLflow's retry settings as bslrun leaves them (unset by the user), restored after."""
+    for name in loggers.MLFLOW_RETRIES:
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_an_unreachable_mlflow_server_is_one_line_after_bounded_retries(mlflow_env, tmp_path):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    tick = time.monotonic()
+    with pytest.raises(ResourceError) as refused:
+        with loggers.opened(mlflow_cfg(uri), tmp_path / "run"):
+            pass
+    assert time.monotonic() - tick < 30  # MLflow's own defaults wait about 250 s
+    assert "logger=mlflow could not start" in str(refused.value) and uri in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_ctrl_c_while_waiting_for_an_mlflow_server_stops_at_once(mlflow_env, tmp_path):
+    mlflow_env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")  # a long wait: minutes
+    mlflow_env.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "4")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    pressed = time.monotonic() + 1.0  # Ctrl-C, one second in
+
+    def stop_requested():
+        return signal.SIGINT if time.monotonic() > pressed else None
+
+    with pytest.raises(RunInterrupted) as stopped:
+        with loggers.opened(mlflow_cfg(uri), tmp_path / "run", stop_requested=stop_requested):
+            pass
+    assert time.monotonic() - pressed < 2.0
+    assert stopped.value.exit_code == 130 and "logger=mlflow" in str(stopped.value)
+
+
+def test_an_sqlite_store_that_cannot_be_opened_is_one_line(mlflow_env, tmp_path):
+    tick = time.monotonic()
+    with pytest.raises(ResourceError) as refused:
+        with loggers.opened(mlflow_cfg("sqlite:////proc/x.db"), tmp_path / "run"):
+            pass
+    assert time.monotonic() - tick < 10  # MLflow retries for about 100 s
+    assert "cannot open the database /proc/x.db" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_relative_sqlite_store_is_the_working_folders(mlflow_env, tmp_path):
+    import mlflow
+
+    mlflow_env.chdir(tmp_path)
+    with loggers.opened(mlflow_cfg("sqlite:///mlflow.db"), tmp_path / "run") as tracked:
+        tracked.finish({"test": {"rmse": 0.5}}, [])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bnn_wine_white")
+    (found,) = client.search_runs([experiment.experiment_id])
+    assert found.info.status == "FINISHED" and found.data.metrics["test.rmse"] == 0.5
+    assert experiment.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())

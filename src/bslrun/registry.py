@@ -34,6 +34,7 @@ from bslrun.config import (
     TrainerConfig,
     check_counts,
     check_inference,
+    check_loggers,
     check_name,
     check_optim,
     check_seed,
@@ -141,6 +142,7 @@ def validate(cfg: Config) -> Config:
     if cfg.trainer.replicas > 1:
         check_seed(cfg.seed + cfg.trainer.replicas - 1)  # the last replica's seed
     check_name(cfg.name)
+    check_loggers(cfg.logger)
     resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)
     cfg.model.check()

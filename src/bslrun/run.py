@@ -160,7 +160,7 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     # eval.reference is checked before training: a wrong folder costs a second.
     ref = read_reference(cfg, family, data)
     group = None if sweep_dir is None else str(sweep_dir)
-    with loggers.opened(cfg, run_dir, group) as tracked:
+    with loggers.opened(cfg, run_dir, group, stop.pending if stop else None) as tracked:
         result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch, handed)
         result.timing.update(import_s=import_s, log_s=tracked.seconds)
         metrics = evaluate_and_write(cfg, folder, family, data, result, handed)
@@ -207,7 +207,7 @@ def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = Non
     family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
     settings = cfg.inference
     group = None if sweep_dir is None else str(sweep_dir)
-    with loggers.opened(cfg, run_dir, group) as tracked:
+    with loggers.opened(cfg, run_dir, group, stop.pending if stop else None) as tracked:
         what = f"{settings.num_chains} chains of {settings.num_warmup} + {settings.num_samples}"
         with clock.Phase(f"sampling {what} (NUTS) on {len(data.train)} rows", "sampled"):
             chains = nuts.sample(family, data.train, settings, keys.train)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -213,3 +215,47 @@ def test_a_relative_sqlite_store_is_the_working_folders(mlflow_env, tmp_path):
     (found,) = client.search_runs([experiment.experiment_id])
     assert found.info.status == "FINISHED" and found.data.metrics["test.rmse"] == 0.5
     assert experiment.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+# ------------------------------------------------------------------ a worker killed outright
+
+
+def running_pid(sweep: Path, within: float) -> int:
+    """The process of the first job of ``sweep`` whose status.json says running."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for status in sorted(sweep.glob("*/status.json")):
+            try:
+                found = json.loads(status.read_text())
+            except ValueError:  # being written
+                continue
+            if found["status"] == "running":
+                return found["pid"]
+        time.sleep(0.2)
+    raise AssertionError(f"no job of {sweep} started within {within} s")
+
+
+def test_a_joblib_worker_killed_outright_is_reported_and_the_sweep_summarised(tmp_path):
+    """What the out-of-memory killer does: SIGKILL to one worker. Each lost job is one line
+    of the failed-jobs list, no job is left running, and the sweep's summary is printed."""
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path / "out"), HYDRA_FULL_ERROR="0")
+    command = [sys.executable, "-m", "bslrun", "-m", "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", "seed=0,1", *TINY,
+               "trainer.epochs=100000", "trainer.patience=0",
+               "trainer.checkpoint_every=0"]  # fmt: skip
+    with subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as sweeping:  # fmt: skip
+        try:
+            os.kill(running_pid(sweep, within=120), signal.SIGKILL)
+            out, err = sweeping.communicate(timeout=120)
+        finally:
+            sweeping.kill()
+    assert sweeping.returncode == 1, err
+    assert "Traceback" not in err and "TerminatedWorkerError" not in err, err
+    assert "sweep finished: 2 job(s), 0 completed, 2 failed" in out
+    lines = err.strip().splitlines()
+    assert lines[0] == "bslrun: 2 job(s) failed:", err
+    assert len(lines) == 3 and all("lost: a worker process" in line for line in lines[1:]), err
+    states = [json.loads(p.read_text())["status"] for p in sorted(sweep.glob("*/status.json"))]
+    assert states == ["failed", "failed"]

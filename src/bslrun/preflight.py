@@ -223,6 +223,7 @@ CODE_SECTIONS = ("hydra.callbacks", "hydra/callbacks", "hydra.job_logging", "hyd
 OWN_TARGETS = (
     "bslrun.cli.SweepFailures",
     "hydra_plugins.bslrun_launcher.vectorised_launcher.VectorisedLauncher",
+    "hydra_plugins.bslrun_launcher.joblib_launcher.BslrunJoblibLauncher",
 )
 PLUGIN_TARGETS = (
     "hydra._internal.core_plugins.",

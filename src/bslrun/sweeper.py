@@ -1,15 +1,32 @@
-"""An optuna sweeper's settings (``hydra/sweeper=optuna``, ``sweep=optuna_bnn``), checked
-before the first trial: optuna would otherwise refuse them with a traceback, after the
-sweep has started (a reversed interval, an unknown direction) or run no trial at all and
-fail looking for the best one (``n_trials`` below 1)."""
+"""What a sweeper minimises (``objective``), and an optuna sweeper's settings
+(``hydra/sweeper=optuna``, ``sweep=optuna_bnn``), checked before the first trial: optuna
+would otherwise refuse them with a traceback, after the sweep has started (a reversed
+interval, an unknown direction) or run no trial at all and fail looking for the best one
+(``n_trials`` below 1)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from bslrun.errors import ConfigError
 
 DIRECTIONS = ("minimize", "maximize")
+
+
+def objective(metrics: dict) -> float | None:
+    """The value a sweeper minimises: the validation score that early stopping watched
+    (``train.monitored`` in metrics.json: ``val.nll`` by default, the VAE's ``val.neg_elbo``).
+
+    Without a validation split, the final training loss (the negative ELBO per training
+    datum) stands in, so that a study still compares like with like; the test split is
+    never used for selection. None (a failed optuna trial) if the value is not finite.
+    """
+    monitored = (metrics.get("train") or {}).get("monitored") or "val."
+    value = (metrics.get("val") or {}).get(monitored.removeprefix("val."))
+    if value is None:
+        value = (metrics.get("train") or {}).get("final_loss")
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def is_optuna(sweeper) -> bool:

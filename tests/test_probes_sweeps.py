@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import compose
-from test_probes import TINY, drive
+from test_probes import TINY, bslrun, drive
 
 from bslrun import cli, loggers, run, seeding
 from bslrun.data import load as load_data
@@ -119,6 +119,19 @@ def test_optuna_settings_that_cannot_run_are_one_line_exit_2(case, capsys, monke
     code, line = drive(argv, capsys, monkeypatch, tmp_path)
     assert code == 2 and words in line, line
     assert not (tmp_path / "out").exists()  # before any trial
+
+
+def test_a_study_in_which_every_trial_fails_ends_with_the_summary(tmp_path):
+    """No trial completes (each refused by the memory check): optuna has no best trial,
+    and the sweep ends as any other, listing its failed jobs, with exit 1."""
+    result = bslrun("-m", "sweep=optuna_bnn", "trainer.max_memory_gb=1e-9",
+                    "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", *TINY,
+                    f"hydra.sweep.dir={tmp_path / 'study'}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "No trials are completed" not in result.stderr
+    assert "sweep finished: 2 job(s), 0 completed, 2 failed" in result.stdout
+    listed = result.stderr.split("bslrun: 2 job(s) failed:\n")[1].splitlines()
+    assert len(listed) == 2 and all("memory" in line for line in listed), result.stderr
 
 
 def test_a_sound_optuna_study_is_not_refused(capsys, monkeypatch, tmp_path):

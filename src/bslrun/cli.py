@@ -338,11 +338,9 @@ def main() -> None:
 
     import hydra
 
-    from bslrun.launcher import use_own_launchers
     from bslrun.registry import register
 
     register()
-    use_own_launchers()
     try:
         hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
     except OSError as raised:  # Hydra writing its own files (.hydra/, multirun.yaml)

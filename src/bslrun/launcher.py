@@ -99,28 +99,6 @@ def _in(i: int, together: list) -> bool:
 
 # ------------------------------------------------------------------ hydra/launcher=joblib
 
-JOBLIB = "hydra_plugins.bslrun_launcher.joblib_launcher.BslrunJoblibLauncher"
-
-
-def use_own_launchers() -> None:
-    """``hydra/launcher=joblib`` is bslrun's joblib launcher, with the plugin's settings.
-    Hydra stores each plugin's config when it first scans the plugins (once a process,
-    running their modules again): after that scan, this entry replaces the plugin's."""
-    from dataclasses import dataclass
-
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.plugins import Plugins
-    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
-
-    @dataclass
-    class Joblib(JobLibLauncherConf):
-        _target_: str = JOBLIB
-
-    Plugins.instance()
-    ConfigStore.instance().store(group="hydra/launcher", name="joblib", node=Joblib,
-                                 provider="bslrun")  # fmt: skip
-
-
 LOST = (
     "lost: a worker process of the sweep was killed outright (SIGKILL, e.g. the kernel's "
     "out-of-memory killer) while this job {how}, and joblib stopped every worker; run the "

@@ -224,6 +224,7 @@ OWN_TARGETS = (
     "bslrun.cli.SweepFailures",
     "hydra_plugins.bslrun_launcher.vectorised_launcher.VectorisedLauncher",
     "hydra_plugins.bslrun_launcher.joblib_launcher.BslrunJoblibLauncher",
+    "hydra_plugins.bslrun_launcher.optuna_sweeper.BslrunOptunaSweeper",
 )
 PLUGIN_TARGETS = (
     "hydra._internal.core_plugins.",

@@ -6,10 +6,13 @@ interval, an unknown direction) or run no trial at all and fail looking for the 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
 from bslrun.errors import ConfigError
+
+log = logging.getLogger("bslrun")
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -80,3 +83,15 @@ def _check_interval(override) -> None:
             f"{key}=tag(log, interval({interval.start}, {interval.end})): a log interval "
             "starts above 0; raise its lower end or drop the log tag"
         )
+
+
+def without_best_trial(sweep, arguments: list[str]) -> None:
+    """optuna's ``sweep``, for a study in which no trial completed: it has no best trial,
+    which optuna refuses (a ValueError, after every trial has run). The sweep then ends as
+    any other, listing its failed jobs (exit 1), without optimization_results.yaml."""
+    try:
+        sweep(arguments)
+    except ValueError as error:
+        if "No trials are completed yet" not in str(error):  # optuna 2's study.best_trial
+            raise
+        log.error("no trial of the study completed, so it has no best parameters")

@@ -3,7 +3,7 @@ process killed outright (the kernel's out-of-memory killer sends SIGKILL):
 ``bslrun.launcher.outlive_lost_workers`` names the lost jobs in their folders and hands the
 sweep its results, so that the sweep ends with its summary.
 
-``bslrun.launcher.use_own_launchers`` stores its config as ``hydra/launcher/joblib`` in place
+``bslrun.registry.use_own_plugins`` stores its config as ``hydra/launcher/joblib`` in place
 of the plugin's own.
 """
 

@@ -1,13 +1,17 @@
 """Probes of sweeps, replicas and loggers: each fault is one line and its exit code, and
 a summary of several runs says what each of them did.
 
-Replica runs train in this process (``run.run_replicas``), sharing one trained folder.
+Replica runs train in this process (``run.run_replicas``), sharing one trained folder;
+loggers start in this process against a closed port on 127.0.0.1 or a local SQLite file.
+Two commands run in a subprocess, where the process boundary is what is tested: a sweep
+whose joblib worker is killed outright, and an optuna study whose every trial fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -98,6 +102,9 @@ def test_a_harmless_config_from_elsewhere_reaches_the_task(how, monkeypatch, tmp
     monkeypatch.setattr(sys, "argv", ["bslrun", *where, "experiment=plain", *TINY])
     monkeypatch.setattr(cli, "PRE_LOCK", None)
     monkeypatch.setattr(cli, "task", lambda dcfg: started.append(cli.to_config(dcfg)))
+    root = logging.getLogger()  # Hydra configures logging for its run: undone afterwards
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     cli.main()
     assert [(cfg.seed, cfg.trainer.patience) for cfg in started] == [(3, 7)]
 

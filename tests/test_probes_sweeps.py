@@ -65,19 +65,23 @@ def test_replicas_summarise_each_replicas_training_not_replica_0s(two_replicas):
     assert f"{min(epochs)}-{max(epochs)}" in table
 
 
-def tiny_need(cfg) -> int:
-    """The single-run memory estimate of ``cfg`` (bytes)."""
+def estimate_parts(cfg) -> tuple:
+    """What ``memory.check`` takes for ``cfg``'s run, and its single-run estimate."""
     keys = seeding.streams(cfg.seed)
     data = load_data(cfg.data, keys.data)
     family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
-    return memory.estimate(family, data, cfg.optim, cfg.trainer, family.val_samples(cfg.eval),
-                           family.eval_samples(cfg.eval)).total  # fmt: skip
+    parts = (family, data, cfg.optim, cfg.trainer, family.val_samples(cfg.eval),
+             family.eval_samples(cfg.eval))  # fmt: skip
+    return parts, memory.estimate(*parts).total
 
 
 def test_the_memory_check_scales_with_the_replicas_trained_together(tmp_path):
     cfg = compose(*TINY, "trainer.replicas=3")
-    limit_gb = 1.5 * tiny_need(cfg) / memory.GB  # one replica fits, three do not
+    parts, need = estimate_parts(cfg)
+    limit_gb = 1.5 * need / memory.GB  # one replica fits, two or three do not
     trainer = dataclasses.replace(cfg.trainer, max_memory_gb=limit_gb)
+    family, data, optim, _, val_samples, test_samples = parts
+    memory.check(family, data, optim, trainer, val_samples, test_samples, replicas=1)
     with pytest.raises(ConfigError) as refused:
         run.run_replicas(dataclasses.replace(cfg, trainer=trainer), tmp_path / "run")
     line = str(refused.value)

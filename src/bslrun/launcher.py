@@ -3,6 +3,9 @@ is ``hydra_plugins.bslrun_launcher``): a sweep's jobs are composed, grouped by
 ``replicas.groups``, each group of several trained as one program, and then every job
 runs in its own folder as with Hydra's basic launcher, its run taking its trained
 parameters instead of training (``run.train``).
+
+Also the joblib launcher's sweep outliving a worker killed outright
+(``outlive_lost_workers``, for ``hydra_plugins.bslrun_launcher.joblib_launcher``).
 """
 
 from __future__ import annotations

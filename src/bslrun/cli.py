@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import re
 import sys
@@ -37,6 +36,7 @@ from bslrun.preflight import (
     prevalidate,
     to_config,
 )
+from bslrun.sweeper import objective
 
 # config.yaml names sweep job folders with it. Registered on import, because a launcher's
 # worker processes (joblib, SLURM) import this module to unpickle the task, then resolve
@@ -113,21 +113,6 @@ def log_to_file_only(level: int, message: str, exc_info: bool = False) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-def objective(metrics: dict) -> float | None:
-    """The value a sweeper minimises: the validation score that early stopping watched
-    (``train.monitored`` in metrics.json: ``val.nll`` by default, the VAE's ``val.neg_elbo``).
-
-    Without a validation split, the final training loss (the negative ELBO per training
-    datum) stands in, so that a study still compares like with like; the test split is
-    never used for selection. None (a failed optuna trial) if the value is not finite.
-    """
-    monitored = (metrics.get("train") or {}).get("monitored") or "val."
-    value = (metrics.get("val") or {}).get(monitored.removeprefix("val."))
-    if value is None:
-        value = (metrics.get("train") or {}).get("final_loss")
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 PRE_LOCK = None  # the lock main() took on a run folder named in full, before Hydra started

@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from pathlib import PurePath
 from typing import Any, ClassVar
 
 from bslrun.errors import ConfigError
@@ -740,6 +741,26 @@ MAX_SEED = 2**31 - 1
 def check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"seed={seed} is out of range; use an integer from 0 to {MAX_SEED}")
+
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def check_loggers(cfg: LoggerConfig) -> None:
+    """A W&B mode it knows; TensorBoard's folder inside the run folder, or an absolute
+    path the user chose (a relative one climbing out with ``..`` would write elsewhere)."""
+    if cfg.wandb is not None and cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
+        raise ConfigError(
+            f"logger.wandb.mode={cfg.wandb.mode}: choose one of {', '.join(WANDB_MODES)} "
+            "(or null: online when a key is configured, offline otherwise)"
+        )
+    if cfg.tensorboard is not None:
+        folder = PurePath(str(cfg.tensorboard.dir))
+        if not folder.is_absolute() and ".." in folder.parts:
+            raise ConfigError(
+                f"logger.tensorboard.dir={cfg.tensorboard.dir!r} leaves the run folder; give "
+                "a folder inside it (tensorboard, the default) or an absolute path"
+            )
 
 
 # A run name is one folder under the output root (experiments/<name>/<timestamp>/): letters,

@@ -3,6 +3,9 @@ is ``hydra_plugins.bslrun_launcher``): a sweep's jobs are composed, grouped by
 ``replicas.groups``, each group of several trained as one program, and then every job
 runs in its own folder as with Hydra's basic launcher, its run taking its trained
 parameters instead of training (``run.train``).
+
+Also the joblib launcher's sweep outliving a worker killed outright
+(``outlive_lost_workers``, for ``hydra_plugins.bslrun_launcher.joblib_launcher``).
 """
 
 from __future__ import annotations
@@ -95,3 +98,71 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
 
 def _in(i: int, together: list) -> bool:
     return any(i in members for members in together)
+
+
+# ------------------------------------------------------------------ hydra/launcher=joblib
+
+LOST = (
+    "lost: a worker process of the sweep was killed outright (SIGKILL, e.g. the kernel's "
+    "out-of-memory killer) while this job {how}, and joblib stopped every worker; run the "
+    "sweep again with hydra.sweep.dir=<its folder> to train it (or fewer jobs at once: "
+    "hydra.launcher.n_jobs)"
+)
+
+
+def outlive_lost_workers(launcher, launch, job_overrides, initial_job_idx: int) -> list:
+    """The joblib launcher's ``launch``, outliving a worker killed outright: joblib then
+    loses every job of the batch (TerminatedWorkerError). Each job that had not completed
+    is marked failed in its folder, saying so; the sweep goes on to its summary, and a
+    job that completed keeps its result."""
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    try:
+        return launch(job_overrides, initial_job_idx)
+    except TerminatedWorkerError as error:
+        log.debug("a worker process was killed: %s", error)
+    return [
+        _after_loss(launcher, overrides, initial_job_idx + i)
+        for i, overrides in enumerate(job_overrides)
+    ]
+
+
+def _after_loss(launcher, overrides, idx: int):
+    """The JobReturn of a job whose worker pool was lost: its result if it completed, else
+    None (a failed job, as ``cli.task`` returns), its folder marked failed."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    sweep_config, _ = _compose(launcher, overrides, idx)
+    folder = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+    return JobReturn(
+        overrides=list(overrides), cfg=sweep_config, hydra_cfg=sweep_config,
+        working_dir=str(folder), task_name=sweep_config.hydra.job.name,
+        status=JobStatus.COMPLETED, _return_value=_outcome(folder),
+    )  # fmt: skip
+
+
+def _outcome(folder: Path) -> float | None:
+    """What a lost job's folder says: its objective if it completed; otherwise it is
+    marked failed (it ran, or never started) unless it is still held by a live run."""
+    import json
+
+    from bslrun import artifacts
+    from bslrun.lifecycle import RunLock, now
+    from bslrun.sweeper import objective
+
+    files = artifacts.RunFolder(folder)
+    try:
+        status = json.loads(files.status.read_text())
+    except (OSError, ValueError):
+        status = {}
+    if status.get("status") == "completed" and files.metrics.is_file():
+        return objective(json.loads(files.metrics.read_text()))
+    try:
+        lock = RunLock(folder).acquire()
+    except BslrunError:
+        return None  # a live process holds it: it records its own end
+    how = "ran" if status else "waited to start"
+    artifacts.write_status(folder, "failed", started=status.get("started") or now(),
+                           ended=now(), exit_code=None, error=LOST.format(how=how))  # fmt: skip
+    lock.release()
+    return None

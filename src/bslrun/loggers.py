@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -148,6 +149,7 @@ class MlflowLogger:
             logging.getLogger(quiet).setLevel(logging.WARNING)
         self.entities = importlib.import_module("mlflow.entities")
         uri = mlflow_uri(settings)
+        reachable(uri)
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         sweep = f" sweep {Path(group).name}" if group else ""
         name = settings.experiment or f"{cfg.name}{sweep}"
@@ -249,20 +251,59 @@ KINDS = {logger.name: logger for logger in (TensorBoardLogger, MlflowLogger, Wan
 
 def mlflow_uri(settings) -> str:
     """The configured tracking URI, or the local store beside the experiments' folders: an
-    SQLite database (MLflow 3 keeps its file store only for old data)."""
-    if settings.tracking_uri:
-        return settings.tracking_uri
+    SQLite database (MLflow 3 keeps its file store only for old data). A relative SQLite
+    path (``sqlite:///mlflow.db``) is the working folder's, made absolute here."""
+    uri = settings.tracking_uri
+    if uri and uri.startswith(SQLITE) and not Path(uri.removeprefix(SQLITE)).is_absolute():
+        return f"{SQLITE}{Path.cwd() / uri.removeprefix(SQLITE)}"
+    if uri:
+        return uri
     root = output_root()
     root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"{SQLITE}{root / 'mlflow.db'}"
+
+
+SQLITE = "sqlite:///"
+# MLflow's retries of a tracking server (its own defaults add up to about 250 s for one
+# that does not answer): a few seconds unless the environment says otherwise.
+MLFLOW_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def reachable(uri: str) -> None:
+    """Before MLflow tries (and retries, printing each attempt) a store: an SQLite
+    database that cannot be opened is one line; a server's retries are bounded and said."""
+    if uri.startswith(SQLITE):
+        import sqlite3
+
+        path = Path(uri.removeprefix(SQLITE))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(path).close()
+        except (OSError, sqlite3.Error) as error:
+            raise ResourceError(
+                f"logger.mlflow.tracking_uri={uri}: cannot open the database {path} ({error}); "
+                "choose a folder you can write, or another logger"
+            ) from None
+    elif uri.startswith(("http://", "https://")):
+        for name, value in MLFLOW_RETRIES.items():
+            os.environ.setdefault(name, value)  # the process's setting, as MLflow reads it
+        log.info(
+            "logger=mlflow: connecting to %s (%s retries of up to %s s each; Ctrl-C stops)",
+            uri, os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"],
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"],
+        )  # fmt: skip
 
 
 def local_artifact_root(uri: str) -> str | None:
     """Artifacts of a local SQLite store go beside its database (MLflow would otherwise put
     them in the working folder); a server's store decides for itself (None)."""
-    if not uri.startswith("sqlite:///"):
+    if not uri.startswith(SQLITE):
         return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return (Path(uri.removeprefix(SQLITE)).parent / "mlartifacts").as_uri()
 
 
 def _safe(name: str) -> str:
@@ -289,7 +330,7 @@ class Loggers:
     them: the training loop only hands each epoch's row over, so that a slow tracking store
     does not slow training. A logger that fails is dropped with a warning: the run goes on."""
 
-    def __init__(self, opener=None):
+    def __init__(self, opener=None, stop_requested=lambda: None, what: str = "the loggers"):
         self.loggers: list = []
         self.step = 0
         self.seconds = 0.0  # the training loop's time on the loggers (timing.log_s)
@@ -302,7 +343,13 @@ class Loggers:
                 target=self._work, args=(opener, started), name="bslrun-loggers", daemon=True
             )
             self.thread.start()
-            started.wait()
+            while not started.wait(0.1):  # a tracking server may keep it waiting
+                signum = stop_requested()
+                if signum:
+                    raise RunInterrupted(
+                        f"stopped by {signal.Signals(signum).name} while {what} started; "
+                        "nothing was trained", signum
+                    )  # fmt: skip
             if self.error is not None:
                 raise self.error
 
@@ -392,26 +439,33 @@ def open_loggers(cfg, run_dir: Path, group: str | None) -> list:
     for name in chosen(cfg.logger):
         try:
             loggers.append(KINDS[name](cfg, run_dir, title, group))
-        except ConfigError:
+        except (ConfigError, ResourceError):
+            for started in loggers:
+                started.abort("failed")
             raise
         except Exception as error:
             for started in loggers:
                 started.abort("failed")
+            said = (str(error).strip() or type(error).__name__).splitlines()[0]  # one line
             raise ResourceError(
-                f"logger={name} could not start: {error}; check logger.{name}'s settings "
+                f"logger={name} could not start: {said}; check logger.{name}'s settings "
                 f"or choose another logger"
             ) from None
     return loggers
 
 
 @contextmanager
-def opened(cfg, run_dir: Path, group: str | None = None) -> Iterator[Loggers]:
+def opened(cfg, run_dir: Path, group: str | None = None, stop_requested=None
+           ) -> Iterator[Loggers]:  # fmt: skip
     """The chosen loggers for a run in ``run_dir`` (``group``: the sweep folder of a sweep
-    job). A run that ends by an exception closes them as failed or interrupted."""
+    job). A run that ends by an exception closes them as failed or interrupted; a stop
+    signal (``stop_requested``) while they start stops at once."""
     check_installed(cfg.logger)
     run_dir = Path(run_dir)
-    wanted = bool(chosen(cfg.logger))
-    together = Loggers((lambda: open_loggers(cfg, run_dir, group)) if wanted else None)
+    wanted = chosen(cfg.logger)
+    what = " and ".join(f"logger={name}" for name in wanted)
+    opener = (lambda: open_loggers(cfg, run_dir, group)) if wanted else None
+    together = Loggers(opener, stop_requested or (lambda: None), what)
     try:
         yield together
     except BaseException as error:

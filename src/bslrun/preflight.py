@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bslrun import sweeper
 from bslrun.errors import ConfigError, ResourceError
 
 PROG = "bslrun"
@@ -228,6 +229,8 @@ CODE_SECTIONS = ("hydra.callbacks", "hydra/callbacks", "hydra.job_logging", "hyd
 OWN_TARGETS = (
     "bslrun.cli.SweepFailures",
     "hydra_plugins.bslrun_launcher.vectorised_launcher.VectorisedLauncher",
+    "hydra_plugins.bslrun_launcher.joblib_launcher.BslrunJoblibLauncher",
+    "hydra_plugins.bslrun_launcher.optuna_sweeper.BslrunOptunaSweeper",
 )
 OWN_HANDLERS = ("bslrun.artifacts.RunLogHandler",)  # run.log's, in config.yaml
 PLUGIN_TARGETS = (
@@ -349,6 +352,8 @@ def prevalidate(argv: list[str]) -> Plan:
                 composed = compose(config_name, variant + hydra_overrides, return_hydra_config=True)
                 refuse_foreign_code(composed)
                 hydra_cfg = composed.hydra
+                if args.multirun:
+                    sweeper.check(hydra_cfg.sweeper, overrides)
                 if plan.output_dir is None:
                     plan.output_dir, plan.fixed = output_folder(hydra_cfg, plan.multirun)
                 declared = declared_sweeps(hydra_cfg.sweeper.params, variant)
@@ -359,8 +364,9 @@ def prevalidate(argv: list[str]) -> Plan:
                     raise ConfigError(
                         f"{what} runs several jobs: add -m (or give {keys} one value for one run)"
                     )
+                # Each job as Hydra composes it: with the search path of --config-dir.
                 configs = [
-                    to_config(compose(config_name, overrides=job))
+                    to_config(compose(config_name, overrides=job + hydra_overrides))
                     for job in sweep_variants(declared + variant)
                 ]
                 resumed += [check_resume(c, args.multirun) for c in configs if c.trainer.resume]

@@ -34,6 +34,7 @@ from bslrun.config import (
     TrainerConfig,
     check_counts,
     check_inference,
+    check_loggers,
     check_name,
     check_optim,
     check_seed,
@@ -95,6 +96,35 @@ def register() -> None:
     store.store(group="schema/optim", name="optim", node=OptimConfig)
     store.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     store.store(group="schema/inference", name="inference", node=InferenceConfig)
+    use_own_plugins(store)
+
+
+# bslrun's wrappers of Hydra's joblib launcher and optuna sweeper (src/hydra_plugins).
+JOBLIB = "hydra_plugins.bslrun_launcher.joblib_launcher.BslrunJoblibLauncher"
+OPTUNA = "hydra_plugins.bslrun_launcher.optuna_sweeper.BslrunOptunaSweeper"
+
+
+def use_own_plugins(store) -> None:
+    """``hydra/launcher=joblib`` and ``hydra/sweeper=optuna`` are bslrun's wrappers of the
+    plugins, with their settings (a killed worker, a study with no completed trial end
+    with the sweep's summary: bslrun.launcher, bslrun.sweeper). Hydra stores each
+    plugin's config when it first scans the plugins (once a process, running their
+    modules again): after that scan, these entries replace the plugins' own."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+
+    @dataclass
+    class Joblib(JobLibLauncherConf):
+        _target_: str = JOBLIB
+
+    @dataclass
+    class Optuna(OptunaSweeperConf):
+        _target_: str = OPTUNA
+
+    Plugins.instance()
+    store.store(group="hydra/launcher", name="joblib", node=Joblib, provider="bslrun")
+    store.store(group="hydra/sweeper", name="optuna", node=Optuna, provider="bslrun")
 
 
 def load(path: str):
@@ -141,6 +171,7 @@ def validate(cfg: Config) -> Config:
     if cfg.trainer.replicas > 1:
         check_seed(cfg.seed + cfg.trainer.replicas - 1)  # the last replica's seed
     check_name(cfg.name)
+    check_loggers(cfg.logger)
     resolve_defaults(cfg)
     DATA_CHECKS[type(cfg.data)](cfg.data)
     cfg.model.check()

@@ -155,6 +155,49 @@ def _shapes(data) -> tuple:
     return tuple(None if s is None else (s.x.shape, s.y.shape) for s in splits)
 
 
+def summarise(done: dict[str, dict]) -> dict:
+    """replicas.json's summary of the completed replicas (their metrics.json by folder
+    name): the mean and standard error of each test and validation metric, each
+    replica's training facts, and under ``mean.train`` the facts as ranges (``spread``)."""
+    import numpy as np
+
+    runs = list(done.values())
+    mean, stderr = {}, {}
+    for section in ("test", "val"):
+        names = {k for m in runs for k, v in (m.get(section) or {}).items() if v is not None}
+        values = {k: np.array([m[section][k] for m in runs if m[section].get(k) is not None])
+                  for k in sorted(names)}  # fmt: skip
+        mean[section] = {k: float(v.mean()) for k, v in values.items()}
+        stderr[section] = {k: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+                           for k, v in values.items()}  # fmt: skip
+    trains = [m.get("train") or {} for m in runs]
+    first = runs[0] if runs else {}
+    mean.update(name=first.get("name"), seed=first.get("seed"),
+                train={k: spread([t.get(k) for t in trains]) for k in _keys(trains)},
+                timing=first.get("timing", {}))  # fmt: skip
+    per_replica = {name: {"seed": m.get("seed"), **(m.get("train") or {})}
+                   for name, m in done.items()}  # fmt: skip
+    return {"completed": len(runs), "mean": mean, "stderr": stderr, "train": per_replica}
+
+
+def _keys(dicts: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for d in dicts for k in d))
+
+
+def spread(values: list):
+    """One training fact over the replicas: itself when they agree; else a count of the
+    true ones ("3 of 5") for a flag, the mean final loss, or the range ("77-89")."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    if all(isinstance(v, bool) for v in values):
+        return f"{sum(values)} of {len(values)}"
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        if all(isinstance(v, int) for v in values):
+            return f"{min(values)}-{max(values)}"
+        return sum(values) / len(values)
+    return values
+
+
 def take(cfg) -> Trained | None:
     """What ``cfg``'s job got from training together with others, or None when it did
     not (its outcome may be the error that ended its training)."""

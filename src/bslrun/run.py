@@ -160,7 +160,7 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     # eval.reference is checked before training: a wrong folder costs a second.
     ref = read_reference(cfg, family, data)
     group = None if sweep_dir is None else str(sweep_dir)
-    with loggers.opened(cfg, run_dir, group) as tracked:
+    with loggers.opened(cfg, run_dir, group, stop.pending if stop else None) as tracked:
         result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch, handed)
         result.timing.update(import_s=import_s, log_s=tracked.seconds)
         metrics = evaluate_and_write(cfg, folder, family, data, result, handed)
@@ -207,7 +207,7 @@ def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = Non
     family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
     settings = cfg.inference
     group = None if sweep_dir is None else str(sweep_dir)
-    with loggers.opened(cfg, run_dir, group) as tracked:
+    with loggers.opened(cfg, run_dir, group, stop.pending if stop else None) as tracked:
         what = f"{settings.num_chains} chains of {settings.num_warmup} + {settings.num_samples}"
         with clock.Phase(f"sampling {what} (NUTS) on {len(data.train)} rows", "sampled"):
             chains = nuts.sample(family, data.train, settings, keys.train)
@@ -254,7 +254,8 @@ def run_replicas(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None =
     """``trainer.replicas=R``: R runs trained together (``replicas``), each written as a
     run folder of its own, ``run_dir/replica_<r>``, with its own status; ``replicas.json``
     says which and summarises them. Returns the mean of each metric (the objective of a
-    sweep over such runs). A replica that fails does not cost the others."""
+    sweep over such runs), with their standard errors under ``stderr`` (the console
+    table shows both). A replica that fails does not cost the others."""
     from bslrun.lifecycle import now
 
     cfgs = replica_configs(cfg)
@@ -265,14 +266,14 @@ def run_replicas(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None =
         if len(members) > 1:  # cannot share a program: its replicas train one by one
             replicas.train_together([cfgs[i] for i in members],
                                     stop.pending if stop else (lambda: None))  # fmt: skip
-    done, states, errors = [], {}, []
+    done, states, errors = {}, {}, []
     for r, replica_cfg in enumerate(cfgs):
         replica_dir = folder.replica(r)
         artifacts.copy_hydra_files(run_dir, replica_dir, seed=replica_cfg.seed)
         started = now()
         artifacts.write_status(replica_dir, "running", started=started)
         try:
-            done.append(run(replica_cfg, replica_dir, stop, sweep_dir))
+            done[replica_dir.name] = run(replica_cfg, replica_dir, stop, sweep_dir)
         except BslrunError as error:
             states[replica_dir.name] = error.status
             artifacts.write_status(replica_dir, error.status, started=started, ended=now(),
@@ -285,30 +286,12 @@ def run_replicas(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None =
         states[replica_dir.name] = "completed"
         artifacts.write_status(replica_dir, "completed", started=started, ended=now(),
                                exit_code=0)  # fmt: skip
-    summary = summarise_replicas(done)
+    summary = replicas.summarise(done)
     artifacts.write_json(folder.replicas, {"replicas": states, **summary})
     if errors and not done:
         first = errors[0]
         raise type(first)(f"none of the {len(cfgs)} replicas completed; replica 0: {first}")
-    return summary["mean"]
-
-
-def summarise_replicas(done: list[dict]) -> dict:
-    """Mean and standard error over the replicas of each test and validation metric."""
-    import numpy as np
-
-    mean, stderr = {}, {}
-    for section in ("test", "val"):
-        names = {k for m in done for k, v in (m.get(section) or {}).items() if v is not None}
-        values = {k: np.array([m[section][k] for m in done if m[section].get(k) is not None])
-                  for k in sorted(names)}  # fmt: skip
-        mean[section] = {k: float(v.mean()) for k, v in values.items()}
-        stderr[section] = {k: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
-                           for k, v in values.items()}  # fmt: skip
-    first = done[0] if done else {}
-    mean.update(name=first.get("name"), seed=first.get("seed"), train=first.get("train", {}),
-                timing=first.get("timing", {}))  # fmt: skip
-    return {"completed": len(done), "mean": mean, "stderr": stderr}
+    return {**summary["mean"], "stderr": summary["stderr"]}
 
 
 def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, handed=None):
@@ -443,11 +426,18 @@ MCMC = ("predictive_rhat_max", "predictive_ess_min", "divergences")
 REFERENCE = ("w2", "agreement")
 
 
+def _value(metrics: dict, section: str, key: str) -> str:
+    """A headline metric; the mean of replicas (``run_replicas``) with its standard error."""
+    shown = f"{metrics[section][key]:.4f}"
+    error = ((metrics.get("stderr") or {}).get(section) or {}).get(key)
+    return shown if error is None else f"{shown} ± {error:.4f}"
+
+
 def format_table(metrics: dict, run_dir: Path | None = None) -> str:
     """The final metrics as an aligned two-column table: the task's headline metrics on
     the test and validation splits, then how training went, then timing."""
     rows = [
-        (f"{section}.{key}", f"{metrics[section][key]:.4f}")
+        (f"{section}.{key}", _value(metrics, section, key))
         for section in ("test", "val")
         for key in HEADLINE
         if (metrics.get(section) or {}).get(key) is not None

@@ -219,28 +219,34 @@ def shapes_key(family, data, optim_cfg, trainer_cfg, val_samples, test_samples) 
 
 
 def check(
-    family, data, optim_cfg, trainer_cfg, val_samples: int, test_samples: int | None = None
+    family, data, optim_cfg, trainer_cfg, val_samples: int, test_samples: int | None = None,
+    replicas: int = 1,
 ) -> Estimate:
     """Raise ConfigError, before anything compiles, when training (and, with
-    ``test_samples``, the final evaluation) would not fit in memory."""
+    ``test_samples``, the final evaluation) would not fit in memory; ``replicas`` trained
+    together (vectorised.py) hold every part once each."""
     key = shapes_key(family, data, optim_cfg, trainer_cfg, val_samples, test_samples)
     if key not in _estimates:  # the later jobs of a sweep in one process trace nothing here
         _estimates[key] = estimate(family, data, optim_cfg, trainer_cfg, val_samples,
                                    test_samples)  # fmt: skip
     need = _estimates[key]
     limit, source = available(trainer_cfg)
-    total = per_device(need, trainer_cfg.devices, jax.devices()[0].platform)
+    total = replicas * per_device(need, trainer_cfg.devices, jax.devices()[0].platform)
     if limit is not None and total > limit:
-        bypass = (
-            "raise trainer.max_memory_gb"
-            if trainer_cfg.max_memory_gb is not None
-            else "set trainer.max_memory_gb=<GB> if more is free"
-        )
-        raise ConfigError(
-            f"training needs about {_gb(total)} of memory (parameters and optimiser state "
-            f"{_gb(need.state_copies * need.state)}, one training step {_gb(need.step)}, "
-            f"evaluation {_gb(need.evaluation)}, data {_gb(need.data)}) but {source} is "
-            f"{_gb(max(limit, 0))}; use a smaller model.hidden or trainer.batch_size, "
-            f"or {bypass}"
-        )
+        raise ConfigError(_refusal(need, total, replicas, f"{source} is {_gb(max(limit, 0))}",
+                                   trainer_cfg.max_memory_gb is not None))  # fmt: skip
     return need
+
+
+def _refusal(need: Estimate, total: int, replicas: int, limit: str, explicit: bool) -> str:
+    what = "training" if replicas == 1 else f"training {replicas} replicas together"
+    each = "" if replicas == 1 else " each"
+    bypass = "raise trainer.max_memory_gb" if explicit else (
+        "set trainer.max_memory_gb=<GB> if more is free")  # fmt: skip
+    fewer = "" if replicas == 1 else "fewer replicas (trainer.replicas or the sweep's jobs), "
+    return (
+        f"{what} needs about {_gb(total)} of memory (parameters and optimiser state "
+        f"{_gb(need.state_copies * need.state)}, one training step {_gb(need.step)}, "
+        f"evaluation {_gb(need.evaluation)}, data {_gb(need.data)}{each}) but {limit}; "
+        f"use {fewer}a smaller model.hidden or trainer.batch_size, or {bypass}"
+    )

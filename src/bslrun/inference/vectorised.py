@@ -29,7 +29,7 @@ import numpy as np
 from bslrun.clock import Phase, seconds_since_run_start
 from bslrun.config import Monitor
 from bslrun.errors import RunInterrupted
-from bslrun.inference import engine, optim
+from bslrun.inference import engine, memory, optim
 from bslrun.inference.svi import batch_plan, epoch_kwargs, make_svi, variables
 from bslrun.models import build as build_family
 
@@ -128,6 +128,10 @@ class Group:
             len(template.data.train), trainer_cfg.batch_size
         )
         self.program = Program(template, trainer_cfg, structure_key, self.num_batches)
+        family = self.program.family  # the check of a run alone, for every replica at once
+        memory.check(family, template.data, template.optim_cfg, trainer_cfg,
+                     family.val_samples(eval_cfg), family.eval_samples(eval_cfg),
+                     replicas=len(replicas))  # fmt: skip
         family_settings = self.program.family_settings
         own = differing(replicas, family_settings)
         self.values = stacked(own)

@@ -154,8 +154,10 @@ def test_a_sound_optuna_study_is_not_refused(capsys, monkeypatch, tmp_path):
 
 LOGGERS_REFUSED = {
     "wandb-mode": (["logger=wandb", "logger.wandb.mode=bogus"], "logger.wandb.mode=bogus"),
-    "tensorboard-climbs-out": (["logger=tensorboard", "logger.tensorboard.dir=../../x"],
-                               "leaves the run folder"),  # fmt: skip
+    "tensorboard-climbs-out": (
+        ["logger=tensorboard", "logger.tensorboard.dir=../../x"],
+        "leaves the run folder",
+    ),  # fmt: skip
 }
 
 

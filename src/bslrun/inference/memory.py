@@ -219,7 +219,12 @@ def shapes_key(family, data, optim_cfg, trainer_cfg, val_samples, test_samples) 
 
 
 def check(
-    family, data, optim_cfg, trainer_cfg, val_samples: int, test_samples: int | None = None,
+    family,
+    data,
+    optim_cfg,
+    trainer_cfg,
+    val_samples: int,
+    test_samples: int | None = None,
     replicas: int = 1,
 ) -> Estimate:
     """Raise ConfigError, before anything compiles, when training (and, with

@@ -77,7 +77,7 @@ def draw(what: str, plot, *args) -> None:
     run. (A full disk is not the figure's fault: OSError goes on to the caller.)"""
     try:
         plot(*args)
-    except OSError:
+    except (OSError, RunInterrupted):  # a stop signal ends the run, as anywhere else
         raise
     except Exception as error:  # a figure is a view of results that are already written
         log.warning("skipped %s: %s: %s", what, type(error).__name__, error)
@@ -235,8 +235,7 @@ def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = Non
         artifacts.write_npz(folder.posterior_samples, chains.samples)
         artifacts.write_npz(folder.reference, result.reference)
         shown = {**result.predictions, **{f"test.{k}": v for k, v in result.test.items()}}
-        with clock.Phase("drawing the figures", "drawn"):
-            draw("the bnn figures", family.plot, shown, folder.plots)
+        draw_figures("the bnn figures", family, shown, folder)
         tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
     return metrics
 
@@ -389,12 +388,27 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
     artifacts.write_npz(folder.arrays(family.saves), predictions)
     # Figures may quote the test scores ("test.kl_to_true"): given, never computed again.
     shown = {**predictions, **{f"test.{k}": v for k, v in test.items()}}
-    with clock.Phase("drawing the figures", "drawn"):
-        draw(f"the {cfg.model.family} figures", family.plot, shown, folder.plots)
+    draw_figures(f"the {cfg.model.family} figures", family, shown, folder)
     # What writing took (the training files, these, the figures), once it is known.
     timing["write_s"] = timing.get("write_s", 0.0) + time.perf_counter() - tick
     artifacts.write_json(folder.metrics, metrics)
     return metrics
+
+
+def draw_figures(what: str, family, shown: dict, folder: artifacts.RunFolder) -> None:
+    """The family's figures, drawn once the numbers are written. A stop signal while they
+    are drawn ends the run as interrupted, naming what it lacks: never a run that says
+    completed with figures missing."""
+    try:
+        with clock.Phase("drawing the figures", "drawn"):
+            draw(what, family.plot, shown, folder.plots)
+    except RunInterrupted as error:
+        drawn = ", ".join(sorted(p.name for p in folder.plots.glob("*.png"))) or "none"
+        raise RunInterrupted(
+            f"{error}; metrics.json and the arrays are written, but not all the figures "
+            f"({folder.plots} holds only: {drawn})",
+            error.signum,
+        ) from None
 
 
 def evaluate_alone(cfg, family, data, result) -> tuple:

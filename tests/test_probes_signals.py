@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import compose
-from test_probes import TINY
+from test_probes import TINY, bslrun, one_line
 
 from bslrun.errors import RunInterrupted
 from bslrun.lifecycle import StopSignals
@@ -58,3 +62,86 @@ def test_a_signal_while_the_figures_are_drawn_ends_the_run_as_interrupted(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["rmse"] > 0
     assert Path(run_dir / "predictions.npz").is_file()
+
+
+# A bslrun whose first checkpoint save receives two Ctrl-C's in the middle (after its
+# files are written, before its folder is renamed into place), as a user's would.
+CTRL_C_TWICE_IN_A_SAVE = """
+import os, signal, sys
+from orbax.checkpoint._src.handlers import composite_checkpoint_handler as handlers
+
+finalize = handlers.CompositeCheckpointHandler.finalize
+
+def twice(self, directory):
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+    handlers.CompositeCheckpointHandler.finalize = finalize  # the later saves: left alone
+    return finalize(self, directory)
+
+handlers.CompositeCheckpointHandler.finalize = twice
+sys.argv[0] = "bslrun"
+from bslrun.cli import main
+main()
+"""
+
+
+def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_typed(tmp_path):
+    """Not 68 lines, exit 1, status "bug" and a temporary orbax folder; and the hint it
+    prints, typed as it is (no overrides repeated), continues the run to its end."""
+    run_dir = tmp_path / "run"
+    argv = [*TINY, "trainer.epochs=3", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"]
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path / "out"), HYDRA_FULL_ERROR="0")
+    stopped = subprocess.run([sys.executable, "-c", CTRL_C_TWICE_IN_A_SAVE, *argv], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    line = one_line(stopped.stderr)
+    assert stopped.returncode == 130, stopped.stderr
+    assert line.startswith("bslrun: error: stopped by SIGINT (the checkpoint of epoch 1 is saved)")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["exit_code"] == 130
+    assert not [p for p in run_dir.rglob("*") if "tmp" in p.name]
+    assert not (run_dir / "metrics.json").exists()
+
+    hint = shlex.split(line.split("continue it with: ", 1)[1])
+    assert hint[0] == "bslrun"
+    resumed = bslrun(*hint[1:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["timing"]["resumed_from_epoch"] == 1 and metrics["train"]["epochs_run"] == 3
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["bslrun.cli.prevalidate", "hydra.main"])
+def test_ctrl_c_while_bslrun_starts_is_one_line_and_130(where, capsys, monkeypatch, tmp_path):
+    """While the config is composed and checked, or Hydra starts: not a traceback."""
+    from bslrun import cli
+
+    monkeypatch.setenv("BSLRUN_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "argv", ["bslrun", *TINY])
+    monkeypatch.setattr(where, ctrl_c)
+    monkeypatch.setattr(cli, "leave", sys.exit)  # not os._exit, in this process
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    line = one_line(capsys.readouterr().err)
+    assert stopped.value.code == 130 and line.startswith("bslrun: error: stopped by SIGINT")
+
+
+def test_ctrl_c_at_start_up_of_the_real_command_is_one_line_and_130(tmp_path):
+    """SIGINT as soon as the run folder is locked (the config is checked, Hydra is starting):
+    wherever it lands from there, the command ends in one line and 130."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path / "out"), HYDRA_FULL_ERROR="0")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bslrun", *TINY, f"hydra.run.dir={run_dir}"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    while not (run_dir / ".lock").exists() and process.poll() is None:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert one_line(err).startswith("bslrun: error: stopped by SIGINT"), err

@@ -326,6 +326,21 @@ def complete_enum_values() -> None:
 
 
 def main() -> None:
+    """The ``bslrun`` command. A run's own signal handlers stop it at an epoch boundary
+    (lifecycle.StopSignals); Ctrl-C outside them (while Hydra and the config load, or
+    between the jobs of a sweep run here) ends in one line and 130 too, not a traceback."""
+    try:
+        command()
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: error: stopped by SIGINT outside training (while starting, or between "
+            "the jobs of a sweep); run folders already written are kept",
+            file=sys.stderr,
+        )
+        leave(130)
+
+
+def command() -> None:
     global PRE_LOCK
     # A log line that cannot be written (a full disk) is lost quietly, not printed as a
     # traceback: the error it belongs to still reaches the terminal in one line.
@@ -342,6 +357,8 @@ def main() -> None:
     if COMPLETION_FLAGS & set(argv):
         complete_enum_values()
     if not {"--hydra-help", "--info", *COMPLETION_FLAGS} & set(argv):
+        argv = resumed_argv(argv)
+        sys.argv[1:] = argv  # Hydra reads the command line itself
         try:
             plan = prevalidate(argv)
             PRE_LOCK = check_output_folder(plan)
@@ -365,6 +382,31 @@ def main() -> None:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     end_sweeps()
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resumed_argv(argv: list[str]) -> list[str]:
+    """``trainer.resume=<folder>`` alone continues that run as it was started: the folder's
+    own overrides (``.hydra/overrides.yaml``) come first, those given here replace them key
+    by key, and the result is checked against the checkpoint's config as before."""
+    import yaml
+
+    from bslrun import artifacts
+
+    given = [a for a in argv if "=" in a and override_key(a) == "trainer.resume"]
+    if not given:
+        return argv
+    folder = Path(given[-1].split("=", 1)[1].strip("'\""))
+    try:
+        saved = yaml.safe_load(artifacts.RunFolder(folder).hydra_overrides.read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return argv  # preflight names what is wrong with the folder
+    keys = {override_key(a) for a in argv if "=" in a}
+    kept = [o for o in saved if isinstance(o, str) and override_key(o) not in keys]
+    return kept + argv
 
 
 def end_sweeps() -> None:

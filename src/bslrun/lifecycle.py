@@ -7,8 +7,10 @@
 - **Stop signals.** SIGINT (Ctrl-C), SIGTERM and the cluster's warning signals (SIGUSR1,
   SIGUSR2: SLURM's preemption notice) set a flag; the training loop looks at it at the
   next epoch boundary, saves a checkpoint and stops (``RunInterrupted``). A second
-  Ctrl-C stops at once. A handler that was there before (submitit's requeue on SIGUSR2)
-  is called once the checkpoint is saved, and a signal that it ignores stays ignored.
+  Ctrl-C stops at once, or, during a checkpoint save, once that save is complete
+  (``holding``): never with a half-written checkpoint. A handler that was there before
+  (submitit's requeue on SIGUSR2) is called once the checkpoint is saved, and a signal
+  that it ignores stays ignored.
 - **Status.** ``status.json`` (written by ``artifacts.write_status``) says running,
   completed, failed, diverged or interrupted, with the error line and the exit code.
 """
@@ -92,6 +94,8 @@ class StopSignals:
         self.signals = signals
         self.requested: int | None = None
         self.immediate: str | None = None  # once set, a signal stops at once, saying this
+        self._holding: str | None = None  # while set, stopping at once waits (``holding``)
+        self._held: int | None = None  # the signal that waits
         self._previous: dict = {}
 
     def __enter__(self) -> StopSignals:
@@ -113,8 +117,24 @@ class StopSignals:
         if self.immediate or (self.requested is not None and signum == signal.SIGINT):
             # After training, or a second Ctrl-C: nothing is left to save, stop now.
             self.requested = self.requested or signum
+            if self._holding:
+                self._held = signum
+                return
             raise RunInterrupted(self._stopped(signum, self.immediate), signum)
         self.requested = self.requested or signum
+
+    @contextlib.contextmanager
+    def holding(self, done: str):
+        """While inside, a signal that would stop at once waits for the end of the block,
+        then stops, saying ``done`` (e.g. "the checkpoint of epoch 3 is saved")."""
+        outer, self._holding = self._holding, done
+        try:
+            yield
+        finally:
+            self._holding = outer
+        if self._held is not None and outer is None:
+            signum, self._held = self._held, None
+            raise RunInterrupted(self._stopped(signum, done), signum)
 
     @staticmethod
     def _stopped(signum: int, where: str | None) -> str:

@@ -103,7 +103,7 @@ def write_training(run_dir: Path, result: engine.FitResult, family) -> None:
         )
 
 
-def checkpoints_for(cfg: Config, run_dir: Path) -> checkpoint.Checkpoints:
+def checkpoints_for(cfg: Config, run_dir: Path, stop=None) -> checkpoint.Checkpoints:
     """The run's checkpoints, after checking any already in ``run_dir``.
 
     A folder holding checkpoints is resumed: the one named by ``trainer.resume``, or a
@@ -121,7 +121,8 @@ def checkpoints_for(cfg: Config, run_dir: Path) -> checkpoint.Checkpoints:
         )
     if resuming:
         log.info("resuming from the last checkpoint in %s", checkpoint.folder(run_dir))
-    return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config)
+    hold = stop.holding if stop else None  # a save is never cut half-way by a signal
+    return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config, hold)
 
 
 def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) -> dict:
@@ -142,7 +143,7 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
         return run_replicas(cfg, run_dir, stop, sweep_dir)
     folder = artifacts.RunFolder(run_dir)
     handed = replicas.take(cfg)
-    checkpoints = None if handed is not None else checkpoints_for(cfg, run_dir)
+    checkpoints = None if handed is not None else checkpoints_for(cfg, run_dir, stop)
     artifacts.write_json(folder.config, as_dict(cfg))
     artifacts.write_json(folder.manifest, provenance())
     keys = seeding.streams(cfg.seed)
@@ -310,6 +311,15 @@ def summarise_replicas(done: list[dict]) -> dict:
     return {"completed": len(done), "mean": mean, "stderr": stderr}
 
 
+def resume_hint(run_dir: Path) -> str:
+    """The command that continues a stopped run, as it can be typed: ``trainer.resume``
+    alone takes the folder's own overrides (cli.resumed_argv)."""
+    saved = [p for p in checkpoint.folder(run_dir).glob("*") if p.name.isdigit()]
+    if not saved:
+        return "no checkpoint was saved yet: start it again"
+    return f"continue it with: bslrun {shlex.quote(f'trainer.resume={run_dir}')}"
+
+
 def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, handed=None):
     """``engine.fit`` with the run's settings, or what training together with other jobs
     ``handed`` it (``replicas.take``); what a stopped or diverged run has is written."""
@@ -335,12 +345,11 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, h
         write_training(run_dir, error.result, family)
         raise
     except RunInterrupted as error:
-        write_training(run_dir, error.result, family)
+        if hasattr(error, "result"):  # not when it stopped before or during a save
+            write_training(run_dir, error.result, family)
         if handed is not None:  # replicas trained together keep no checkpoint
             raise
-        raise RunInterrupted(
-            f"{error}; continue it with: bslrun trainer.resume={run_dir}", error.signum
-        ) from None
+        raise RunInterrupted(f"{error}; {resume_hint(run_dir)}", error.signum) from None
     finally:
         if checkpoints is not None:
             checkpoints.close()

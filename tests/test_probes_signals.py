@@ -88,9 +88,10 @@ main()
 def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_typed(tmp_path):
     """Not 68 lines, exit 1, status "bug" and a temporary orbax folder; and the hint it
     prints, typed as it is (no overrides repeated), continues the run to its end."""
-    run_dir = tmp_path / "run"
+    out = tmp_path / "out"
+    run_dir = out / "run"
     argv = [*TINY, "trainer.epochs=3", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"]
-    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path / "out"), HYDRA_FULL_ERROR="0")
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0")
     stopped = subprocess.run([sys.executable, "-c", CTRL_C_TWICE_IN_A_SAVE, *argv], env=env,
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     line = one_line(stopped.stderr)
@@ -100,6 +101,7 @@ def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_type
     assert status["status"] == "interrupted" and status["exit_code"] == 130
     assert not [p for p in run_dir.rglob("*") if "tmp" in p.name]
     assert not (run_dir / "metrics.json").exists()
+    assert not (out / "latest").exists(), "latest names only completed runs"
 
     hint = shlex.split(line.split("continue it with: ", 1)[1])
     assert hint[0] == "bslrun"
@@ -108,6 +110,7 @@ def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_type
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["timing"]["resumed_from_epoch"] == 1 and metrics["train"]["epochs_run"] == 3
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert (out / "latest").resolve() == run_dir.resolve()
 
 
 def ctrl_c(*args, **kwargs):
@@ -145,3 +148,15 @@ def test_ctrl_c_at_start_up_of_the_real_command_is_one_line_and_130(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert one_line(err).startswith("bslrun: error: stopped by SIGINT"), err
+
+
+def test_latest_stays_on_the_newest_completed_run_after_a_failed_one(tmp_path):
+    """After a typo in a data path (exit 3), ``latest`` still names the run that trained,
+    not the failed one."""
+    out = tmp_path / "out"
+    (out / "good" / "run").mkdir(parents=True)
+    os.symlink(Path("good") / "run", out / "latest")  # as a completed run left it
+    failed = bslrun(*TINY, "model=flow", "data=file", "data.path=missing.csv", cwd=tmp_path)
+    assert failed.returncode == 3, failed.stderr
+    assert os.readlink(out / "latest") == str(Path("good") / "run")
+    assert [p.name for p in (out / "flow_file").iterdir()], "the failed run has a folder"

@@ -214,7 +214,6 @@ def task(dcfg) -> float | None:
     try:
         lock.acquire()
         artifacts.write_status(run_dir, "running", started=started)
-        artifacts.point_latest(run_dir)
     except (BslrunError, OSError) as error:
         failure = as_bslrun_error(error) or error
         print(f"{PROG}: error: {failure}", file=sys.stderr)
@@ -229,6 +228,7 @@ def task(dcfg) -> float | None:
 
             metrics = run(cfg, run_dir, stop, Path(hydra_cfg.sweep.dir) if sweep else None)
         end_status(run_dir, started, "completed", 0, None)
+        artifacts.point_latest(run_dir)  # ``latest`` is the newest run that completed
         log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics, run_dir))
         return objective(metrics)
     except BaseException as raised:

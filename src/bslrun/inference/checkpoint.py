@@ -37,7 +37,8 @@ log = logging.getLogger("bslrun")
 # watched, where it runs or how fast it starts, not what it computes (devices: within
 # float rounding).
 MAY_DIFFER = (
-    "trainer.resume", "trainer.progress", "trainer.checkpoint_every", "trainer.devices",
+    "trainer.resume", "trainer.progress", "trainer.progress_every_s", "trainer.checkpoint_every",
+    "trainer.devices",
     "trainer.compilation_cache", "trainer.compilation_cache_gb",
 )  # fmt: skip
 

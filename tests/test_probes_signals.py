@@ -160,3 +160,37 @@ def test_latest_stays_on_the_newest_completed_run_after_a_failed_one(tmp_path):
     assert failed.returncode == 3, failed.stderr
     assert os.readlink(out / "latest") == str(Path("good") / "run")
     assert [p.name for p in (out / "flow_file").iterdir()], "the failed run has a folder"
+
+
+FOLDERS = {
+    "plain": "/runs/bnn/2026-12-04_18-00-00_000001",
+    "sweep-job": "/runs/multirun/x/0_debug=tiny,data.train_subset=0.1,seed=0",
+    "quote": "/runs/it's mine",
+    "space-and-dollar": "/runs/a b/$HOME",
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOLDERS))
+def test_the_resume_hint_typed_in_a_shell_gives_hydra_the_folder(case):
+    """A sweep job's folder holds "=" and ",": unquoted, Hydra refused the hint (exit 2)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bslrun.run import typed_override
+
+    typed = shlex.split(f"bslrun {typed_override('trainer.resume', FOLDERS[case])}")
+    assert typed[0] == "bslrun" and len(typed) == 2, typed
+    override = OverridesParser.create().parse_override(typed[1])
+    assert override.key_or_group == "trainer.resume" and override.value() == FOLDERS[case]
+
+
+def test_resume_alone_takes_the_folders_own_overrides_and_given_ones_replace_them(tmp_path):
+    from bslrun import cli
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- debug=tiny\n- optim.lr=0.003\n- trainer.resume=/elsewhere\n"
+    )
+    resume = f"trainer.resume={tmp_path}"
+    assert cli.resumed_argv([resume]) == ["debug=tiny", "optim.lr=0.003", resume]
+    assert cli.resumed_argv(["optim.lr=0.1", resume]) == ["debug=tiny", "optim.lr=0.1", resume]
+    assert cli.resumed_argv(["seed=2"]) == ["seed=2"]  # not resuming: left alone

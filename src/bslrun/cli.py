@@ -393,17 +393,19 @@ def resumed_argv(argv: list[str]) -> list[str]:
     own overrides (``.hydra/overrides.yaml``) come first, those given here replace them key
     by key, and the result is checked against the checkpoint's config as before."""
     import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     from bslrun import artifacts
 
     given = [a for a in argv if "=" in a and override_key(a) == "trainer.resume"]
     if not given:
         return argv
-    folder = Path(given[-1].split("=", 1)[1].strip("'\""))
-    try:
+    try:  # the folder as Hydra reads it: quoted where it holds "=" or "," (a sweep job's)
+        folder = Path(str(OverridesParser.create().parse_override(given[-1]).value()))
         saved = yaml.safe_load(artifacts.RunFolder(folder).hydra_overrides.read_text()) or []
-    except (OSError, yaml.YAMLError):
-        return argv  # preflight names what is wrong with the folder
+    except (HydraException, OSError, yaml.YAMLError):
+        return argv  # preflight names what is wrong with the override or the folder
     keys = {override_key(a) for a in argv if "=" in a}
     kept = [o for o in saved if isinstance(o, str) and override_key(o) not in keys]
     return kept + argv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -317,7 +318,22 @@ def resume_hint(run_dir: Path) -> str:
     saved = [p for p in checkpoint.folder(run_dir).glob("*") if p.name.isdigit()]
     if not saved:
         return "no checkpoint was saved yet: start it again"
-    return f"continue it with: bslrun {shlex.quote(f'trainer.resume={run_dir}')}"
+    return f"continue it with: bslrun {typed_override('trainer.resume', str(run_dir))}"
+
+
+HYDRA_PLAIN = re.compile(r"[\w/.+@~-]+")  # a value Hydra's override grammar takes unquoted
+SHELL_QUOTABLE = re.compile(r'[^"$`\\!]*')  # what a shell's double quotes keep as it is
+
+
+def typed_override(key: str, value: str) -> str:
+    """``key=value`` as it is typed in a shell: quoted for Hydra where its grammar needs it
+    (a sweep job's folder holds ``=`` and ``,``), then for the shell."""
+    if not HYDRA_PLAIN.fullmatch(value):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    override = f"{key}={value}"
+    if HYDRA_PLAIN.fullmatch(override.replace("=", "", 1)):
+        return override
+    return f'"{override}"' if SHELL_QUOTABLE.fullmatch(override) else shlex.quote(override)
 
 
 def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, handed=None):

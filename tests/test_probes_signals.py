@@ -90,7 +90,7 @@ def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_type
     prints, typed as it is (no overrides repeated), continues the run to its end."""
     out = tmp_path / "out"
     run_dir = out / "run"
-    argv = [*TINY, "trainer.epochs=3", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"]
+    argv = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0")
     stopped = subprocess.run([sys.executable, "-c", CTRL_C_TWICE_IN_A_SAVE, *argv], env=env,
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -108,7 +108,7 @@ def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_type
     resumed = bslrun(*hint[1:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["timing"]["resumed_from_epoch"] == 1 and metrics["train"]["epochs_run"] == 3
+    assert metrics["timing"]["resumed_from_epoch"] == 1 and metrics["train"]["epochs_run"] == 2
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert (out / "latest").resolve() == run_dir.resolve()
 
@@ -194,3 +194,12 @@ def test_resume_alone_takes_the_folders_own_overrides_and_given_ones_replace_the
     assert cli.resumed_argv([resume]) == ["debug=tiny", "optim.lr=0.003", resume]
     assert cli.resumed_argv(["optim.lr=0.1", resume]) == ["debug=tiny", "optim.lr=0.1", resume]
     assert cli.resumed_argv(["seed=2"]) == ["seed=2"]  # not resuming: left alone
+
+
+def test_ctrl_c_in_bslrun_report_is_one_line_and_130(capsys, monkeypatch, tmp_path):
+    from bslrun import report
+
+    monkeypatch.setattr(report, "report", ctrl_c)
+    assert report.main([str(tmp_path)]) == 130
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("bslrun-report: error: stopped by SIGINT"), line

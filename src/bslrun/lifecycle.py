@@ -126,15 +126,19 @@ class StopSignals:
     @contextlib.contextmanager
     def holding(self, done: str):
         """While inside, a signal that would stop at once waits for the end of the block,
-        then stops, saying ``done`` (e.g. "the checkpoint of epoch 3 is saved")."""
+        then stops, saying ``done`` (e.g. "the checkpoint of epoch 3 is saved"). When the
+        stop was asked before the block (the save that Ctrl-C asked for), the caller stops
+        right after it, with what it has to write: the block just ends."""
         outer, self._holding = self._holding, done
+        asked = self.requested is not None
         try:
             yield
         finally:
             self._holding = outer
         if self._held is not None and outer is None:
             signum, self._held = self._held, None
-            raise RunInterrupted(self._stopped(signum, done), signum)
+            if not asked:
+                raise RunInterrupted(self._stopped(signum, done), signum)
 
     @staticmethod
     def _stopped(signum: int, where: str | None) -> str:

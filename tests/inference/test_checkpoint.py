@@ -161,6 +161,33 @@ def test_a_second_ctrl_c_during_a_save_stops_once_the_save_is_complete(tmp_path,
     assert np.array_equal(arrays["w"], np.arange(3.0)) and progress["epoch"] == 1
 
 
+def test_ctrl_c_during_the_save_that_ctrl_c_asked_for_lets_the_loop_stop_after_it(
+    tmp_path, monkeypatch
+):
+    """The first Ctrl-C asked for this save, so the loop stops right after it (writing its
+    history): the second one, in the middle of the save, neither cuts it nor raises."""
+    from orbax.checkpoint._src.handlers.composite_checkpoint_handler import (
+        CompositeCheckpointHandler,
+    )
+
+    from bslrun.lifecycle import StopSignals
+
+    finalize = CompositeCheckpointHandler.finalize
+
+    def again(self, directory):
+        os.kill(os.getpid(), signal.SIGINT)
+        return finalize(self, directory)
+
+    monkeypatch.setattr(FINALIZE, again)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: the loop saves, then stops
+        saves = checkpoint.Checkpoints(tmp_path, 1, {}, stop.holding)
+        saves.save(1, {"w": np.arange(3.0)}, {"epoch": 1, "history": []})
+        saves.close()
+    assert stop.pending() == signal.SIGINT
+    assert leftovers(tmp_path) == [] and saved_epochs(tmp_path) == [1]
+
+
 # ----------------------------------------------------------------------- SIGKILL, end to end
 
 RUN = [

@@ -57,11 +57,18 @@ def test_a_signal_while_the_figures_are_drawn_ends_the_run_as_interrupted(
     line = str(stopped.value)
     assert stopped.value.exit_code == 143 and "\n" not in line
     assert "stopped by SIGTERM" in line and "not all the figures" in line
-    assert "learning_curves.png, weights.png" in line, line
+    assert "learning_curves.png, weights.png)" in line, line
+    assert line.endswith(f"; continue it with: bslrun trainer.resume={run_dir}"), line
     assert not (run_dir / "plots" / "predicted_vs_observed.png").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["rmse"] > 0
     assert Path(run_dir / "predictions.npz").is_file()
+
+    monkeypatch.undo()  # resumed as the line says: evaluated again, every figure drawn
+    run(compose(*TINY, f"trainer.resume={run_dir}"), run_dir)
+    assert (run_dir / "plots" / "predicted_vs_observed.png").is_file()
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert again["test"] == metrics["test"] and again["val"] == metrics["val"]
 
 
 # A bslrun whose first checkpoint save receives two Ctrl-C's in the middle (after its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import platform
@@ -213,10 +214,11 @@ def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = Non
         what = f"{settings.num_chains} chains of {settings.num_warmup} + {settings.num_samples}"
         with clock.Phase(f"sampling {what} (NUTS) on {len(data.train)} rows", "sampled"):
             chains = nuts.sample(family, data.train, settings, keys.train)
-        if stop:
-            stop.now_or_never(f"sampling finished; the run folder is {run_dir}")
-        with clock.Phase("evaluating the test split", "evaluated") as phase:
-            result = nuts.evaluate(family, chains, data)
+        with naming_what_is_missing(run_dir, "metrics.json and the figures are not written"):
+            if stop:
+                stop.now_or_never("sampling finished")
+            with clock.Phase("evaluating the test split", "evaluated") as phase:
+                result = nuts.evaluate(family, chains, data)
         metrics = {
             "name": cfg.name,
             "seed": cfg.seed,
@@ -369,12 +371,25 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, h
     finally:
         if checkpoints is not None:
             checkpoints.close()
-    if stop:
-        stop.now_or_never(f"training finished; results so far are in {run_dir}")
     tick = time.perf_counter()
-    write_training(run_dir, result, family)
+    write_training(run_dir, result, family)  # before a pending signal stops the run
     result.timing["write_s"] = time.perf_counter() - tick
+    if stop:
+        with naming_what_is_missing(run_dir, NOT_EVALUATED):
+            stop.now_or_never("training finished")
     return result
+
+
+NOT_EVALUATED = "history.csv and the parameters are written, metrics.json and the figures not"
+
+
+@contextlib.contextmanager
+def naming_what_is_missing(run_dir: Path, missing: str):
+    """A stop signal inside ends the run saying what it lacks, and how to finish it."""
+    try:
+        yield
+    except RunInterrupted as error:
+        raise RunInterrupted(f"{error}; {missing}; {resume_hint(run_dir)}", error.signum) from None
 
 
 def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
@@ -386,7 +401,9 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
         test, val, predictions, eval_s = handed.test, handed.val, handed.predictions, handed.eval_s
         timing = dict(result.timing, eval_s=eval_s)  # the group's program: its compile_s
     else:
-        test, val, predictions, eval_compile_s, eval_s = evaluate_alone(cfg, family, data, result)
+        with naming_what_is_missing(folder.root, NOT_EVALUATED):
+            evaluated = evaluate_alone(cfg, family, data, result)
+        test, val, predictions, eval_compile_s, eval_s = evaluated
         timing = dict(result.timing, eval_compile_s=eval_compile_s, eval_s=eval_s)
     metrics = {
         "name": cfg.name,
@@ -429,11 +446,12 @@ def draw_figures(what: str, family, shown: dict, folder: artifacts.RunFolder) ->
             draw(what, family.plot, shown, folder.plots)
     except RunInterrupted as error:
         drawn = ", ".join(sorted(p.name for p in folder.plots.glob("*.png"))) or "none"
-        raise RunInterrupted(
-            f"{error}; metrics.json and the arrays are written, but not all the figures "
-            f"({folder.plots} holds only: {drawn})",
-            error.signum,
-        ) from None
+        missing = (
+            "metrics.json and the arrays are written, but not all the figures "
+            f"({folder.plots} holds only: {drawn})"
+        )
+        with naming_what_is_missing(folder.root, missing):
+            raise error from None
 
 
 def evaluate_alone(cfg, family, data, result) -> tuple:

@@ -135,12 +135,12 @@ def test_a_save_stopped_half_way_leaves_the_last_checkpoint_and_no_temporary_fol
 def test_a_second_ctrl_c_during_a_save_stops_once_the_save_is_complete(tmp_path, monkeypatch):
     """The first Ctrl-C asks for the save; a second one in the middle of it waits for it to
     be complete, then stops (130), so the run resumes from that checkpoint."""
-    from bslrun.errors import RunInterrupted
-    from bslrun.lifecycle import StopSignals
-
     from orbax.checkpoint._src.handlers.composite_checkpoint_handler import (
         CompositeCheckpointHandler,
     )
+
+    from bslrun.errors import RunInterrupted
+    from bslrun.lifecycle import StopSignals
 
     finalize = CompositeCheckpointHandler.finalize
 

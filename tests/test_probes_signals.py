@@ -182,7 +182,7 @@ def test_the_resume_hint_typed_in_a_shell_gives_hydra_the_folder(case):
     """A sweep job's folder holds "=" and ",": unquoted, Hydra refused the hint (exit 2)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from bslrun.run import typed_override
+    from bslrun.lifecycle import typed_override
 
     typed = shlex.split(f"bslrun {typed_override('trainer.resume', FOLDERS[case])}")
     assert typed[0] == "bslrun" and len(typed) == 2, typed

@@ -13,6 +13,8 @@
   that it ignores stays ignored.
 - **Status.** ``status.json`` (written by ``artifacts.write_status``) says running,
   completed, failed, diverged or interrupted, with the error line and the exit code.
+- **After a stop.** The line of a stopped run ends with the command that continues it,
+  quoted so that it works when typed (``resume_hint``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shlex
 import signal
 import socket
 from datetime import datetime, timezone
@@ -168,3 +172,30 @@ def _is_bypass(handler) -> bool:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+# ------------------------------------------------------------------ after a stop
+
+
+def resume_hint(run_dir: Path) -> str:
+    """The command that continues a stopped run, as it can be typed: ``trainer.resume``
+    alone takes the folder's own overrides (``cli.resumed_argv``)."""
+    saved = [p for p in artifacts.RunFolder(run_dir).checkpoints.glob("*") if p.name.isdigit()]
+    if not saved:
+        return "no checkpoint was saved yet: start it again"
+    return f"continue it with: bslrun {typed_override('trainer.resume', str(run_dir))}"
+
+
+HYDRA_PLAIN = re.compile(r"[\w/.+@~-]+")  # a value Hydra's override grammar takes unquoted
+SHELL_QUOTABLE = re.compile(r'[^"$`\\!]*')  # what a shell's double quotes keep as it is
+
+
+def typed_override(key: str, value: str) -> str:
+    """``key=value`` as it is typed in a shell: quoted for Hydra where its grammar needs it
+    (a sweep job's folder holds ``=`` and ``,``), then for the shell."""
+    if not HYDRA_PLAIN.fullmatch(value):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    override = f"{key}={value}"
+    if HYDRA_PLAIN.fullmatch(override.replace("=", "", 1)):
+        return override
+    return f'"{override}"' if SHELL_QUOTABLE.fullmatch(override) else shlex.quote(override)

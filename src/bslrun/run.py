@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import logging
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from bslrun.config import Config, InferenceMethod, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import BslrunError, ConfigError, DivergenceError, RunInterrupted
 from bslrun.inference import checkpoint, engine, reference
+from bslrun.lifecycle import resume_hint
 from bslrun.models import build as build_family
 from bslrun.models import with_scalers
 from bslrun.version import __version__
@@ -312,30 +312,6 @@ def summarise_replicas(done: list[dict]) -> dict:
     mean.update(name=first.get("name"), seed=first.get("seed"), train=first.get("train", {}),
                 timing=first.get("timing", {}))  # fmt: skip
     return {"completed": len(done), "mean": mean, "stderr": stderr}
-
-
-def resume_hint(run_dir: Path) -> str:
-    """The command that continues a stopped run, as it can be typed: ``trainer.resume``
-    alone takes the folder's own overrides (cli.resumed_argv)."""
-    saved = [p for p in checkpoint.folder(run_dir).glob("*") if p.name.isdigit()]
-    if not saved:
-        return "no checkpoint was saved yet: start it again"
-    return f"continue it with: bslrun {typed_override('trainer.resume', str(run_dir))}"
-
-
-HYDRA_PLAIN = re.compile(r"[\w/.+@~-]+")  # a value Hydra's override grammar takes unquoted
-SHELL_QUOTABLE = re.compile(r'[^"$`\\!]*')  # what a shell's double quotes keep as it is
-
-
-def typed_override(key: str, value: str) -> str:
-    """``key=value`` as it is typed in a shell: quoted for Hydra where its grammar needs it
-    (a sweep job's folder holds ``=`` and ``,``), then for the shell."""
-    if not HYDRA_PLAIN.fullmatch(value):
-        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    override = f"{key}={value}"
-    if HYDRA_PLAIN.fullmatch(override.replace("=", "", 1)):
-        return override
-    return f'"{override}"' if SHELL_QUOTABLE.fullmatch(override) else shlex.quote(override)
 
 
 def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, handed=None):

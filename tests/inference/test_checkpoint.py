@@ -42,7 +42,7 @@ def test_check_config_refuses_another_config_in_one_line(tmp_path):
     with pytest.raises(ConfigError) as error:
         checkpoint.check_config(tmp_path, {"seed": 3})
     message = str(error.value)
-    assert "\n" not in message and "seed: 0 -> 3" in message and "overrides.yaml" in message
+    assert "\n" not in message and "seed: 0 -> 3" in message and "leave out" in message
 
 
 # ----------------------------------------------------------------------- engine resume
@@ -264,8 +264,8 @@ def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         f"bslrun: error: cannot resume {killed}: its checkpoint was made with another config "
-        f"(seed: 0 -> 1); repeat the original overrides (see {killed}/.hydra/overrides.yaml) "
-        "or start a new run without trainer.resume"
+        "(seed: 0 -> 1); trainer.resume alone continues it as it was started: leave out the "
+        "overrides that change these keys, or start a new run without trainer.resume"
     )
     assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides  # left as it was
 

@@ -67,8 +67,8 @@ def check_config(run_dir: Path, config: dict) -> bool:
         shown = "; ".join(differences[:3]) + (" ..." if len(differences) > 3 else "")
         raise ConfigError(
             f"cannot resume {run_dir}: its checkpoint was made with another config "
-            f"({shown}); repeat the original overrides (see {run_dir}/.hydra/overrides.yaml) "
-            "or start a new run without trainer.resume"
+            f"({shown}); trainer.resume alone continues it as it was started: leave out "
+            "the overrides that change these keys, or start a new run without trainer.resume"
         )
     return True
 

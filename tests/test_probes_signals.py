@@ -1,6 +1,6 @@
 """Interrupts end as interrupts: a stop signal anywhere in a run ends it as ``interrupted``
-(exit 130 for Ctrl-C, 143 for SIGTERM) in one line that names what is missing, and the
-hints printed after it work when typed.
+(exit 130 for Ctrl-C, 143 for SIGTERM) in one line that names what is missing, the
+hints printed after it work when typed, and ``latest`` names only completed runs.
 
 Most probes run in this process (real signals sent to it, inside ``StopSignals``); the
 ones that check the process boundary (Ctrl-C during start-up) start the command.

@@ -40,7 +40,7 @@ FORMAT = 1  # the run-folder format; bslrun.load refuses folders of another form
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
 ARRAY_FILES = {"predictions": "predictions.npz", "samples": "samples.npz"}
-LATEST_LINK = "latest"  # <output folder>/latest: the newest run
+LATEST_LINK = "latest"  # <output folder>/latest: the newest completed run
 
 
 def output_root() -> Path:
@@ -69,8 +69,9 @@ def copy_hydra_files(run_dir: Path, replica_dir: Path, seed: int) -> None:
 
 
 def point_latest(run_dir: Path) -> None:
-    """Point ``<output folder>/latest`` at ``run_dir`` (a relative link, replaced atomically);
-    skipped for a run outside the output folder, or where links cannot be made."""
+    """Point ``<output folder>/latest`` at ``run_dir`` (a relative link, replaced atomically)
+    once it has completed: a failed or interrupted run never takes the place of the last
+    good one. Skipped for a run outside the output folder, or where links cannot be made."""
     root = output_root()
     try:
         target = Path(run_dir).resolve().relative_to(root)

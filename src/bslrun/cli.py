@@ -199,7 +199,6 @@ def task(dcfg) -> float | None:
     try:
         lock.acquire()
         artifacts.write_status(run_dir, "running", started=started)
-        artifacts.point_latest(run_dir)
     except (BslrunError, OSError) as error:
         failure = as_bslrun_error(error) or error
         print(f"{PROG}: error: {failure}", file=sys.stderr)
@@ -214,6 +213,7 @@ def task(dcfg) -> float | None:
 
             metrics = run(cfg, run_dir, stop, Path(hydra_cfg.sweep.dir) if sweep else None)
         end_status(run_dir, started, "completed", 0, None)
+        artifacts.point_latest(run_dir)  # ``latest`` is the newest run that completed
         log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics, run_dir))
         return objective(metrics)
     except BaseException as raised:
@@ -343,6 +343,21 @@ def complete_enum_values() -> None:
 
 
 def main() -> None:
+    """The ``bslrun`` command. A run's own signal handlers stop it at an epoch boundary
+    (lifecycle.StopSignals); Ctrl-C outside them (while Hydra and the config load, or
+    between the jobs of a sweep run here) ends in one line and 130 too, not a traceback."""
+    try:
+        command()
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: error: stopped by SIGINT outside training (while starting, or between "
+            "the jobs of a sweep); run folders already written are kept",
+            file=sys.stderr,
+        )
+        leave(130)
+
+
+def command() -> None:
     global PRE_LOCK
     # A log line that cannot be written (a full disk) is lost quietly, not printed as a
     # traceback: the error it belongs to still reaches the terminal in one line.
@@ -359,6 +374,8 @@ def main() -> None:
     if COMPLETION_FLAGS & set(argv):
         complete_enum_values()
     if not {"--hydra-help", "--info", *COMPLETION_FLAGS} & set(argv):
+        argv = resumed_argv(argv)
+        sys.argv[1:] = argv  # Hydra reads the command line itself
         try:
             plan = prevalidate(argv)
             PRE_LOCK = check_output_folder(plan)
@@ -382,6 +399,33 @@ def main() -> None:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     end_sweeps()
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resumed_argv(argv: list[str]) -> list[str]:
+    """``trainer.resume=<folder>`` alone continues that run as it was started: the folder's
+    own overrides (``.hydra/overrides.yaml``) come first, those given here replace them key
+    by key, and the result is checked against the checkpoint's config as before."""
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from bslrun import artifacts
+
+    given = [a for a in argv if "=" in a and override_key(a) == "trainer.resume"]
+    if not given:
+        return argv
+    try:  # the folder as Hydra reads it: quoted where it holds "=" or "," (a sweep job's)
+        folder = Path(str(OverridesParser.create().parse_override(given[-1]).value()))
+        saved = yaml.safe_load(artifacts.RunFolder(folder).hydra_overrides.read_text()) or []
+    except (HydraException, OSError, yaml.YAMLError):
+        return argv  # preflight names what is wrong with the override or the folder
+    keys = {override_key(a) for a in argv if "=" in a}
+    kept = [o for o in saved if isinstance(o, str) and override_key(o) not in keys]
+    return kept + argv
 
 
 def end_sweeps() -> None:

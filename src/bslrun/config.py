@@ -424,6 +424,9 @@ class TrainerConfig:
     restore_best: bool = True
     # Show a progress bar (on interactive terminals).
     progress: bool = True
+    # Without a terminal (a cluster job, output to a file), log a progress line (epoch,
+    # loss, time so far and left) to run.log and the console every this many seconds; 0 never.
+    progress_every_s: float = 30.0
     # Save the training state (parameters, optimiser, keys, early-stopping bookkeeping) to
     # <run>/checkpoint/train every this many epochs, and after the last; 0 disables it.
     checkpoint_every: int = 10
@@ -700,6 +703,7 @@ def check_trainer(t: TrainerConfig) -> None:
     check_counts("trainer", t, ("epochs", "batch_size", "num_particles", "eval_every"))
     _off_or_positive("trainer.patience", t.patience)
     _off_or_positive("trainer.checkpoint_every", t.checkpoint_every)
+    _non_negative("trainer.progress_every_s", t.progress_every_s)
     check_counts("trainer", t, ("devices", "replicas"))
     if t.max_memory_gb is not None:
         _positive("trainer.max_memory_gb", t.max_memory_gb)
@@ -795,8 +799,9 @@ def check_name(name) -> None:
 # sub-keys ("logger" covers "logger.wandb.mode") and its config group ("hydra/launcher").
 RESULT_NEUTRAL_KEYS = (
     "hydra", "name", "sweep", "logger", "data.root", "data.download",
-    "trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trainer.max_memory_gb",
-    "trainer.compilation_cache", "trainer.compilation_cache_gb",
+    "trainer.progress", "trainer.progress_every_s", "trainer.checkpoint_every",
+    "trainer.resume", "trainer.max_memory_gb", "trainer.compilation_cache",
+    "trainer.compilation_cache_gb",
 )  # fmt: skip
 
 

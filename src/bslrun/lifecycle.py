@@ -9,10 +9,14 @@
 - **Stop signals.** SIGINT (Ctrl-C), SIGTERM and the cluster's warning signals (SIGUSR1,
   SIGUSR2: SLURM's preemption notice) set a flag; the training loop looks at it at the
   next epoch boundary, saves a checkpoint and stops (``RunInterrupted``). A second
-  Ctrl-C stops at once. A handler that was there before (submitit's requeue on SIGUSR2)
-  is called once the checkpoint is saved, and a signal that it ignores stays ignored.
+  Ctrl-C stops at once, or, during a checkpoint save, once that save is complete
+  (``holding``): never with a half-written checkpoint. A handler that was there before
+  (submitit's requeue on SIGUSR2) is called once the checkpoint is saved, and a signal
+  that it ignores stays ignored.
 - **Status.** ``status.json`` (written by ``artifacts.write_status``) says running,
   completed, failed, diverged or interrupted, with the error line and the exit code.
+- **After a stop.** The line of a stopped run ends with the command that continues it,
+  quoted so that it works when typed (``resume_hint``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shlex
 import signal
 import socket
 from datetime import datetime, timezone
@@ -115,6 +121,8 @@ class StopSignals:
         self.signals = signals
         self.requested: int | None = None
         self.immediate: str | None = None  # once set, a signal stops at once, saying this
+        self._holding: str | None = None  # while set, stopping at once waits (``holding``)
+        self._held: int | None = None  # the signal that waits
         self._previous: dict = {}
 
     def __enter__(self) -> StopSignals:
@@ -136,8 +144,28 @@ class StopSignals:
         if self.immediate or (self.requested is not None and signum == signal.SIGINT):
             # After training, or a second Ctrl-C: nothing is left to save, stop now.
             self.requested = self.requested or signum
+            if self._holding:
+                self._held = signum
+                return
             raise RunInterrupted(self._stopped(signum, self.immediate), signum)
         self.requested = self.requested or signum
+
+    @contextlib.contextmanager
+    def holding(self, done: str):
+        """While inside, a signal that would stop at once waits for the end of the block,
+        then stops, saying ``done`` (e.g. "the checkpoint of epoch 3 is saved"). When the
+        stop was asked before the block (the save that Ctrl-C asked for), the caller stops
+        right after it, with what it has to write: the block just ends."""
+        outer, self._holding = self._holding, done
+        asked = self.requested is not None
+        try:
+            yield
+        finally:
+            self._holding = outer
+        if self._held is not None and outer is None:
+            signum, self._held = self._held, None
+            if not asked:
+                raise RunInterrupted(self._stopped(signum, done), signum)
 
     @staticmethod
     def _stopped(signum: int, where: str | None) -> str:
@@ -167,3 +195,30 @@ def _is_bypass(handler) -> bool:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+# ------------------------------------------------------------------ after a stop
+
+
+def resume_hint(run_dir: Path) -> str:
+    """The command that continues a stopped run, as it can be typed: ``trainer.resume``
+    alone takes the folder's own overrides (``cli.resumed_argv``)."""
+    saved = [p for p in artifacts.RunFolder(run_dir).checkpoints.glob("*") if p.name.isdigit()]
+    if not saved:
+        return "no checkpoint was saved yet: start it again"
+    return f"continue it with: bslrun {typed_override('trainer.resume', str(run_dir))}"
+
+
+HYDRA_PLAIN = re.compile(r"[\w/.+@~-]+")  # a value Hydra's override grammar takes unquoted
+SHELL_QUOTABLE = re.compile(r'[^"$`\\!]*')  # what a shell's double quotes keep as it is
+
+
+def typed_override(key: str, value: str) -> str:
+    """``key=value`` as it is typed in a shell: quoted for Hydra where its grammar needs it
+    (a sweep job's folder holds ``=`` and ``,``), then for the shell."""
+    if not HYDRA_PLAIN.fullmatch(value):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    override = f"{key}={value}"
+    if HYDRA_PLAIN.fullmatch(override.replace("=", "", 1)):
+        return override
+    return f'"{override}"' if SHELL_QUOTABLE.fullmatch(override) else shlex.quote(override)

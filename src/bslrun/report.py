@@ -253,13 +253,17 @@ def report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or one line on stderr: 2 usage, 5 an unwritable output folder, 1 no
-    completed run or a bug (HYDRA_FULL_ERROR=1 shows a bug's traceback)."""
+    completed run or a bug (HYDRA_FULL_ERROR=1 shows a bug's traceback), 130 Ctrl-C."""
     try:
         return report(parse_args(argv))
     except BslrunError as error:
         sys.stdout.flush()
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print(f"{PROG}: error: stopped by SIGINT; no file was left half-written", file=sys.stderr)
+        return 130
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import platform
@@ -19,6 +20,7 @@ from bslrun.config import Config, InferenceMethod, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import BslrunError, ConfigError, DivergenceError, RunInterrupted
 from bslrun.inference import checkpoint, engine, reference
+from bslrun.lifecycle import resume_hint
 from bslrun.models import build as build_family
 from bslrun.models import with_scalers
 from bslrun.version import __version__
@@ -77,7 +79,7 @@ def draw(what: str, plot, *args) -> None:
     run. (A full disk is not the figure's fault: OSError goes on to the caller.)"""
     try:
         plot(*args)
-    except OSError:
+    except (OSError, RunInterrupted):  # a stop signal ends the run, as anywhere else
         raise
     except Exception as error:  # a figure is a view of results that are already written
         log.warning("skipped %s: %s: %s", what, type(error).__name__, error)
@@ -103,7 +105,7 @@ def write_training(run_dir: Path, result: engine.FitResult, family) -> None:
         )
 
 
-def checkpoints_for(cfg: Config, run_dir: Path) -> checkpoint.Checkpoints:
+def checkpoints_for(cfg: Config, run_dir: Path, stop=None) -> checkpoint.Checkpoints:
     """The run's checkpoints, after checking any already in ``run_dir``.
 
     A folder holding checkpoints is resumed: the one named by ``trainer.resume``, or a
@@ -121,7 +123,8 @@ def checkpoints_for(cfg: Config, run_dir: Path) -> checkpoint.Checkpoints:
         )
     if resuming:
         log.info("resuming from the last checkpoint in %s", checkpoint.folder(run_dir))
-    return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config)
+    hold = stop.holding if stop else None  # a save is never cut half-way by a signal
+    return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config, hold)
 
 
 def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) -> dict:
@@ -142,7 +145,7 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
         return run_replicas(cfg, run_dir, stop, sweep_dir)
     folder = artifacts.RunFolder(run_dir)
     handed = replicas.take(cfg)
-    checkpoints = None if handed is not None else checkpoints_for(cfg, run_dir)
+    checkpoints = None if handed is not None else checkpoints_for(cfg, run_dir, stop)
     artifacts.write_json(folder.config, as_dict(cfg))
     artifacts.write_json(folder.manifest, provenance())
     keys = seeding.streams(cfg.seed)
@@ -211,10 +214,11 @@ def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = Non
         what = f"{settings.num_chains} chains of {settings.num_warmup} + {settings.num_samples}"
         with clock.Phase(f"sampling {what} (NUTS) on {len(data.train)} rows", "sampled"):
             chains = nuts.sample(family, data.train, settings, keys.train)
-        if stop:
-            stop.now_or_never(f"sampling finished; the run folder is {run_dir}")
-        with clock.Phase("evaluating the test split", "evaluated") as phase:
-            result = nuts.evaluate(family, chains, data)
+        with naming_what_is_missing(run_dir, "metrics.json and the figures are not written"):
+            if stop:
+                stop.now_or_never("sampling finished")
+            with clock.Phase("evaluating the test split", "evaluated") as phase:
+                result = nuts.evaluate(family, chains, data)
         metrics = {
             "name": cfg.name,
             "seed": cfg.seed,
@@ -235,8 +239,7 @@ def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = Non
         artifacts.write_npz(folder.posterior_samples, chains.samples)
         artifacts.write_npz(folder.reference, result.reference)
         shown = {**result.predictions, **{f"test.{k}": v for k, v in result.test.items()}}
-        with clock.Phase("drawing the figures", "drawn"):
-            draw("the bnn figures", family.plot, shown, folder.plots)
+        draw_figures("the bnn figures", family, shown, folder)
         tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
     return metrics
 
@@ -319,21 +322,33 @@ def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, h
         write_training(run_dir, error.result, family)
         raise
     except RunInterrupted as error:
-        write_training(run_dir, error.result, family)
+        if hasattr(error, "result"):  # not when it stopped before or during a save
+            write_training(run_dir, error.result, family)
         if handed is not None:  # replicas trained together keep no checkpoint
             raise
-        raise RunInterrupted(
-            f"{error}; continue it with: bslrun trainer.resume={run_dir}", error.signum
-        ) from None
+        raise RunInterrupted(f"{error}; {resume_hint(run_dir)}", error.signum) from None
     finally:
         if checkpoints is not None:
             checkpoints.close()
-    if stop:
-        stop.now_or_never(f"training finished; results so far are in {run_dir}")
     tick = time.perf_counter()
-    write_training(run_dir, result, family)
+    write_training(run_dir, result, family)  # before a pending signal stops the run
     result.timing["write_s"] = time.perf_counter() - tick
+    if stop:
+        with naming_what_is_missing(run_dir, NOT_EVALUATED):
+            stop.now_or_never("training finished")
     return result
+
+
+NOT_EVALUATED = "history.csv and the parameters are written, metrics.json and the figures not"
+
+
+@contextlib.contextmanager
+def naming_what_is_missing(run_dir: Path, missing: str):
+    """A stop signal inside ends the run saying what it lacks, and how to finish it."""
+    try:
+        yield
+    except RunInterrupted as error:
+        raise RunInterrupted(f"{error}; {missing}; {resume_hint(run_dir)}", error.signum) from None
 
 
 def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
@@ -345,7 +360,9 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
         test, val, predictions, eval_s = handed.test, handed.val, handed.predictions, handed.eval_s
         timing = dict(result.timing, eval_s=eval_s)  # the group's program: its compile_s
     else:
-        test, val, predictions, eval_compile_s, eval_s = evaluate_alone(cfg, family, data, result)
+        with naming_what_is_missing(folder.root, NOT_EVALUATED):
+            evaluated = evaluate_alone(cfg, family, data, result)
+        test, val, predictions, eval_compile_s, eval_s = evaluated
         timing = dict(result.timing, eval_compile_s=eval_compile_s, eval_s=eval_s)
     metrics = {
         "name": cfg.name,
@@ -372,12 +389,28 @@ def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
     artifacts.write_npz(folder.arrays(family.saves), predictions)
     # Figures may quote the test scores ("test.kl_to_true"): given, never computed again.
     shown = {**predictions, **{f"test.{k}": v for k, v in test.items()}}
-    with clock.Phase("drawing the figures", "drawn"):
-        draw(f"the {cfg.model.family} figures", family.plot, shown, folder.plots)
+    draw_figures(f"the {cfg.model.family} figures", family, shown, folder)
     # What writing took (the training files, these, the figures), once it is known.
     timing["write_s"] = timing.get("write_s", 0.0) + time.perf_counter() - tick
     artifacts.write_json(folder.metrics, metrics)
     return metrics
+
+
+def draw_figures(what: str, family, shown: dict, folder: artifacts.RunFolder) -> None:
+    """The family's figures, drawn once the numbers are written. A stop signal while they
+    are drawn ends the run as interrupted, naming what it lacks: never a run that says
+    completed with figures missing."""
+    try:
+        with clock.Phase("drawing the figures", "drawn"):
+            draw(what, family.plot, shown, folder.plots)
+    except RunInterrupted as error:
+        drawn = ", ".join(sorted(p.name for p in folder.plots.glob("*.png"))) or "none"
+        missing = (
+            "metrics.json and the arrays are written, but not all the figures "
+            f"({folder.plots} holds only: {drawn})"
+        )
+        with naming_what_is_missing(folder.root, missing):
+            raise error from None
 
 
 def evaluate_alone(cfg, family, data, result) -> tuple:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_check_config_refuses_another_config_in_one_line(tmp_path):
     with pytest.raises(ConfigError) as error:
         checkpoint.check_config(tmp_path, {"seed": 3})
     message = str(error.value)
-    assert "\n" not in message and "seed: 0 -> 3" in message and "overrides.yaml" in message
+    assert "\n" not in message and "seed: 0 -> 3" in message and "leave out" in message
 
 
 # ----------------------------------------------------------------------- engine resume
@@ -100,6 +101,91 @@ def test_only_the_last_checkpoint_is_kept_and_the_final_epoch_is_saved(tmp_path)
     )
     saved = sorted(p.name for p in checkpoint.folder(tmp_path).iterdir())
     assert saved == ["7", checkpoint.CONFIG_FILE]
+
+
+# ----------------------------------------------------------------------- stopped saves
+
+FINALIZE = (
+    "orbax.checkpoint._src.handlers.composite_checkpoint_handler.CompositeCheckpointHandler"
+    ".finalize"
+)  # called once every file of a save is written, before its folder is renamed into place
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    return [p.name for p in checkpoint.folder(run_dir).iterdir() if "tmp" in p.name]
+
+
+def test_a_save_stopped_half_way_leaves_the_last_checkpoint_and_no_temporary_folder(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C without bslrun's handlers (KeyboardInterrupt) in the middle of a save."""
+    saves = checkpoint.Checkpoints(tmp_path, 1, {})
+    saves.save(1, {"w": np.zeros(3)}, {"epoch": 1, "history": []})
+
+    def interrupted(self, directory):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FINALIZE, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        saves.save(2, {"w": np.ones(3)}, {"epoch": 2, "history": []})
+    saves.close()
+    assert leftovers(tmp_path) == [] and saved_epochs(tmp_path) == [1]
+
+
+def test_a_second_ctrl_c_during_a_save_stops_once_the_save_is_complete(tmp_path, monkeypatch):
+    """The first Ctrl-C asks for the save; a second one in the middle of it waits for it to
+    be complete, then stops (130), so the run resumes from that checkpoint."""
+    from orbax.checkpoint._src.handlers.composite_checkpoint_handler import (
+        CompositeCheckpointHandler,
+    )
+
+    from bslrun.errors import RunInterrupted
+    from bslrun.lifecycle import StopSignals
+
+    finalize = CompositeCheckpointHandler.finalize
+
+    def twice(self, directory):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return finalize(self, directory)
+
+    monkeypatch.setattr(FINALIZE, twice)
+    with StopSignals() as stop, pytest.raises(RunInterrupted) as stopped:
+        saves = checkpoint.Checkpoints(tmp_path, 1, {}, stop.holding)
+        saves.save(1, {"w": np.arange(3.0)}, {"epoch": 1, "history": []})
+    saves.close()
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value) == "stopped by SIGINT (the checkpoint of epoch 1 is saved)"
+    assert leftovers(tmp_path) == [] and saved_epochs(tmp_path) == [1]
+    arrays, progress = checkpoint.Checkpoints(tmp_path, 1, {}).latest({"w": np.zeros(3)})
+    assert np.array_equal(arrays["w"], np.arange(3.0)) and progress["epoch"] == 1
+
+
+def test_ctrl_c_during_the_save_that_ctrl_c_asked_for_lets_the_loop_stop_after_it(
+    tmp_path, monkeypatch
+):
+    """The first Ctrl-C asked for this save, so the loop stops right after it (writing its
+    history): the second one, in the middle of the save, neither cuts it nor raises."""
+    from orbax.checkpoint._src.handlers.composite_checkpoint_handler import (
+        CompositeCheckpointHandler,
+    )
+
+    from bslrun.lifecycle import StopSignals
+
+    finalize = CompositeCheckpointHandler.finalize
+
+    def again(self, directory):
+        os.kill(os.getpid(), signal.SIGINT)
+        return finalize(self, directory)
+
+    monkeypatch.setattr(FINALIZE, again)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: the loop saves, then stops
+        saves = checkpoint.Checkpoints(tmp_path, 1, {}, stop.holding)
+        saves.save(1, {"w": np.arange(3.0)}, {"epoch": 1, "history": []})
+        saves.close()
+    assert stop.pending() == signal.SIGINT
+    assert leftovers(tmp_path) == [] and saved_epochs(tmp_path) == [1]
 
 
 # ----------------------------------------------------------------------- SIGKILL, end to end
@@ -178,8 +264,8 @@ def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         f"bslrun: error: cannot resume {killed}: its checkpoint was made with another config "
-        f"(seed: 0 -> 1); repeat the original overrides (see {killed}/.hydra/overrides.yaml) "
-        "or start a new run without trainer.resume"
+        "(seed: 0 -> 1); trainer.resume alone continues it as it was started: leave out the "
+        "overrides that change these keys, or start a new run without trainer.resume"
     )
     assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides  # left as it was
 
@@ -227,7 +313,12 @@ def test_a_run_stopped_by_a_signal_saves_exits_in_one_line_and_resumes(
     if stop != signal.SIGINT:
         return  # how the run resumes does not depend on which signal stopped it
 
-    resumed = bslrun(f"trainer.resume={stopped}", output=tmp_path)
+    # The hint, typed as printed: the run's overrides (RUN) are not repeated.
+    hint = shlex.split(stderr.strip().split("continue it with: ", 1)[1])
+    assert hint[0] == "bslrun"
+    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path))
+    resumed = subprocess.run([sys.executable, "-m", "bslrun", *hint[1:]], env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(stopped, uninterrupted, 1)
 

@@ -209,3 +209,38 @@ def test_epoch_compiled_once_regardless_of_epochs():
     assert counts[6].count("jit(epoch)") == 1, counts[6]
     # Nothing else is compiled per epoch either: 6 epochs compile exactly what 3 do.
     assert sorted(counts[6]) == sorted(counts[3]), (counts[3], counts[6])
+
+
+# ------------------------------------------------------------------- progress without a bar
+
+
+def test_without_a_terminal_progress_is_a_line_every_progress_every_s(caplog):
+    """Under pytest stderr is no terminal, so the bar is off; with a tiny interval every
+    epoch after the first says where training is, and with 0 none does."""
+    family, data = tiny_problem()
+    optim = OptimConfig(lr=1e-2, schedule=Schedule.constant)
+    with caplog.at_level("INFO", logger="bslrun"):
+        run_fit(family, data, optim, trainer(epochs=4, progress=True, progress_every_s=1e-9))
+    lines = [r.getMessage() for r in caplog.records if " so far, about " in r.getMessage()]
+    assert [line.split(",")[0] for line in lines] == [f"train: epoch {e}/4" for e in (2, 3, 4)]
+    assert all("loss=" in line and "val_nll=" in line for line in lines), lines
+    caplog.clear()
+    with caplog.at_level("INFO", logger="bslrun"):
+        run_fit(family, data, optim, trainer(epochs=4, progress=True, progress_every_s=0))
+    assert not [r for r in caplog.records if " so far, about " in r.getMessage()]
+
+
+def test_a_progress_line_gives_the_time_left_at_the_pace_so_far():
+    from bslrun.clock import ProgressLines
+
+    class NoBar:  # tqdm where stderr is no terminal
+        disable = True
+
+        def update(self):
+            pass
+
+    lines = ProgressLines(NoBar(), "bnn", total=100, done=9, every_s=30)  # epoch 10 just ended
+    lines.epoch = 30  # 20 epochs in 40 s since: 2 s an epoch, 70 epochs to go
+    assert lines.line(40.0) == "bnn: epoch 30/100; 40 s so far, about 2 min 20 s left"
+    lines.epoch = 11  # one epoch in 7300 s, 89 to go: 649,700 s
+    assert lines.line(7300.0) == "bnn: epoch 11/100; 2 h 01 min so far, about 180 h 28 min left"

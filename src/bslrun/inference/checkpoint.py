@@ -17,6 +17,7 @@ training run under other settings would give numbers that no config describes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,7 +37,8 @@ log = logging.getLogger("bslrun")
 # watched, where it runs or how fast it starts, not what it computes (devices: within
 # float rounding).
 MAY_DIFFER = (
-    "trainer.resume", "trainer.progress", "trainer.checkpoint_every", "trainer.devices",
+    "trainer.resume", "trainer.progress", "trainer.progress_every_s", "trainer.checkpoint_every",
+    "trainer.devices",
     "trainer.compilation_cache", "trainer.compilation_cache_gb",
 )  # fmt: skip
 
@@ -65,8 +67,8 @@ def check_config(run_dir: Path, config: dict) -> bool:
         shown = "; ".join(differences[:3]) + (" ..." if len(differences) > 3 else "")
         raise ConfigError(
             f"cannot resume {run_dir}: its checkpoint was made with another config "
-            f"({shown}); repeat the original overrides (see {run_dir}/.hydra/overrides.yaml) "
-            "or start a new run without trainer.resume"
+            f"({shown}); trainer.resume alone continues it as it was started: leave out "
+            "the overrides that change these keys, or start a new run without trainer.resume"
         )
     return True
 
@@ -126,11 +128,14 @@ class Checkpoints:
 
     With ``every`` 0 nothing is saved periodically, but ``save`` still works: a run
     stopped by a signal saves once before it exits. Orbax is imported on first use.
+    ``hold(done)`` (``StopSignals.holding``) makes a stop signal that arrives during a
+    save wait until the save is complete.
     """
 
-    def __init__(self, run_dir: Path, every: int, config: dict):
+    def __init__(self, run_dir: Path, every: int, config: dict, hold=None):
         self.every = every
         self.config = config
+        self.hold = hold or (lambda done: contextlib.nullcontext())
         self.directory = folder(run_dir).resolve()
         self._manager = None
         if every > 0:  # the config is recorded once, by whichever comes first
@@ -160,34 +165,43 @@ class Checkpoints:
         """Save synchronously (async checkpointing is off): complete when this returns.
 
         A failed save (a full disk) leaves the previous checkpoint, no temporary folder,
-        and raises ResourceError.
+        and raises ResourceError; so does a save stopped half-way (KeyboardInterrupt).
         """
+        self.check_space(epoch, arrays, progress)
+        with self.hold(f"the checkpoint of epoch {epoch} is saved"):
+            try:
+                self._write(epoch, arrays, progress)
+            except BaseException as error:
+                self.remove_temporary()
+                refusal = self._refusal(epoch, error)
+                if refusal is None:
+                    raise
+                raise refusal from None
+
+    def _write(self, epoch: int, arrays, progress: dict) -> None:
         from orbax.checkpoint import args
 
-        self.check_space(epoch, arrays, progress)
-        try:
-            self._record_config()
-            self.manager.save(
-                epoch,
-                args=args.Composite(
-                    arrays=args.StandardSave(arrays), progress=args.JsonSave(progress)
-                ),
-                force=True,
-            )
-            write_manifest(self.directory / str(epoch))
-        except Exception as error:
-            self.remove_temporary()
-            cause = os_error_in(error)
-            # TensorStore reports a full disk as a ValueError that only its text tells.
-            full = "No space left on device" in str(error)
-            if cause is None and not full:
-                raise
-            why = "No space left on device" if full or cause is None else cause.strerror
-            raise ResourceError(
-                f"cannot save the checkpoint of epoch {epoch} in {self.directory}: "
-                f"{why or _reason(cause)}; free space there (or set "
-                "trainer.checkpoint_every=0) and resume with trainer.resume=<run folder>"
-            ) from None
+        self._record_config()
+        self.manager.save(
+            epoch,
+            args=args.Composite(arrays=args.StandardSave(arrays), progress=args.JsonSave(progress)),
+            force=True,
+        )
+        write_manifest(self.directory / str(epoch))
+
+    def _refusal(self, epoch: int, error: BaseException) -> ResourceError | None:
+        """The ResourceError of a save the disk refused; None for anything else."""
+        cause = os_error_in(error)
+        # TensorStore reports a full disk as a ValueError that only its text tells.
+        full = "No space left on device" in str(error)
+        if not isinstance(error, Exception) or (cause is None and not full):
+            return None
+        why = "No space left on device" if full or cause is None else cause.strerror
+        return ResourceError(
+            f"cannot save the checkpoint of epoch {epoch} in {self.directory}: "
+            f"{why or _reason(cause)}; free space there (or set "
+            "trainer.checkpoint_every=0) and resume with trainer.resume=<run folder>"
+        )
 
     def check_space(self, epoch: int, arrays, progress: dict) -> None:
         """Refuse a save the disk cannot hold, before orbax starts it: a save that runs out

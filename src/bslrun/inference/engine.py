@@ -25,7 +25,7 @@ import numpy as np
 from numpyro.infer import SVI
 from tqdm.auto import tqdm
 
-from bslrun.clock import Phase, seconds_since_run_start
+from bslrun.clock import Phase, ProgressLines, seconds_since_run_start
 from bslrun.config import Monitor
 from bslrun.errors import DivergenceError, RunInterrupted
 from bslrun.inference import memory, optim
@@ -183,8 +183,9 @@ def divergence(epoch: int, loss: float, history: list, last: dict, timing: dict)
     return error
 
 
-def progress_bar(trainer_cfg, desc: str, done: int):
-    return tqdm(
+def progress_bar(trainer_cfg, desc: str, done: int) -> ProgressLines:
+    """The bar on a terminal; elsewhere a line every ``trainer.progress_every_s`` seconds."""
+    bar = tqdm(
         total=trainer_cfg.epochs,
         initial=done,
         desc=desc,
@@ -192,6 +193,8 @@ def progress_bar(trainer_cfg, desc: str, done: int):
         dynamic_ncols=True,
         disable=None if trainer_cfg.progress else True,
     )
+    every_s = trainer_cfg.progress_every_s if trainer_cfg.progress else 0.0
+    return ProgressLines(bar, desc, trainer_cfg.epochs, done, every_s)
 
 
 def _track_best(progress: Progress, value: float, state, best_state, patience: int):

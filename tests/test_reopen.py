@@ -543,16 +543,22 @@ def test_a_vae_names_the_binary_images_it_expects(trained):
     intensities = np.clip(x[:4] * 0.8 + 0.1, 0, 1)
     refused(DataError, lambda: run.log_prob(intensities), "binary", "(x > 0.5)", "data.threshold")
     refused(DataError, lambda: run.log_prob(intensities * 255), "(x / 255 > 0.5)")
-    assert np.isfinite(run.log_prob((intensities > 0.5).astype(np.float32))).all()
+    binary = (intensities > 0.5).astype(np.float32)
+    assert np.isfinite(run.log_prob(binary)).all()
+    # More importance samples than a program can index: one line, not an OverflowError.
+    refused(ConfigError, lambda: run.log_prob(binary, num_samples=4_000_000_000), "fewer")
 
 
 def test_a_sample_too_large_for_memory_is_refused_before_compiling(
     trained, monkeypatch, capsys
 ):
     """-n 4e9 aborted the process inside XLA (SIGABRT); now refused as training's memory
-    check refuses a model too large, from shapes alone."""
+    check refuses a model too large, from shapes alone. So are more posterior draws than
+    the run's own (which fitted when it ran)."""
     run = bslrun.load(trained["wine"])
     refused(ConfigError, lambda: run.sample(4_000_000_000), "memory", "fewer")
+    x = np.ones((2, 11))
+    refused(ConfigError, lambda: run.predict(x, num_samples=4_000_000_000), "memory", "fewer")
     code, _, stderr = command(
         reopen_cli.sample_main, [trained["maf"], "-n", "4e9"], monkeypatch, capsys
     )

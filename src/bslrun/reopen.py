@@ -292,8 +292,14 @@ class Run:
         >>> pred.probs, pred.entropy, pred.mutual_information   # classification
         """
         xs = self.inputs(x)
-        num_samples = self._draws(num_samples, self.family.eval_samples(self._eval))
-        key = as_key(seed)
+        default = self.family.eval_samples(self._eval)
+        num_samples, key = self._draws(num_samples, default), as_key(seed)
+        if num_samples > default:  # the run's own number fitted when it ran
+            program = functools.partial(
+                scaler_free(self.family, "predict"), num_samples=num_samples, levels=INTERVAL
+            )
+            args = (self.spec.scaler_arrays(), self.params, xs, key)
+            checks.check_memory(program, args, "posterior draws", num_samples)
         out = jax.device_get(self._predict(self.params, xs, key, num_samples, INTERVAL))
         if self.spec.task == "classification":
             names = self.spec.class_names or tuple(str(k) for k in range(self.spec.num_classes))
@@ -313,10 +319,14 @@ class Run:
         importance-weighted bound with ``num_samples`` draws (default eval.iw_samples)."""
         xs = self.inputs(x)
         checks.check_binary(xs, self.family, self.config)
-        num_samples = self._draws(num_samples, self._eval.iw_samples)
+        num_samples, key = self._draws(num_samples, self._eval.iw_samples), as_key(seed)
         if self.family.exact_log_prob:
             num_samples = 1  # nothing is latent
-        return np.asarray(self._log_prob(self.params, xs, as_key(seed), num_samples))
+        if num_samples > self._eval.iw_samples:  # the run's own number fitted when it ran
+            program = functools.partial(self.family.log_prob, num_samples=num_samples)
+            args = (self.params, xs, key)
+            checks.check_memory(program, args, "importance samples", num_samples)
+        return np.asarray(self._log_prob(self.params, xs, key, num_samples))
 
     def sample(self, num: int, seed=0) -> np.ndarray:
         """``num`` draws: points (flow, original units), images (VAE, E[x | z] with

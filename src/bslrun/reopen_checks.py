@@ -308,7 +308,13 @@ def check_memory(program, args: tuple, what: str, num: int) -> None:
     from bslrun.config import TrainerConfig
     from bslrun.inference import memory
 
-    traced = jax.make_jaxpr(program)(*args)
+    try:
+        traced = jax.make_jaxpr(program)(*args)
+    except OverflowError:  # a count JAX cannot index (beyond int32)
+        raise ConfigError(
+            f"{num} {what} are more than one program can index; ask for fewer, in several "
+            "calls if you need more"
+        ) from None
     # The result is copied to the host, and written out from there.
     need = memory.peak(traced.jaxpr) + 2 * memory.nbytes(traced.out_avals)
     limit, source = memory.available(TrainerConfig())

@@ -557,6 +557,7 @@ def test_a_sample_too_large_for_memory_is_refused_before_compiling(
     the run's own (which fitted when it ran)."""
     run = bslrun.load(trained["wine"])
     refused(ConfigError, lambda: run.sample(4_000_000_000), "memory", "fewer")
+    refused(ConfigError, lambda: run.sample(12345678901234567890), "can index", "fewer")
     x = np.ones((2, 11))
     refused(ConfigError, lambda: run.predict(x, num_samples=4_000_000_000), "memory", "fewer")
     code, _, stderr = command(

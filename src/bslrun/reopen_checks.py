@@ -9,6 +9,7 @@ wrong numbers (a standardiser with std 0 writes NaN) or fails deep inside JAX.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,6 +37,7 @@ OPTIONAL_TYPES = {
     "density": (dict, type(None)),
 }
 TASKS = ("regression", "classification")
+INT32_MAX = 2**31 - 1
 TYPE_NAMES = {
     str: "text",
     int: "an integer",
@@ -308,13 +310,20 @@ def check_memory(program, args: tuple, what: str, num: int) -> None:
     from bslrun.config import TrainerConfig
     from bslrun.inference import memory
 
+    too_many = ConfigError(
+        f"{num} {what} are more than one program can index; ask for fewer, in several "
+        "calls if you need more"
+    )
+    if num >= 2**63:
+        raise too_many
     try:
-        traced = jax.make_jaxpr(program)(*args)
-    except OverflowError:  # a count JAX cannot index (beyond int32)
-        raise ConfigError(
-            f"{num} {what} are more than one program can index; ask for fewer, in several "
-            "calls if you need more"
-        ) from None
+        with warnings.catch_warnings():  # e.g. int64 indices truncated to int32: the line says so
+            warnings.simplefilter("ignore")
+            traced = jax.make_jaxpr(program)(*args)
+    except (OverflowError, TypeError):
+        if num <= INT32_MAX:
+            raise  # not the count's fault: a bug
+        raise too_many from None  # JAX indexes with int32 (x64 off)
     # The result is copied to the host, and written out from there.
     need = memory.peak(traced.jaxpr) + 2 * memory.nbytes(traced.out_avals)
     limit, source = memory.available(TrainerConfig())

@@ -54,6 +54,10 @@ def seed(text: str) -> int:
 def count(text: str) -> int:
     """-n, --samples: a whole number, written as digits or as 1e6."""
     try:
+        return int(text)  # exact, however long
+    except ValueError:
+        pass
+    try:
         value = float(text)
     except ValueError:
         value = math.nan

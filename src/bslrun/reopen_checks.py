@@ -62,19 +62,22 @@ def check_spec_json(data, path: Path, config: dict) -> None:
     with config.json's data section."""
     if not isinstance(data, dict):
         raise folder_damaged(path, f"holds {type(data).__name__}, not the data spec object")
+    problem = type_problem(data) or spec_problem(data, config)
+    if problem:
+        raise folder_damaged(path, problem)
+
+
+def type_problem(data: dict) -> str:
+    """The first field of data.json whose JSON type is wrong ("" when none is)."""
     for key, kind in {**SPEC_TYPES, **OPTIONAL_TYPES}.items():
         if key not in data and key in OPTIONAL_TYPES:
             continue
         value = data.get(key)
         # JSON's true is no integer count here, however Python sees it.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            want = TYPE_NAMES.get(kind, "of another type")
-            raise folder_damaged(path, f"has {key}={short(value)}, not {want}")
+            return f"has {key}={short(value)}, not {TYPE_NAMES.get(kind, 'of another type')}"
     texts = [*data["feature_names"], *data.get("class_names", ())]
-    problem = "" if all(isinstance(t, str) for t in texts) else "has names that are not text"
-    problem = problem or spec_problem(data, config)
-    if problem:
-        raise folder_damaged(path, problem)
+    return "" if all(isinstance(t, str) for t in texts) else "has names that are not text"
 
 
 def short(value) -> str:

@@ -8,10 +8,12 @@ run folder alone, and every bad folder or input is one line with its exit code.
 from __future__ import annotations
 
 import csv
+import gc
 import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -458,3 +460,166 @@ def test_the_data_spec_round_trips_through_json(trained):
         if spec.log_density is not None:
             points = np.random.default_rng(0).normal(size=(50, 2))
             np.testing.assert_array_equal(again.log_density(points), spec.log_density(points))
+
+
+# ----------------------------------------------------------------- folders checked, not trusted
+
+
+def edit_json(path: Path, change) -> None:
+    tree = json.loads(path.read_text())
+    change(tree)
+    path.write_text(json.dumps(tree))
+
+
+def set_model(**values):
+    return lambda folder: edit_json(folder / "config.json", lambda c: c["model"].update(values))
+
+
+def set_x_std(folder: Path) -> None:
+    def zero(spec):
+        spec["x_scaler"]["std"][0] = 0.0
+
+    edit_json(folder / "data.json", zero)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+# (how the wine run's folder is damaged, exit code, words of the one line); the run was
+# trained with model.hidden=[50, 50] and posterior=mean_field.
+DAMAGE = {
+    "params of a wider network": (set_model(hidden=[20, 20]), 5, ["params.msgpack", "w_loc"]),
+    "params of a narrower network": (set_model(hidden=[100, 100]), 5, ["params.msgpack"]),
+    "config edited to another posterior": (set_model(posterior="lowrank"), 5, ["w_cov_factor"]),
+    "absurd sizes": (set_model(hidden=[10**9, 10**9]), 5, ["params.msgpack", "w_loc"]),
+    "impossible sizes": (set_model(hidden=[0]), 2, ["config.json", "model.hidden"]),
+    "a standardiser with std 0": (set_x_std, 5, ["data.json", "x_scaler.std", "positive"]),
+    "data.json that is a list": (lambda f: (f / "data.json").write_text("[]"), 5, ["data.json"]),
+    "deeply nested data.json": (lambda f: (f / "data.json").write_text(DEEP), 5, ["data.json"]),
+    "deeply nested config.json": (lambda f: (f / "config.json").write_text(DEEP), 5, ["config"]),
+    "a history.csv field over 128 kB": (
+        lambda f: (f / "history.csv").write_text("epoch,train_loss\n1," + "1" * 200_000 + "\n"),
+        5,
+        ["history.csv", "field larger"],
+    ),
+    "a seed no key takes": (
+        lambda f: edit_json(f / "config.json", lambda c: c.update(seed=10**30)),
+        2,
+        ["config.json", "seed"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_or_mismatched_folder_is_one_line(
+    trained, tmp_path, monkeypatch, capsys, case
+):
+    """Nothing is predicted from a folder whose files do not fit together: without the
+    checks, a wider network's weights were sliced to fit (exit 0, wrong numbers), a std of
+    0 wrote NaN, and the others were tracebacks."""
+    damage, code, words = DAMAGE[case]
+    folder = copy_of(trained["wine"], tmp_path)
+    damage(folder)
+    np.save(tmp_path / "x.npy", np.ones((3, 11)))
+    out = tmp_path / "out.csv"
+    got, _, stderr = command(
+        reopen_cli.predict_main, [folder, tmp_path / "x.npy", "--out", out], monkeypatch, capsys
+    )
+    assert got == code and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("bslrun-predict: error:") and all(w in stderr for w in words), stderr
+    assert not out.exists()
+
+
+def test_a_flows_parameters_in_a_bnn_folder_are_refused(trained, tmp_path):
+    folder = copy_of(trained["wine"], tmp_path)
+    shutil.copy(trained["maf"] / "checkpoint" / "params.msgpack", folder / "checkpoint")
+    refused(ResourceError, lambda: bslrun.load(folder), "params.msgpack", "lacks", "w_loc")
+
+
+@needs_mnist
+def test_a_vae_names_the_binary_images_it_expects(trained):
+    """Bernoulli pixels: any value but 0 or 1 has probability 0 (log p = -inf for every
+    row, as it was). The line says how the run binarised (data.threshold=0.5)."""
+    run = bslrun.load(trained["vae"])
+    x, _ = split_of("vae")
+    intensities = np.clip(x[:4] * 0.8 + 0.1, 0, 1)
+    refused(DataError, lambda: run.log_prob(intensities), "binary", "(x > 0.5)", "data.threshold")
+    refused(DataError, lambda: run.log_prob(intensities * 255), "(x / 255 > 0.5)")
+    binary = (intensities > 0.5).astype(np.float32)
+    assert np.isfinite(run.log_prob(binary)).all()
+    # More importance samples than a program can index: one line, not an OverflowError.
+    refused(ConfigError, lambda: run.log_prob(binary, num_samples=4_000_000_000), "fewer")
+
+
+def test_a_sample_too_large_for_memory_is_refused_before_compiling(
+    trained, monkeypatch, capsys
+):
+    """-n 4e9 aborted the process inside XLA (SIGABRT); now refused as training's memory
+    check refuses a model too large, from shapes alone. So are more posterior draws than
+    the run's own (which fitted when it ran)."""
+    run = bslrun.load(trained["wine"])
+    refused(ConfigError, lambda: run.sample(4_000_000_000), "memory", "fewer")
+    refused(ConfigError, lambda: run.sample(12345678901234567890), "can index", "fewer")
+    x = np.ones((2, 11))
+    refused(ConfigError, lambda: run.predict(x, num_samples=4_000_000_000), "memory", "fewer")
+    code, _, stderr = command(
+        reopen_cli.sample_main, [trained["maf"], "-n", "4e9"], monkeypatch, capsys
+    )
+    assert code == 2 and stderr.count("\n") == 1 and "TB of memory" in stderr, stderr
+
+
+def test_a_seed_out_of_range_is_one_line(trained, monkeypatch, capsys):
+    run = bslrun.load(trained["maf"])
+    refused(ConfigError, lambda: run.sample(3, seed=10**30), "seed", "2147483647")
+    refused(ConfigError, lambda: run.sample(3, seed=1e30), "seed", "PRNG key")
+    for main, argv in [
+        (reopen_cli.sample_main, [trained["maf"]]),
+        (reopen_cli.predict_main, [trained["maf"], "x.csv"]),
+    ]:
+        code, _, stderr = command(main, [*argv, "--seed", 10**30], monkeypatch, capsys)
+        assert code == 2 and stderr.count("\n") == 1 and "--seed" in stderr, stderr
+
+
+def interrupt_in_garbage_collection(monkeypatch) -> None:
+    """Ctrl-C at the moment Python runs a garbage-collection callback (JAX's, while it
+    imports): Python ignores exceptions raised there, so the KeyboardInterrupt was lost
+    and the command went on to write its file and exit 0."""
+    from bslrun import reopen
+
+    real = reopen.load
+
+    def callback(phase, info):
+        if phase == "start":
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # Python code, where the signal's handler runs
+
+    def load(*args, **kwargs):
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reopen, "load", load)
+
+
+@pytest.mark.parametrize("main", ["predict", "sample"])
+def test_ctrl_c_that_python_ignores_still_stops_with_130(
+    trained, tmp_path, monkeypatch, capsys, main
+):
+    interrupt_in_garbage_collection(monkeypatch)
+    np.save(tmp_path / "x.npy", np.zeros((2, 2)))
+    out = tmp_path / "out.npy"
+    inputs = [tmp_path / "x.npy"] if main == "predict" else ["-n", 3]
+    code, stdout, stderr = command(
+        getattr(reopen_cli, f"{main}_main"), [trained["maf"], *inputs, "--out", out],
+        monkeypatch, capsys,
+    )  # fmt: skip
+    assert code == 130 and not out.exists() and stdout == "", stdout
+    assert stderr == f"bslrun-{main}: stopped by SIGINT (nothing was written)\n", stderr
+
+
+def test_a_missing_history_column_names_the_ones_there(trained):
+    run = bslrun.load(trained["maf"])
+    with pytest.raises(KeyError) as raised:
+        run.history["val_rmse"]
+    assert "train_loss" in str(raised.value) and "\n" not in str(raised.value)

@@ -319,6 +319,6 @@ def read_status(run_dir: Path) -> dict | None:
     """The run's ``status.json`` as a dict; None when absent or unreadable."""
     try:
         status = json.loads(RunFolder(run_dir).status.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     return status if isinstance(status, dict) and status.get("status") in STATES else None

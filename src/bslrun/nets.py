@@ -72,11 +72,46 @@ class FlatView:
         return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
 
     def unravel(self, w):
+        if w.shape[-1] != self.size:  # slicing would silently drop or miss weights
+            raise ValueError(f"a weight vector of {w.shape[-1]} values for {self.size} weights")
         parts, start = [], 0
         for shape, size in zip(self.shapes, self.sizes, strict=True):
             parts.append(jnp.reshape(w[..., start : start + size], w.shape[:-1] + shape))
             start += size
         return jax.tree.unflatten(self.treedef, parts)
+
+
+def tree_mismatch(tree, like) -> str:
+    """How the pytree ``tree`` (e.g. read from a file) differs from ``like`` (arrays or
+    ``jax.eval_shape`` output): the first missing or extra entry, or the first array whose
+    shape or dtype differs; "" when none does. Both are compared as flax state dicts
+    (nested dicts by name), as flax's msgpack stores them."""
+    from flax import serialization
+
+    got, want = (_leaves(serialization.to_state_dict(t)) for t in (tree, like))
+    missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
+    if missing or extra:
+        parts = [
+            f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("lacks", missing), ("has the extra", extra))
+            if keys
+        ]
+        return f"it {' and '.join(parts)}"
+    for key, (shape, dtype) in want.items():
+        if got[key] != (shape, dtype):
+            return f"{key} is {got[key][1]} {got[key][0]}, the model needs {dtype} {shape}"
+    return ""
+
+
+def _leaves(tree) -> dict:
+    """{"a/b": (shape, dtype)} of a nested dict's array leaves."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(str(getattr(k, "key", k)) for k in path): _kind(leaf) for path, leaf in flat}
+
+
+def _kind(leaf) -> tuple:
+    leaf = leaf if hasattr(leaf, "dtype") and hasattr(leaf, "shape") else np.asarray(leaf)
+    return tuple(leaf.shape), np.dtype(leaf.dtype)
 
 
 def _positive(raw):

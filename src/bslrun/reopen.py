@@ -15,9 +15,8 @@ in errors.py). The files read are described in docs/run-folder.md.
 
 from __future__ import annotations
 
+import functools
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,9 +25,9 @@ import jax
 import numpy as np
 
 from bslrun import artifacts, seeding
+from bslrun import reopen_checks as checks
 from bslrun.config import EvalConfig
-from bslrun.data import spec_from_json
-from bslrun.errors import ConfigError, DataError, ResourceError
+from bslrun.errors import ConfigError, ResourceError
 from bslrun.models import build as build_family
 from bslrun.models import family_class, scaler_free
 from bslrun.registry import FAMILIES
@@ -118,7 +117,7 @@ def read_json(path: Path, what: str):
         raise ConfigError(
             f"{path} is missing: the run folder is incomplete; copy the whole folder"
         ) from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise ResourceError(
             f"cannot read the {what} {path} ({reason}); restore it from a copy of the run folder"
@@ -164,13 +163,22 @@ def check_completed(folder: artifacts.RunFolder, allow_incomplete: bool) -> dict
     return status
 
 
+def eval_config(config: dict, root: Path) -> EvalConfig:
+    try:
+        return EvalConfig(**(config.get("eval") or {}))
+    except TypeError as error:
+        why = "has an eval section that is not eval's settings"
+        raise checks.folder_damaged(root / "config.json", why) from None
+
+
 def model_config(config: dict, root: Path):
     """The typed model section of config.json (enums checked against this bslrun)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     section = config.get("model") or {}
-    entry = FAMILIES.get(section.get("family"))
+    family = section.get("family") if isinstance(section, dict) else None
+    entry = FAMILIES.get(family) if isinstance(family, str) else None
     if entry is None:
         raise ConfigError(f"{root}/config.json names no model family this bslrun knows")
     try:
@@ -184,10 +192,8 @@ def model_config(config: dict, root: Path):
 
 
 def as_key(seed):
-    """A PRNG key from an integer seed, or the key itself."""
-    if isinstance(seed, (int, np.integer)):
-        return jax.random.PRNGKey(int(seed))
-    return seed
+    """A PRNG key from an integer seed, or the key itself (``reopen_checks.seed_key``)."""
+    return checks.seed_key(seed)
 
 
 class Run:
@@ -205,31 +211,34 @@ class Run:
         self.provenance = check_format(folder)
         self.status = check_completed(folder, allow_incomplete)
         self.config = read_json(folder.config, "config")
+        if not isinstance(self.config, dict):
+            raise checks.folder_damaged(folder.config, "is not the run's config object")
         data = read_json(folder.data_spec, "data spec")
-        try:
-            self.spec = spec_from_json(data)
-            self.n_train = int(data["n_train"])
-            seed = self.config["seed"]
-            self._eval = EvalConfig(**self.config.get("eval", {}))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ResourceError(
-                f"{folder.config} or {folder.data_spec} lacks what run-folder format "
-                f"{artifacts.FORMAT} holds ({type(error).__name__}: {error}); restore them "
-                "from a copy of the run folder"
-            ) from None
+        checks.check_spec_json(data, folder.data_spec, self.config)
+        self.spec = checks.spec_of(data, folder.data_spec)
+        self.n_train = data["n_train"]
+        checks.check_seed(self.config.get("seed"), self.path)
+        self._eval = eval_config(self.config, self.path)
         self.metrics = read_json(folder.metrics, "metrics") if folder.metrics.is_file() else None
         self.history = read_history(folder.history)
+        self.family = self._build(folder)
+        self.params = read_params(folder.params)
+        checks.check_params(self.params, self.family, folder.params)
+
+    def _build(self, folder: artifacts.RunFolder):
         model = model_config(self.config, self.path)
-        random = family_class(model.family).random_structure(model)
-        structure = seeding.streams(seed).structure if random else None
-        self.family = build_family(model, self.spec, self.n_train, structure)
+        checks.check_model(model, self.path)
         if (self.config.get("inference") or {}).get("method") == "nuts":
             raise ConfigError(
                 f"{self.path} is a NUTS run (inference=nuts): reopening it is not supported; "
                 f"its posterior draws are in {folder.posterior_samples.name} and its test "
-                f"predictions in {folder.arrays(self.family.saves).name}"
+                f"predictions in {folder.arrays(family_class(model.family).saves).name}"
             )
-        self.params = read_params(folder.params)
+        random = family_class(model.family).random_structure(model)
+        structure = seeding.streams(self.config["seed"]).structure if random else None
+        return checks.built(
+            lambda: build_family(model, self.spec, self.n_train, structure), self.path
+        )
 
     def __repr__(self) -> str:
         return f"bslrun.load({str(self.path)!r})  # {self.family.name} on {self.spec.name}"
@@ -271,7 +280,7 @@ class Run:
 
     def inputs(self, x) -> np.ndarray:
         """``x`` (n, d) in original units -> the model's coordinates, checked."""
-        return self.spec.x_scaler.forward(check_inputs(x, self.spec))
+        return self.spec.x_scaler.forward(checks.check_inputs(x, self.spec))
 
     def predict(self, x, num_samples: int | None = None, seed=0):
         """Posterior predictive of a BNN for inputs x (n, d), or a mapping from feature
@@ -283,8 +292,14 @@ class Run:
         >>> pred.probs, pred.entropy, pred.mutual_information   # classification
         """
         xs = self.inputs(x)
-        num_samples = self._draws(num_samples, self.family.eval_samples(self._eval))
-        key = as_key(seed)
+        default = self.family.eval_samples(self._eval)
+        num_samples, key = self._draws(num_samples, default), as_key(seed)
+        if num_samples > default:  # the run's own number fitted when it ran
+            program = functools.partial(
+                scaler_free(self.family, "predict"), num_samples=num_samples, levels=INTERVAL
+            )
+            args = (self.spec.scaler_arrays(), self.params, xs, key)
+            checks.check_memory(program, args, "posterior draws", num_samples)
         out = jax.device_get(self._predict(self.params, xs, key, num_samples, INTERVAL))
         if self.spec.task == "classification":
             names = self.spec.class_names or tuple(str(k) for k in range(self.spec.num_classes))
@@ -303,15 +318,23 @@ class Run:
         """log p(x) per row (n,) in nats, original units: exact for a flow; for a VAE the
         importance-weighted bound with ``num_samples`` draws (default eval.iw_samples)."""
         xs = self.inputs(x)
-        num_samples = self._draws(num_samples, self._eval.iw_samples)
+        checks.check_binary(xs, self.family, self.config)
+        num_samples, key = self._draws(num_samples, self._eval.iw_samples), as_key(seed)
         if self.family.exact_log_prob:
             num_samples = 1  # nothing is latent
-        return np.asarray(self._log_prob(self.params, xs, as_key(seed), num_samples))
+        if num_samples > self._eval.iw_samples:  # the run's own number fitted when it ran
+            program = functools.partial(self.family.log_prob, num_samples=num_samples)
+            args = (self.params, xs, key)
+            checks.check_memory(program, args, "importance samples", num_samples)
+        return np.asarray(self._log_prob(self.params, xs, key, num_samples))
 
     def sample(self, num: int, seed=0) -> np.ndarray:
         """``num`` draws: points (flow, original units), images (VAE, E[x | z] with
         z ~ N(0, I)) or weight vectors w ~ q (BNN)."""
-        return np.asarray(self._sample(self.params, as_key(seed), self._draws(num, None)))
+        num, key = self._draws(num, None), as_key(seed)
+        program = functools.partial(self.family.sample, num=num)
+        checks.check_memory(program, (self.params, key), self.family.samples_are, num)
+        return np.asarray(self._sample(self.params, key, num))
 
     def encode(self, x) -> tuple[np.ndarray, np.ndarray]:
         """VAE: (loc, scale) of q(z | x) for images x (n, D)."""
@@ -342,76 +365,3 @@ def read_params(path: Path) -> dict:
             f"cannot read the parameters {path} ({type(error).__name__}); restore the file "
             "from a copy of the run folder"
         ) from None
-
-
-# ------------------------------------------------------------------ inputs
-
-
-def check_inputs(x, spec) -> np.ndarray:
-    """Inputs as float64 (n, d): a mapping is matched to the features by name; images may
-    come as (n, height, width[, channels]). One DataError line for anything else."""
-    if isinstance(x, Mapping):
-        x = columns_by_name(dict(x), spec)
-    try:
-        array = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"inputs must be numbers (an array of shape (rows, {spec.input_dim})); "
-            "convert text columns first"
-        ) from None
-    if array.ndim == 1 and spec.input_dim == 1:
-        array = array[:, None]
-    if array.ndim > 2 and math.prod(array.shape[1:]) == spec.input_dim:
-        array = array.reshape(len(array), -1)
-    if array.ndim != 2 or array.shape[1] != spec.input_dim:
-        raise DataError(
-            f"inputs of shape {array.shape} do not fit: the run was trained on "
-            f"{spec.input_dim} input columns{named(spec)}; give an array (rows, {spec.input_dim})"
-        )
-    if len(array) == 0:
-        raise DataError("the inputs have no rows; give at least one")
-    bad = ~np.isfinite(array)
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        column = spec.feature_names[j] if spec.feature_names else str(j)
-        raise DataError(
-            f"input row {i} (0-based), column {column!r} holds {array[i, j]}; fill in or "
-            "drop that row"
-        )
-    return array
-
-
-def named(spec) -> str:
-    if not spec.feature_names:
-        return ""
-    shown = ", ".join(spec.feature_names[:12]) + (" ..." if len(spec.feature_names) > 12 else "")
-    return f" ({shown})"
-
-
-def feature_positions(names, spec, source: str = "the inputs") -> list[int]:
-    """Positions in ``names`` of the run's features, in training order. The target column
-    may be present (it is left out); any other unknown or missing column is an error."""
-    if not spec.feature_names:
-        raise DataError(
-            f"data={spec.name} has no feature names; give {source} as an array, not named columns"
-        )
-    names = [str(n) for n in names]
-    missing = [n for n in spec.feature_names if n not in names]
-    extra = [n for n in names if n not in spec.feature_names and n != spec.target_name]
-    if missing:
-        raise DataError(
-            f"missing input column(s) {', '.join(map(repr, missing))} in {source}; the run "
-            f"was trained on{named(spec)}"
-        )
-    if extra:
-        raise DataError(
-            f"column(s) {', '.join(map(repr, extra))} in {source} were not inputs in "
-            f"training; drop them (the run was trained on{named(spec)})"
-        )
-    return [names.index(n) for n in spec.feature_names]
-
-
-def columns_by_name(columns: dict, spec) -> np.ndarray:
-    """The features, in training order, from {name: column} (see ``feature_positions``)."""
-    values = list(columns.values())
-    return np.stack([np.asarray(values[j]) for j in feature_positions(columns, spec)], axis=-1)

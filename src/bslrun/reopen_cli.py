@@ -16,15 +16,19 @@ one line with the exit codes of errors.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import functools
 import io
+import math
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from bslrun import artifacts
-from bslrun.errors import BslrunError, ConfigError, DataError, ResourceError
+from bslrun.errors import BslrunError, ConfigError, DataError, ResourceError, RunInterrupted
 
 CSV_FORMAT = "%.9g"  # float32 round-trips through 9 significant digits
 
@@ -34,11 +38,39 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
+def seed(text: str) -> int:
+    """--seed: an integer from 0 to config.MAX_SEED, as bslrun's seed=."""
+    from bslrun.config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer from 0 to {MAX_SEED}")
+    return value
+
+
+def count(text: str) -> int:
+    """-n, --samples: a whole number, written as digits or as 1e6."""
+    try:
+        return int(text)  # exact, however long
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
+
+
 def common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run_dir", metavar="RUN_DIR", help="a run folder: experiments/<name>/<time>"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the draws (default 0)")
     parser.add_argument(
         "--allow-incomplete",
         action="store_true",
@@ -55,7 +87,7 @@ def predict_parser() -> Parser:
     parser.add_argument("input", metavar="INPUT", help="rows to predict: .csv, .npy or .npz")
     parser.add_argument("--out", help="where to write (.csv, .npy, .npz); default INPUT's "
                         "name with .predictions.csv, in the current folder")  # fmt: skip
-    parser.add_argument("--samples", type=int, help="posterior draws (default: the run's eval)")
+    parser.add_argument("--samples", type=count, help="posterior draws (default: the run's eval)")
     parser.add_argument("--key", help="the array of an .npz INPUT holding several")
     return parser
 
@@ -66,7 +98,7 @@ def sample_parser() -> Parser:
         description="Draw from a finished run: points (flow), images (VAE), weights (BNN).",
     )
     common(parser)
-    parser.add_argument("-n", "--num", type=int, default=1000, help="how many (default 1000)")
+    parser.add_argument("-n", "--num", type=count, default=1000, help="how many (default 1000)")
     parser.add_argument("--out", help="where to write (.csv, .npy, .npz, .png); default "
                         "samples.csv for tables, samples.npy otherwise")  # fmt: skip
     return parser
@@ -78,7 +110,7 @@ def sample_parser() -> Parser:
 def read_inputs(run, path: str, key: str | None) -> np.ndarray:
     """INPUT as float64 (rows, features) in the run's feature order."""
     from bslrun.data import files
-    from bslrun.reopen import feature_positions, named
+    from bslrun.reopen_checks import feature_positions, named
 
     table = files.read(path, key, option="INPUT", key_option="--key")
     if table.row_word == "row":  # a CSV: its header names the columns
@@ -117,8 +149,10 @@ def table_bytes(columns: dict, suffix: str) -> bytes:
     return text.getvalue().encode()
 
 
-def write(path: Path, save) -> None:
-    """``save(path)``, with a machine's refusal as one line naming --out."""
+def write(args, path: Path, save) -> None:
+    """``save(path)``, with a machine's refusal as one line naming --out; not when a stop
+    signal came (``main_with``)."""
+    args.before_writing()
     try:
         save(path)
     except OSError as error:
@@ -157,7 +191,7 @@ def predict(args) -> str:
         columns = {"log_prob": log_prob}
         bound = "" if run.family.exact_log_prob else " (importance-weighted bound)"
         summary = f"mean log p(x) {np.mean(log_prob):.4f} nats{bound}"
-    write(out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
+    write(args, out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
     return f"wrote {len(x)} rows to {out}: {summary}"
 
 
@@ -188,29 +222,63 @@ def sample(args) -> str:
     if suffix == ".png":
         grid = draws.reshape(-1, *run.spec.image_shape[:2])
         write(
+            args,
             out,
             lambda path: plots.image_grid(grid, min(len(grid), 16), path, f"{len(grid)} samples"),
         )
     else:
         names = run.spec.feature_names if tabular else tuple(str(j) for j in range(draws.shape[1]))
         columns = dict(zip(names, draws.T, strict=True))
-        write(out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
+        write(args, out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
     return f"wrote {len(draws)} {run.family.samples_are} of shape {draws.shape[1:]} to {out}"
 
 
-def main_with(parser: Parser, command) -> None:
-    args = parser.parse_args()
-    from bslrun import compilation
+NOTHING_WRITTEN = "nothing was written"
 
-    compilation.enable(compilation.AUTO)  # the programs the run (or a last call) compiled
+
+def main_with(parser: Parser, command) -> None:
+    from bslrun.lifecycle import StopSignals
+
+    # From the start: a Ctrl-C while JAX imports lands in its garbage-collection callback,
+    # where Python ignores exceptions; StopSignals still records it, and ``write`` refuses.
+    with StopSignals((signal.SIGINT, signal.SIGTERM)) as stop, quiet_stops():
+        stop.now_or_never(NOTHING_WRITTEN)
+        try:
+            args = parser.parse_args()
+            args.before_writing = functools.partial(stop.now_or_never, NOTHING_WRITTEN)
+            from bslrun import compilation
+
+            compilation.enable(compilation.AUTO)  # the programs the run (or a last call) compiled
+            print(f"{parser.prog}: {command(args)}")
+        except BslrunError as error:
+            fail(parser.prog, error)
+        except KeyboardInterrupt:  # where no handler could be installed (not the main thread)
+            stopped = f"stopped by SIGINT ({NOTHING_WRITTEN})"
+            fail(parser.prog, RunInterrupted(stopped, signal.SIGINT))
+
+
+def fail(prog: str, error: BslrunError) -> None:
+    label = "" if isinstance(error, RunInterrupted) else "error: "
+    print(f"{prog}: {label}{error}", file=sys.stderr)
+    sys.exit(error.exit_code)
+
+
+@contextlib.contextmanager
+def quiet_stops():
+    """A stop raised where Python ignores exceptions (a garbage-collection callback) is
+    acted on later (``StopSignals`` recorded it): its "Exception ignored" traceback is not
+    shown. Any other such exception still is."""
+    before = sys.unraisablehook
+
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, RunInterrupted):
+            before(unraisable)
+
+    sys.unraisablehook = hook
     try:
-        print(f"{parser.prog}: {command(args)}")
-    except BslrunError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: stopped by SIGINT; nothing was written", file=sys.stderr)
-        sys.exit(130)
+        yield
+    finally:
+        sys.unraisablehook = before
 
 
 def predict_main() -> None:

@@ -132,7 +132,8 @@ def read_yaml(path: Path) -> tuple[object, str]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         return yaml.load(path.read_text(), Loader=loader), ""
-    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8
+    # ValueError: not UTF-8; RecursionError: nested too deep for the parser
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as error:
         return None, one_line(error)
 
 
@@ -176,7 +177,7 @@ def read_metrics(run_dir: Path) -> tuple[dict | None, str]:
         return None, f"recorded as completed but {METRICS_FILE} is missing; rerun it"
     try:
         metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         return None, f"unreadable {METRICS_FILE} ({one_line(error)}); rerun it"
     sections_ok = isinstance(metrics, dict) and all(
         isinstance(metrics.get(s) or {}, dict) for s in SECTIONS
@@ -255,7 +256,7 @@ def read_config(run_dir: Path) -> dict:
     else .hydra/config.yaml (as composed); {} when neither can be read."""
     try:
         tree = json.loads(RunFolder(run_dir).config.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         tree = load_yaml(RunFolder(run_dir).hydra_config)
     if not isinstance(tree, dict):
         return {}
@@ -272,7 +273,25 @@ def read_choices(run_dir: Path) -> dict:
     return {str(k): plain(v) for k, v in choices.items() if v is not None}
 
 
+# What hand-edited or damaged files raise while a folder is read (a value of an unexpected
+# type, nesting too deep for the parser, a field over csv's limit): that folder is damaged,
+# the others are still reported.
+READ_FAULTS = (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, csv.Error)
+
+
 def load_run(run_dir: Path) -> Run:
+    """The run of ``run_dir``; a folder that cannot be read is a ``damaged`` run saying why."""
+    try:
+        return read_run(run_dir)
+    except READ_FAULTS as error:
+        message = (
+            f"cannot be read ({type(error).__name__}: {one_line(error)[:120]}); restore its "
+            "files from a copy or move the folder out of the report's path"
+        )
+        return Run(run_dir, {}, "damaged", message=message)
+
+
+def read_run(run_dir: Path) -> Run:
     overrides, problem = read_overrides(run_dir)
     if problem:
         return Run(run_dir, {}, "damaged", message=problem)
@@ -297,18 +316,32 @@ def load_run(run_dir: Path) -> Run:
     return Run(run_dir, overrides, "completed", flatten_metrics(metrics), seed, **settings)
 
 
-def read_history(path: Path) -> dict:
-    """history.csv as {column: float array} (NaN where a row has no value); {} when absent."""
+class History(dict):
+    """history.csv's columns by name; a column the run did not record (``val_nll`` of a
+    run without a validation split) is a KeyError naming the ones it did."""
+
+    def __missing__(self, column):
+        raise KeyError(
+            f"history has no column {column!r}; the run recorded {', '.join(self) or 'none'} "
+            "(a run without a validation split records no val_* columns)"
+        )
+
+
+def read_history(path: Path) -> History:
+    """history.csv as {column: float array} (NaN where a row has no value); empty when absent."""
     if not path.is_file():
-        return {}
+        return History()
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text())))
         columns = rows[0].keys() if rows else []
-        return {c: np.array([float(r[c]) if r[c] else math.nan for r in rows]) for c in columns}
-    except (OSError, ValueError, TypeError) as error:
+        return History(
+            {c: np.array([float(r[c]) if r[c] else math.nan for r in rows]) for c in columns}
+        )
+    # csv.Error: a field over csv's size limit (128 kB), a NUL byte
+    except (OSError, ValueError, TypeError, csv.Error) as error:
         raise ResourceError(
-            f"cannot read the history {path} ({type(error).__name__}); restore it from a copy "
-            "of the run folder"
+            f"cannot read the history {path} ({type(error).__name__}: "
+            f"{one_line(error)[:120]}); restore it from a copy of the run folder"
         ) from None
 
 

@@ -250,7 +250,9 @@ class Checkpoints:
             )
         except Exception as error:
             log.debug("restoring %s failed: %s", step, error)
-            raise damaged(step / "arrays", "truncated or corrupt arrays") from None
+            # Orbax refuses arrays whose tree or shapes differ from ``like`` here too.
+            why = "truncated or corrupt arrays, or arrays of another model than the config's"
+            raise damaged(step / "arrays", why) from None
         return restored["arrays"], restored["progress"]
 
     def close(self) -> None:

@@ -32,6 +32,22 @@ def variables(svi: SVI, state) -> dict:
     return {**svi.get_params(state), **(state.mutable_state or {})}
 
 
+def variable_shapes(family) -> dict:
+    """Shapes and dtypes of what training saves for ``family`` (``variables`` of its initial
+    state), traced abstractly from one row of its inputs: nothing is allocated or compiled.
+    The optimiser and the number of particles do not change them."""
+    import jax
+    import optax
+
+    spec = family.spec
+    x = jax.ShapeDtypeStruct((1, spec.input_dim), jnp.float32)
+    y = jax.ShapeDtypeStruct((1,), jnp.int32 if spec.task == "classification" else jnp.float32)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    svi = make_svi(family, optax.identity(), 1)
+    kwargs = epoch_kwargs(family, 1)
+    return jax.eval_shape(lambda k, x, y: variables(svi, svi.init(k, x, y, **kwargs)), key, x, y)
+
+
 def epoch_kwargs(family, epoch: int) -> dict:
     """Per-epoch model arguments (e.g. a KL warm-up weight) as float32 scalars."""
     return {k: jnp.float32(v) for k, v in family.epoch_kwargs(epoch).items()}

@@ -509,9 +509,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("case", DAMAGE)
-def test_a_damaged_or_mismatched_folder_is_one_line(
-    trained, tmp_path, monkeypatch, capsys, case
-):
+def test_a_damaged_or_mismatched_folder_is_one_line(trained, tmp_path, monkeypatch, capsys, case):
     """Nothing is predicted from a folder whose files do not fit together: without the
     checks, a wider network's weights were sliced to fit (exit 0, wrong numbers), a std of
     0 wrote NaN, and the others were tracebacks."""
@@ -549,9 +547,7 @@ def test_a_vae_names_the_binary_images_it_expects(trained):
     refused(ConfigError, lambda: run.log_prob(binary, num_samples=4_000_000_000), "fewer")
 
 
-def test_a_sample_too_large_for_memory_is_refused_before_compiling(
-    trained, monkeypatch, capsys
-):
+def test_a_sample_too_large_for_memory_is_refused_before_compiling(trained, monkeypatch, capsys):
     """-n 4e9 aborted the process inside XLA (SIGABRT); now refused as training's memory
     check refuses a model too large, from shapes alone. So are more posterior draws than
     the run's own (which fitted when it ran)."""

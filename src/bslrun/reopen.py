@@ -166,7 +166,7 @@ def check_completed(folder: artifacts.RunFolder, allow_incomplete: bool) -> dict
 def eval_config(config: dict, root: Path) -> EvalConfig:
     try:
         return EvalConfig(**(config.get("eval") or {}))
-    except TypeError as error:
+    except TypeError:
         why = "has an eval section that is not eval's settings"
         raise checks.folder_damaged(root / "config.json", why) from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,22 @@ def make_uci_tree(root: Path, rows: int = 60, columns: int = 5, splits: int = 2)
             np.savetxt(folder / f"index_train_{k}.txt", order[: rows * 3 // 4], fmt="%d")
             np.savetxt(folder / f"index_test_{k}.txt", order[rows * 3 // 4 :], fmt="%d")
     return root
+
+
+# ------------------------------------------------------------------------- Ctrl-C
+
+
+def default_sigint() -> None:
+    """Ctrl-C's default disposition (a subprocess's ``preexec_fn``): a shell without job
+    control starts background jobs, and so a pytest started that way and its children,
+    with SIGINT ignored, and bslrun keeps an ignored signal ignored (lifecycle.StopSignals)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C's Python handler for the test, whatever this process inherited (see
+    ``default_sigint``), restored afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

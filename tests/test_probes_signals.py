@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import compose
+from conftest import compose, default_sigint
 from test_probes import TINY, bslrun, one_line
 
 from bslrun.errors import RunInterrupted
@@ -100,7 +100,8 @@ def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_type
     argv = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0")
     stopped = subprocess.run([sys.executable, "-c", CTRL_C_TWICE_IN_A_SAVE, *argv], env=env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             preexec_fn=default_sigint)  # fmt: skip
     line = one_line(stopped.stderr)
     assert stopped.returncode == 130, stopped.stderr
     assert line.startswith("bslrun: error: stopped by SIGINT (the checkpoint of epoch 1 is saved)")
@@ -147,7 +148,7 @@ def test_ctrl_c_at_start_up_of_the_real_command_is_one_line_and_130(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "bslrun", *TINY, f"hydra.run.dir={run_dir}"],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,
     )  # fmt: skip
     while not (run_dir / ".lock").exists() and process.poll() is None:
         time.sleep(0.002)

@@ -598,6 +598,7 @@ def interrupt_in_garbage_collection(monkeypatch) -> None:
     monkeypatch.setattr(reopen, "load", load)
 
 
+@pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
 @pytest.mark.parametrize("main", ["predict", "sample"])
 def test_ctrl_c_that_python_ignores_still_stops_with_130(
     trained, tmp_path, monkeypatch, capsys, main

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import default_sigint
 from test_engine import run_fit, tiny_problem, trainer
 
 from bslrun.config import OptimConfig, Schedule, as_dict
@@ -132,6 +133,7 @@ def test_a_save_stopped_half_way_leaves_the_last_checkpoint_and_no_temporary_fol
     assert leftovers(tmp_path) == [] and saved_epochs(tmp_path) == [1]
 
 
+@pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
 def test_a_second_ctrl_c_during_a_save_stops_once_the_save_is_complete(tmp_path, monkeypatch):
     """The first Ctrl-C asks for the save; a second one in the middle of it waits for it to
     be complete, then stops (130), so the run resumes from that checkpoint."""
@@ -161,6 +163,7 @@ def test_a_second_ctrl_c_during_a_save_stops_once_the_save_is_complete(tmp_path,
     assert np.array_equal(arrays["w"], np.arange(3.0)) and progress["epoch"] == 1
 
 
+@pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
 def test_ctrl_c_during_the_save_that_ctrl_c_asked_for_lets_the_loop_stop_after_it(
     tmp_path, monkeypatch
 ):
@@ -205,15 +208,9 @@ def bslrun(*overrides: str, output: Path, wait: bool = True):
     env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(output))
     command = [sys.executable, "-m", "bslrun", *RUN, *overrides]
     if not wait:
-        # A shell without job control starts background jobs with SIGINT ignored, and the run
-        # keeps an ignored signal ignored (lifecycle.StopSignals): give it Ctrl-C's default.
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 preexec_fn=default_sigint)  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-
-
-def default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def saved_epochs(run_dir: Path) -> list[int]:

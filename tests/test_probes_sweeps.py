@@ -248,19 +248,24 @@ def test_a_relative_sqlite_store_is_the_working_folders(mlflow_env, tmp_path):
 # ------------------------------------------------------------------ a worker killed outright
 
 
-def running_pid(sweep: Path, within: float) -> int:
-    """The process of the first job of ``sweep`` whose status.json says running."""
+def running_pid(sweep: Path, within: float, jobs: int) -> int:
+    """The process of the first job of ``sweep`` once ``jobs`` of its status.json files say
+    running: every worker has its job, as when the out-of-memory killer strikes mid-sweep
+    (killed sooner, a job not yet started has no folder to report)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
+        running = []
         for status in sorted(sweep.glob("*/status.json")):
             try:
                 found = json.loads(status.read_text())
             except ValueError:  # being written
                 continue
             if found["status"] == "running":
-                return found["pid"]
+                running.append(found["pid"])
+        if len(running) >= jobs:
+            return running[0]
         time.sleep(0.2)
-    raise AssertionError(f"no job of {sweep} started within {within} s")
+    raise AssertionError(f"{jobs} jobs of {sweep} did not start within {within} s")
 
 
 def test_a_joblib_worker_killed_outright_is_reported_and_the_sweep_summarised(tmp_path):
@@ -275,7 +280,7 @@ def test_a_joblib_worker_killed_outright_is_reported_and_the_sweep_summarised(tm
     with subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE) as sweeping:  # fmt: skip
         try:
-            os.kill(running_pid(sweep, within=120), signal.SIGKILL)
+            os.kill(running_pid(sweep, within=120, jobs=2), signal.SIGKILL)
             out, err = sweeping.communicate(timeout=120)
         finally:
             sweeping.kill()

@@ -250,7 +250,7 @@ def test_folders_that_cannot_be_reopened_are_one_line_each(trained, tmp_path):
     refused(ConfigError, lambda: bslrun.load(tmp_path), "not a run folder")
     manifest = json.loads((folder / "run.json").read_text())
     (folder / "run.json").write_text(json.dumps({**manifest, "format": 99}))
-    refused(ConfigError, lambda: bslrun.load(folder), "format 99", "reads format 1")
+    refused(ConfigError, lambda: bslrun.load(folder), "format 99", "reads formats 1, 2")
     (folder / "run.json").unlink()
     refused(ConfigError, lambda: bslrun.load(folder), "older", "train it again")
 

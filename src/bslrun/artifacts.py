@@ -36,7 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1  # the run-folder format; bslrun.load refuses folders of another format
+# The run-folder format (docs/run-folder.md); bslrun.load reads READABLE_FORMATS, refuses
+# others. 2: metrics.json has one shape for every method (null where a value does not apply).
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
 ARRAY_FILES = {"predictions": "predictions.npz", "samples": "samples.npz"}

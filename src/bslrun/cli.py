@@ -174,8 +174,9 @@ def leave(code: int) -> None:
     os._exit(code)
 
 
-def task(dcfg) -> float | None:
+def task(dcfg, trained=None) -> float | None:
     """Hydra's task function: one run in Hydra's output folder; returns ``objective``.
+    ``trained``: what the vectorised launcher trained for this job with its group.
 
     The run holds its folder's lock, records ``status.json`` at its start and end, and
     stops at an epoch boundary on SIGINT, SIGTERM or a cluster's warning signal. In a
@@ -211,7 +212,8 @@ def task(dcfg) -> float | None:
             cfg = to_config(dcfg)
             from bslrun.run import format_table, run
 
-            metrics = run(cfg, run_dir, stop, Path(hydra_cfg.sweep.dir) if sweep else None)
+            sweep_dir = Path(hydra_cfg.sweep.dir) if sweep else None
+            metrics = run(cfg, run_dir, stop, sweep_dir, trained=trained)
         end_status(run_dir, started, "completed", 0, None)
         artifacts.point_latest(run_dir)  # ``latest`` is the newest run that completed
         log.info("%s: wrote %s\n%s", cfg.name, run_dir, format_table(metrics, run_dir))

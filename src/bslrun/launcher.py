@@ -1,8 +1,8 @@
 """The vectorised launcher's work (``hydra/launcher=vectorised``; the Hydra plugin class
 is ``hydra_plugins.bslrun_launcher``): a sweep's jobs are composed, grouped by
 ``replicas.groups``, each group of several trained as one program, and then every job
-runs in its own folder as with Hydra's basic launcher, its run taking its trained
-parameters instead of training (``run.train``).
+runs in its own folder as with Hydra's basic launcher, its run handed what its group
+trained (``run.run``'s ``trained``) instead of training.
 
 Also the joblib launcher's sweep outliving a worker killed outright
 (``outlive_lost_workers``, for ``hydra_plugins.bslrun_launcher.joblib_launcher``).
@@ -10,6 +10,7 @@ Also the joblib launcher's sweep outliving a worker killed outright
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -44,17 +45,20 @@ def _compose(launcher, overrides, idx: int):
         return sweep_config, None
 
 
-def _train_group(cfgs: list) -> None:
-    """Train a group together; on a failure its jobs train alone (nothing is lost)."""
+def _train_group(cfgs: list) -> list:
+    """Each job's ``methods.Trained`` from training the group together; None for each
+    when that fails (its jobs then train alone: nothing is lost)."""
     try:
         with StopSignals() as stop:
-            if replicas.train_together(cfgs, stop.pending):
-                return
+            trained = replicas.train_together(cfgs, stop.pending)
+            if trained is not None:
+                return trained
     except Exception as error:  # each job will meet (and report) its own problem
         message = f"{type(error).__name__}: {error}"
         print(f"bslrun: training {len(cfgs)} jobs together failed ({message}); "
               "they train one by one", file=sys.stderr)  # fmt: skip
         log.debug("group training failed", exc_info=True)
+    return [None] * len(cfgs)
 
 
 def launch(launcher, job_overrides, initial_job_idx: int) -> list:
@@ -80,14 +84,17 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     order = sorted([*together, *[[i] for i in range(len(jobs)) if not _in(i, together)]])
     returns = {}
     for members in order:
+        trained = [None]
         if len(members) > 1:
-            _train_group([jobs[i][1] for i in members])
-        for i in members:
+            trained = _train_group([jobs[i][1] for i in members])
+        for i, handed in zip(members, trained, strict=True):
             sweep_config = jobs[i][0]
             HydraConfig.instance().set_config(sweep_config)
+            # The job's training is handed to its run, and to no other job's.
+            task = launcher.task_function
             returns[i] = run_job(
                 hydra_context=launcher.hydra_context,
-                task_function=launcher.task_function,
+                task_function=task if handed is None else functools.partial(task, trained=handed),
                 config=sweep_config,
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",

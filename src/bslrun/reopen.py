@@ -141,11 +141,12 @@ def check_format(folder: artifacts.RunFolder) -> dict:
         )
     manifest = read_json(folder.manifest, "run description")
     written = manifest.get("format") if isinstance(manifest, dict) else None
-    if written != artifacts.FORMAT:
+    if written not in artifacts.READABLE_FORMATS:
+        readable = ", ".join(map(str, artifacts.READABLE_FORMATS))
         by = manifest.get("bslrun_version", "?") if isinstance(manifest, dict) else "?"
         raise ConfigError(
             f"{root} has run-folder format {written} (written by bslrun {by}); this bslrun "
-            f"reads format {artifacts.FORMAT}: reopen it with bslrun {by}, or train it again"
+            f"reads formats {readable}: reopen it with bslrun {by}, or train it again"
         )
     return manifest
 

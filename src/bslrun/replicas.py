@@ -1,5 +1,6 @@
-"""Jobs trained together: which jobs of a sweep can share one compiled program, and the
-hand-over of each one's training to its own run (``run.train``).
+"""Jobs trained together: which jobs of a sweep can share one compiled program, and their
+training and evaluation as one, each job's result then handed to its own run
+(``run.run``'s ``trained``).
 
 Jobs can train together when their configs differ only in settings that keep every
 array's shape and enter the program as numbers (``VECTORISED``): the seed (unless the
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 
 import jax.numpy as jnp
 
 from bslrun import clock, compilation, seeding
-from bslrun.config import as_dict, changes_results, flatten
+from bslrun.config import InferenceMethod, as_dict, changes_results, flatten
 from bslrun.data import load as load_data
-from bslrun.inference.engine import FitResult
+from bslrun.inference.engine import Fitted
+from bslrun.inference.methods import Evaluated, Trained
 from bslrun.inference.vectorised import OPTIM_SETTINGS, Replica, fit_replicas, stacked
 from bslrun.models import build as build_family
 from bslrun.models import family_class
@@ -40,8 +41,10 @@ def vectorised_keys(cfg) -> set[str]:
 
 def group_key(cfg) -> str | None:
     """Jobs with equal keys can train together; None: this job trains alone (several
-    devices, or a resumed run)."""
-    if cfg.trainer.devices != 1 or cfg.trainer.resume:
+    devices, a resumed run, replicas of its own, or a method other than SVI)."""
+    t = cfg.trainer
+    svi = InferenceMethod(cfg.inference.method) is InferenceMethod.svi
+    if t.devices != 1 or t.resume or t.replicas != 1 or not svi:
         return None
     free = vectorised_keys(cfg)
     kept = {k: v for k, v in flatten(as_dict(cfg)).items() if k not in free and changes_results(k)}
@@ -58,31 +61,11 @@ def groups(cfgs: list) -> list[list[int]]:
     return sorted(found.values(), key=lambda members: members[0])
 
 
-def _fingerprint(cfg) -> str:
-    return json.dumps(as_dict(cfg), sort_keys=True, default=str)
-
-
-@dataclass
-class Trained:
-    """A job's training done together with others, and its final evaluation (test and
-    validation metrics and saved arrays, as ``run.evaluate_and_write`` computes them);
-    ``outcome`` is a FitResult, or the error that ended its training."""
-
-    outcome: object
-    test: dict | None = None
-    val: dict | None = None
-    predictions: dict | None = None
-    eval_s: float = 0.0
-
-
-# Trained jobs waiting for their run: config fingerprint -> Trained.
-_trained: dict[str, Trained] = {}
-
-
-def train_together(cfgs: list, stop_requested=lambda: None) -> bool:
-    """Train the jobs ``cfgs`` (one group of ``groups``) as one program, evaluate them as
-    another, and hand each job's outcome to its run. False when their data turn out to
-    differ in shape (the jobs then train alone)."""
+def train_together(cfgs: list, stop_requested=lambda: None) -> list[Trained] | None:
+    """Train the jobs ``cfgs`` (one group of ``groups``) as one program and evaluate them
+    as another; returns each job's ``Trained``, in order, for its run (``run.run``'s
+    ``trained``). None when their data turn out to differ in shape (the jobs then train
+    alone)."""
     compilation.enable(cfgs[0].trainer.compilation_cache, cfgs[0].trainer.compilation_cache_gb)
     replicas, datas = [], []
     for cfg in cfgs:
@@ -92,28 +75,26 @@ def train_together(cfgs: list, stop_requested=lambda: None) -> bool:
         datas.append(data)
     if len({_shapes(data) for data in datas}) > 1:
         log.info("the jobs' data differ in shape: they train one by one")
-        return False
+        return None
     first = cfgs[0]
     structure_key = seeding.streams(first.seed).structure
     desc = f"{first.name} x{len(cfgs)}"
     group = fit_replicas(replicas, first.trainer, first.eval, structure_key, desc,
                          stop_requested)  # fmt: skip
-    trained = [Trained(outcome) for outcome in group.outcomes]
-    if any(isinstance(outcome, FitResult) for outcome in group.outcomes):
-        _evaluate(group, cfgs, datas, trained)
-    for cfg, handed in zip(cfgs, trained, strict=True):
-        _trained[_fingerprint(cfg)] = handed
-    return True
+    if not any(isinstance(outcome, Fitted) for outcome in group.outcomes):
+        return [Trained(outcome) for outcome in group.outcomes]
+    evaluated = _evaluate(group, cfgs, datas)
+    return [Trained(o, e) for o, e in zip(group.outcomes, evaluated, strict=True)]
 
 
-def _evaluate(group, cfgs: list, datas: list, trained: list) -> None:
+def _evaluate(group, cfgs: list, datas: list) -> list[Evaluated]:
     """The final evaluation of every trained replica, as one compiled program each for
     the test metrics, the validation metrics and the saved arrays."""
     family, eval_cfg = group.program.family, cfgs[0].eval
     structure_key = group.program.structure_key
     num_samples = family.eval_samples(eval_cfg)
     splits = "the test and validation splits" if datas[0].val else "the test split"
-    params = stacked([_params(t.outcome) for t in trained])
+    params = stacked([_params(outcome) for outcome in group.outcomes])
     keys = [seeding.eval_keys(cfg.seed) for cfg in cfgs]
     test_keys, val_keys, artifact_keys = (jnp.stack(k) for k in zip(*keys, strict=True))
 
@@ -139,15 +120,21 @@ def _evaluate(group, cfgs: list, datas: list, trained: list) -> None:
             lambda f, p, x, y, k, inputs: f.artifacts(p, x, y, k, num_samples, **inputs),
             params, *arrays("test"), artifact_keys, inputs,
         )  # fmt: skip
-    for r, handed in enumerate(trained):
-        handed.test = {k: float(v[r]) for k, v in test.items()}
-        handed.val = {k: float(v[r]) for k, v in val.items()}
-        handed.predictions = {k: v[r] for k, v in predictions.items()}
-        handed.eval_s = phase.seconds
+    # Compiled with the group's evaluation: its compile time is in eval_s.
+    timing = {"eval_compile_s": None, "eval_s": phase.seconds}
+    return [
+        Evaluated(
+            test={k: float(v[r]) for k, v in test.items()},
+            val={k: float(v[r]) for k, v in val.items()},
+            predictions={k: v[r] for k, v in predictions.items()},
+            timing=timing,
+        )
+        for r in range(len(cfgs))
+    ]
 
 
 def _params(outcome) -> dict:
-    return outcome.params if isinstance(outcome, FitResult) else outcome.result.params
+    return outcome.params if isinstance(outcome, Fitted) else outcome.result.params
 
 
 def _shapes(data) -> tuple:
@@ -196,9 +183,3 @@ def spread(values: list):
             return f"{min(values)}-{max(values)}"
         return sum(values) / len(values)
     return values
-
-
-def take(cfg) -> Trained | None:
-    """What ``cfg``'s job got from training together with others, or None when it did
-    not (its outcome may be the error that ended its training)."""
-    return _trained.pop(_fingerprint(cfg), None)

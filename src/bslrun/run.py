@@ -19,10 +19,10 @@ from bslrun import artifacts, clock, compilation, loggers, plots, replicas, seed
 from bslrun.config import Config, InferenceMethod, as_dict
 from bslrun.data import load as load_data
 from bslrun.errors import BslrunError, ConfigError, DivergenceError, RunInterrupted
-from bslrun.inference import checkpoint, engine, reference
+from bslrun.inference import checkpoint, methods, reference
+from bslrun.inference.engine import Fitted
 from bslrun.lifecycle import resume_hint
 from bslrun.models import build as build_family
-from bslrun.models import with_scalers
 from bslrun.version import __version__
 
 log = logging.getLogger("bslrun")
@@ -85,23 +85,28 @@ def draw(what: str, plot, *args) -> None:
         log.warning("skipped %s: %s: %s", what, type(error).__name__, error)
 
 
-def write_training(run_dir: Path, result: engine.FitResult, family) -> None:
-    """History, learning curves and parameters: everything a diverged run still has."""
+def write_fitted(run_dir: Path, fitted: Fitted, family) -> None:
+    """What a fit leaves in the run folder: history, learning curves and parameters
+    (everything a diverged run still has), or a sampler's posterior draws."""
     folder = artifacts.RunFolder(run_dir)
-    artifacts.write_history(folder.history, result.history)
-    artifacts.save_params(folder.params, result.params)
-    if result.history:
+    if fitted.draws is not None:
+        artifacts.write_npz(folder.posterior_samples, fitted.draws)
+    if fitted.params is None:
+        return
+    artifacts.write_history(folder.history, fitted.history)
+    artifacts.save_params(folder.params, fitted.params)
+    if fitted.history:
         train_label, val_label = family.curve_labels()
         draw(
             "the learning curves",
             plots.learning_curves,
-            result.history,
+            fitted.history,
             folder.plots / "learning_curves.png",
             train_label,
             f"val_{family.val_loss}",
             val_label,
-            result.best_epoch,
-            result.stopped_early,
+            fitted.best_epoch,
+            fitted.stopped_early,
         )
 
 
@@ -127,25 +132,51 @@ def checkpoints_for(cfg: Config, run_dir: Path, stop=None) -> checkpoint.Checkpo
     return checkpoint.Checkpoints(run_dir, cfg.trainer.checkpoint_every, config, hold)
 
 
-def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) -> dict:
-    """Train and evaluate ``cfg``; write the experiment folder; return metrics.
+def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None, *,
+        trained: methods.Trained | None = None) -> dict:  # fmt: skip
+    """Fit and evaluate ``cfg``'s posterior; write the experiment folder; return metrics.
 
-    ``stop`` (``lifecycle.StopSignals``) is asked at every epoch boundary whether a signal
-    asked the run to stop; once training is over, a stop signal stops at once.
-    ``sweep_dir``: the sweep folder of a sweep job, which groups its runs in the loggers.
+    Every run takes this path: prepare, ``method.fit``, ``method.evaluate``, write
+    (``inference/methods.py`` has the methods). ``trained``: what training together with
+    other jobs gave this job (``replicas.train_together``). ``stop``
+    (``lifecycle.StopSignals``) is asked at every epoch boundary whether a signal asked
+    the run to stop; once training is over, a stop signal stops at once. ``sweep_dir``:
+    the sweep folder of a sweep job, which groups its runs in the loggers.
     """
     run_dir = Path(run_dir)
     # timing.import_s: Python, Hydra, JAX and bslrun loaded and the config composed (in a
     # later job of a sweep run in one process, the config alone).
     import_s = clock.seconds_since_run_start()
     compilation.enable(cfg.trainer.compilation_cache, cfg.trainer.compilation_cache_gb)
-    if InferenceMethod(cfg.inference.method) is InferenceMethod.nuts:
-        return run_nuts(cfg, run_dir, stop, sweep_dir)
-    if cfg.trainer.replicas > 1:
+    if cfg.trainer.replicas > 1 and trained is None:
         return run_replicas(cfg, run_dir, stop, sweep_dir)
+    method = methods.method_for(cfg, trained)
     folder = artifacts.RunFolder(run_dir)
-    handed = replicas.take(cfg)
-    checkpoints = None if handed is not None else checkpoints_for(cfg, run_dir, stop)
+    checkpoints = checkpoints_for(cfg, run_dir, stop) if method.resumable else None
+    data, family, keys, ref = prepare(cfg, folder)
+    group = None if sweep_dir is None else str(sweep_dir)
+    with loggers.opened(cfg, run_dir, group, stop.pending if stop else None) as tracked:
+        job = methods.Job(cfg, data, family, keys, stop.pending if stop else (lambda: None),
+                          tracked.epoch, checkpoints)  # fmt: skip
+        fitted = fit(method, job, run_dir, stop)
+        fitted.timing.update(import_s=import_s, log_s=tracked.seconds)
+        with naming_what_is_missing(run_dir, f"{method.fitted_files}, {NOT_WRITTEN}"):
+            if stop:
+                stop.now_or_never(method.done)
+            evaluated = method.evaluate(job, fitted)
+        metrics = write(cfg, folder, family, data, fitted, evaluated)
+        if ref is not None:
+            metrics = compare_with_reference(cfg, folder, family, data, fitted.params, ref, metrics)
+        tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
+    return metrics
+
+
+NOT_WRITTEN = "metrics.json and the figures not"
+
+
+def prepare(cfg: Config, folder: artifacts.RunFolder) -> tuple:
+    """(data, family, keys, NUTS reference or None): the run folder's config, provenance
+    and data description written, the data loaded and the family built."""
     artifacts.write_json(folder.config, as_dict(cfg))
     artifacts.write_json(folder.manifest, provenance())
     keys = seeding.streams(cfg.seed)
@@ -161,16 +192,7 @@ def run(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) ->
     family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
     log.info("model %s", as_dict(cfg.model))
     # eval.reference is checked before training: a wrong folder costs a second.
-    ref = read_reference(cfg, family, data)
-    group = None if sweep_dir is None else str(sweep_dir)
-    with loggers.opened(cfg, run_dir, group, stop.pending if stop else None) as tracked:
-        result = train(cfg, run_dir, family, data, keys, checkpoints, stop, tracked.epoch, handed)
-        result.timing.update(import_s=import_s, log_s=tracked.seconds)
-        metrics = evaluate_and_write(cfg, folder, family, data, result, handed)
-        if ref is not None:
-            metrics = compare_with_reference(cfg, folder, family, data, result.params, ref, metrics)
-        tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
-    return metrics
+    return data, family, keys, read_reference(cfg, family, data)
 
 
 def read_reference(cfg: Config, family, data) -> dict | None:
@@ -191,56 +213,6 @@ def compare_with_reference(cfg, folder, family, data, params, ref: dict, metrics
         found = reference.compare(family, params, data.test.x, ref, key, num_samples)
     metrics = {**metrics, "reference": {**found, "folder": cfg.eval.reference}}
     artifacts.write_json(folder.metrics, metrics)
-    return metrics
-
-
-def run_nuts(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None = None) -> dict:
-    """``inference=nuts``: sample the BNN's posterior by NUTS instead of training it
-    (inference/nuts.py), and write what a run writes (docs/nuts.md): metrics.json with an
-    ``mcmc`` section, predictions.npz and figures, posterior_samples.npz, reference.npz.
-    A stop signal ends the run once the chains are done (sampling is one program)."""
-    from bslrun.inference import nuts
-
-    folder = artifacts.RunFolder(run_dir)
-    artifacts.write_json(folder.config, as_dict(cfg))
-    artifacts.write_json(folder.manifest, provenance())
-    keys = seeding.streams(cfg.seed)
-    data = load_data(cfg.data, keys.data)
-    artifacts.write_json(folder.data_spec, {**data.spec.to_json(), "n_train": len(data.train)})
-    family = build_family(cfg.model, data.spec, len(data.train), keys.structure)
-    settings = cfg.inference
-    group = None if sweep_dir is None else str(sweep_dir)
-    with loggers.opened(cfg, run_dir, group, stop.pending if stop else None) as tracked:
-        what = f"{settings.num_chains} chains of {settings.num_warmup} + {settings.num_samples}"
-        with clock.Phase(f"sampling {what} (NUTS) on {len(data.train)} rows", "sampled"):
-            chains = nuts.sample(family, data.train, settings, keys.train)
-        with naming_what_is_missing(run_dir, "metrics.json and the figures are not written"):
-            if stop:
-                stop.now_or_never("sampling finished")
-            with clock.Phase("evaluating the test split", "evaluated") as phase:
-                result = nuts.evaluate(family, chains, data)
-        metrics = {
-            "name": cfg.name,
-            "seed": cfg.seed,
-            "test": result.test,
-            "val": result.val or {"nll": None},
-            "train": {"n": len(data.train), "posterior": "nuts"},
-            "mcmc": result.mcmc,
-            "data": {
-                "val_n": len(data.val) if data.val is not None else 0,
-                "test_n": len(data.test),
-            },
-            "timing": {"sample_s": chains.stats["wall_s"], "eval_s": phase.seconds},
-            "config": as_dict(cfg),
-            "versions": versions(),
-        }
-        artifacts.write_json(folder.metrics, metrics)
-        artifacts.write_npz(folder.arrays(family.saves), result.predictions)
-        artifacts.write_npz(folder.posterior_samples, chains.samples)
-        artifacts.write_npz(folder.reference, result.reference)
-        shown = {**result.predictions, **{f"test.{k}": v for k, v in result.test.items()}}
-        draw_figures("the bnn figures", family, shown, folder)
-        tracked.finish(metrics, sorted(folder.plots.glob("*.png")))
     return metrics
 
 
@@ -265,10 +237,13 @@ def run_replicas(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None =
     folder = artifacts.RunFolder(run_dir)
     artifacts.write_json(folder.config, as_dict(cfg))
     artifacts.write_json(folder.manifest, provenance())
+    trained = [None] * len(cfgs)
     for members in replicas.groups(cfgs):  # a flow drawing its structure from the seed
         if len(members) > 1:  # cannot share a program: its replicas train one by one
-            replicas.train_together([cfgs[i] for i in members],
-                                    stop.pending if stop else (lambda: None))  # fmt: skip
+            pending = stop.pending if stop else (lambda: None)
+            outcomes = replicas.train_together([cfgs[i] for i in members], pending)
+            for i, outcome in zip(members, outcomes or [None] * len(members), strict=True):
+                trained[i] = outcome
     done, states, errors = {}, {}, []
     for r, replica_cfg in enumerate(cfgs):
         replica_dir = folder.replica(r)
@@ -276,7 +251,8 @@ def run_replicas(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None =
         started = now()
         artifacts.write_status(replica_dir, "running", started=started)
         try:
-            done[replica_dir.name] = run(replica_cfg, replica_dir, stop, sweep_dir)
+            done[replica_dir.name] = run(replica_cfg, replica_dir, stop, sweep_dir,
+                                         trained=trained[r])  # fmt: skip
         except BslrunError as error:
             states[replica_dir.name] = error.status
             artifacts.write_status(replica_dir, error.status, started=started, ended=now(),
@@ -297,49 +273,26 @@ def run_replicas(cfg: Config, run_dir: Path, stop=None, sweep_dir: Path | None =
     return {**summary["mean"], "stderr": summary["stderr"]}
 
 
-def train(cfg, run_dir: Path, family, data, keys, checkpoints, stop, on_epoch, handed=None):
-    """``engine.fit`` with the run's settings, or what training together with other jobs
-    ``handed`` it (``replicas.take``); what a stopped or diverged run has is written."""
+def fit(method, job: methods.Job, run_dir: Path, stop) -> Fitted:
+    """``method.fit``; what it fitted is written (a stopped or diverged run's too)."""
     try:
-        if handed is None:
-            result = engine.fit(
-                family, data, cfg.optim, cfg.trainer, keys.init, keys.train,
-                family.val_samples(cfg.eval),
-                desc=cfg.name, checkpoints=checkpoints,
-                stop_requested=stop.pending if stop else (lambda: None),
-                eval_samples=family.eval_samples(cfg.eval),
-                on_epoch=on_epoch,
-            )  # fmt: skip
-        else:
-            result = handed.outcome
-            if isinstance(result, BslrunError):
-                raise result
-            log.info("trained together with the other jobs of its group (%s replicas)",
-                     result.timing["replicas"])  # fmt: skip
-            for row in result.history:  # the loggers see the history it would have had
-                on_epoch(row)
+        fitted = method.fit(job)
     except DivergenceError as error:
-        write_training(run_dir, error.result, family)
+        write_fitted(run_dir, error.result, job.family)
         raise
     except RunInterrupted as error:
         if hasattr(error, "result"):  # not when it stopped before or during a save
-            write_training(run_dir, error.result, family)
-        if handed is not None:  # replicas trained together keep no checkpoint
+            write_fitted(run_dir, error.result, job.family)
+        if not method.resumable:
             raise
         raise RunInterrupted(f"{error}; {resume_hint(run_dir)}", error.signum) from None
     finally:
-        if checkpoints is not None:
-            checkpoints.close()
+        if job.checkpoints is not None:
+            job.checkpoints.close()
     tick = time.perf_counter()
-    write_training(run_dir, result, family)  # before a pending signal stops the run
-    result.timing["write_s"] = time.perf_counter() - tick
-    if stop:
-        with naming_what_is_missing(run_dir, NOT_EVALUATED):
-            stop.now_or_never("training finished")
-    return result
-
-
-NOT_EVALUATED = "history.csv and the parameters are written, metrics.json and the figures not"
+    write_fitted(run_dir, fitted, job.family)  # before a pending signal stops the run
+    fitted.timing["write_s"] = time.perf_counter() - tick
+    return fitted
 
 
 @contextlib.contextmanager
@@ -351,47 +304,68 @@ def naming_what_is_missing(run_dir: Path, missing: str):
         raise RunInterrupted(f"{error}; {missing}; {resume_hint(run_dir)}", error.signum) from None
 
 
-def evaluate_and_write(cfg, folder: artifacts.RunFolder, family, data, result,
-                       handed: replicas.Trained | None = None) -> dict:  # fmt: skip
-    """The final evaluation on the test (and validation) split: metrics.json, the arrays
-    file and the family's figures. A job trained together with others was evaluated
-    with them (``handed``)."""
-    if handed is not None:
-        test, val, predictions, eval_s = handed.test, handed.val, handed.predictions, handed.eval_s
-        timing = dict(result.timing, eval_s=eval_s)  # the group's program: its compile_s
-    else:
-        with naming_what_is_missing(folder.root, NOT_EVALUATED):
-            evaluated = evaluate_alone(cfg, family, data, result)
-        test, val, predictions, eval_compile_s, eval_s = evaluated
-        timing = dict(result.timing, eval_compile_s=eval_compile_s, eval_s=eval_s)
-    metrics = {
+# metrics.json's shape, the same for every method: a value a method does not have is
+# null (docs/run-folder.md). Timing keys in the order they happen.
+TIMING_KEYS = (
+    "import_s", "init_s", "compile_s", "startup_s", "resumed_from_epoch", "train_s", "val_s",
+    "train_examples_per_sec", "sample_s", "eval_compile_s", "eval_s", "log_s", "write_s",
+    "replicas",
+)  # fmt: skip
+
+
+def metrics_record(cfg: Config, family, data, fitted: Fitted, evaluated: methods.Evaluated) -> dict:
+    """metrics.json: the one builder, for every method."""
+    history, val = fitted.history, evaluated.val
+    monitored = family.monitored(cfg.trainer.monitor.value, val) if val and history else None
+    timing = {**fitted.timing, **evaluated.timing}
+    return {
         "name": cfg.name,
         "seed": cfg.seed,
-        "test": test,
+        "test": evaluated.test,
         "val": val or {"nll": None},
         "train": {
-            "final_loss": result.history[-1]["train_loss"],
+            "final_loss": history[-1]["train_loss"] if history else None,
             "n": len(data.train),
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
+            "epochs_run": fitted.epochs_run,
+            "best_epoch": fitted.best_epoch,
+            "stopped_early": fitted.stopped_early,
             # what early stopping and a sweeper's objective watch (None: no validation split)
-            "monitored": f"val.{family.monitored(cfg.trainer.monitor.value, val)}" if val else None,
+            "monitored": f"val.{monitored}" if monitored else None,
+            "posterior": posterior_name(cfg),
         },
+        "mcmc": evaluated.mcmc,
+        "reference": None,  # eval.reference: compare_with_reference fills it
         "data": {"val_n": len(data.val) if data.val is not None else 0, "test_n": len(data.test)},
-        "timing": timing,
+        "timing": {key: timing.get(key) for key in TIMING_KEYS},
         "config": as_dict(cfg),
         "versions": versions(),
     }
+
+
+def posterior_name(cfg: Config) -> str | None:
+    """What the run's posterior is: ``nuts``, or the model's ``posterior`` (a BNN's
+    variational family; None for a family without one)."""
+    if InferenceMethod(cfg.inference.method) is InferenceMethod.nuts:
+        return "nuts"
+    return as_dict(cfg.model).get("posterior")
+
+
+def write(cfg, folder: artifacts.RunFolder, family, data, fitted: Fitted,
+          evaluated: methods.Evaluated) -> dict:  # fmt: skip
+    """metrics.json, the arrays files and the family's figures."""
+    metrics = metrics_record(cfg, family, data, fitted, evaluated)
     tick = time.perf_counter()
     # Numbers first: a figure that fails must never cost the metrics.
     artifacts.write_json(folder.metrics, metrics)
-    artifacts.write_npz(folder.arrays(family.saves), predictions)
+    artifacts.write_npz(folder.arrays(family.saves), evaluated.predictions)
+    for name, arrays in evaluated.arrays.items():
+        artifacts.write_npz(getattr(folder, name), arrays)
     # Figures may quote the test scores ("test.kl_to_true"): given, never computed again.
-    shown = {**predictions, **{f"test.{k}": v for k, v in test.items()}}
+    shown = {**evaluated.predictions, **{f"test.{k}": v for k, v in evaluated.test.items()}}
     draw_figures(f"the {cfg.model.family} figures", family, shown, folder)
     # What writing took (the training files, these, the figures), once it is known.
-    timing["write_s"] = timing.get("write_s", 0.0) + time.perf_counter() - tick
+    timing = metrics["timing"]
+    timing["write_s"] = (timing["write_s"] or 0.0) + time.perf_counter() - tick
     artifacts.write_json(folder.metrics, metrics)
     return metrics
 
@@ -411,35 +385,6 @@ def draw_figures(what: str, family, shown: dict, folder: artifacts.RunFolder) ->
         )
         with naming_what_is_missing(folder.root, missing):
             raise error from None
-
-
-def evaluate_alone(cfg, family, data, result) -> tuple:
-    """(test metrics, validation metrics, saved arrays, seconds compiling, seconds
-    evaluating) of one run. The test and validation scores and the saved arrays are one
-    program, which takes the keys and the data's standardisers as arguments: a job of a
-    sweep over seeds or splits loads the program its first job compiled."""
-    keys = seeding.eval_keys(cfg.seed)
-    num_samples = family.eval_samples(cfg.eval)
-    val_samples = family.final_val_samples(cfg.eval)
-    inputs = family.artifact_inputs(cfg.data, data, keys.artifacts)
-
-    def final(arrays, params, test, val, keys, inputs):
-        scored = with_scalers(family, arrays)
-        return (
-            scored.evaluate(params, *test, keys.test, num_samples),
-            scored.final_validate(params, *val, keys.val, val_samples) if val else {},
-            scored.artifacts(params, *test, keys.artifacts, num_samples, **inputs),
-        )
-
-    test, val = ((s.x, s.y) if s is not None else None for s in (data.test, data.val))
-    args = (data.spec.scaler_arrays(), result.params, test, val, keys, inputs)
-    splits = "the test and validation splits" if data.val is not None else "the test split"
-    with clock.Phase("compiling the final evaluation", "compiled") as compiling:
-        program = jax.jit(final).lower(*args).compile()
-    with clock.Phase(f"evaluating {splits} ({num_samples} draws)", "evaluated") as phase:
-        test, val, predictions = jax.device_get(program(*args))
-    test, val = ({k: float(v) for k, v in scores.items()} for scores in (test, val))
-    return test, val, predictions, compiling.seconds, phase.seconds
 
 
 # The console table leads with the metrics that judge a task, in this order; a run shows
@@ -482,7 +427,7 @@ def format_table(metrics: dict, run_dir: Path | None = None) -> str:
     mcmc = metrics.get("mcmc") or {}
     rows += [(f"mcmc.{key}", f"{mcmc[key]:.4g}") for key in MCMC if mcmc.get(key) is not None]
     train = metrics.get("train") or {}
-    rows += [(f"train.{key}", str(train[key])) for key in TRAINING if key in train]
+    rows += [(f"train.{key}", str(train[key])) for key in TRAINING if train.get(key) is not None]
     timing = metrics.get("timing") or {}
     rows += [
         (f"timing.{key}", f"{timing[key]:.2f}") for key in TIMING if timing.get(key) is not None

@@ -57,7 +57,7 @@ def together(replicas, trainer_cfg, **kw):
     return vectorised.fit_replicas(replicas, trainer_cfg, EvalConfig(), key, "test", **kw)
 
 
-def assert_same_fit(a: engine.FitResult, b: engine.FitResult):
+def assert_same_fit(a: engine.Fitted, b: engine.Fitted):
     assert (a.epochs_run, a.best_epoch, a.stopped_early) == (b.epochs_run, b.best_epoch,
                                                              b.stopped_early)  # fmt: skip
     for row_a, row_b in zip(a.history, b.history, strict=True):
@@ -83,7 +83,7 @@ def test_each_replica_is_its_run_alone():
     results = [alone(r, trainer_cfg) for r in replicas]
     assert {r.stopped_early for r in results} == {True, False}  # the test covers both
     for mine, theirs in zip(group.outcomes, results, strict=True):
-        assert isinstance(mine, engine.FitResult)
+        assert isinstance(mine, engine.Fitted)
         assert_same_fit(theirs, mine)
         assert mine.timing["replicas"] == len(replicas)
 
@@ -96,7 +96,7 @@ def test_a_diverged_replica_leaves_the_others_training():
     assert "training diverged at epoch 1" in str(bad)
     assert bad.result.epochs_run == 1  # its history is written, with the last finite params
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(bad.result.params))
-    assert isinstance(good, engine.FitResult) and good.epochs_run == 4
+    assert isinstance(good, engine.Fitted) and good.epochs_run == 4
 
 
 def test_a_stop_signal_gives_every_replica_what_it_has():

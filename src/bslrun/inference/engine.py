@@ -35,13 +35,18 @@ from bslrun.models import with_scalers
 
 
 @dataclass
-class FitResult:
-    params: dict  # constrained parameters at the best validation score (else the last)
+class Fitted:
+    """What a method's fit leaves for its evaluation and the run folder (``inference.methods``);
+    a value a method does not have is None (a sampler has no epochs)."""
+
+    params: dict | None  # constrained parameters at the best validation score (else the last)
     history: list  # one dict per epoch
-    best_epoch: int
-    epochs_run: int
-    stopped_early: bool
+    best_epoch: int | None
+    epochs_run: int | None
+    stopped_early: bool | None
     timing: dict = field(default_factory=dict)
+    draws: dict | None = None  # a sampler's posterior draws by site: posterior_samples.npz
+    draw_stats: dict | None = None  # the sampler's divergences, acceptance, tree sizes, ...
 
 
 def all_finite(tree) -> jax.Array:
@@ -179,7 +184,7 @@ def divergence(epoch: int, loss: float, history: list, last: dict, timing: dict)
         f"training diverged at epoch {epoch} ({what}); history and the last finite "
         "parameters were written; lower optim.lr or set optim.clip_norm (e.g. 10)"
     )
-    error.result = FitResult(last, history, max(epoch - 1, 0), epoch, False, timing)
+    error.result = Fitted(last, history, max(epoch - 1, 0), epoch, False, timing)
     return error
 
 
@@ -261,7 +266,7 @@ def fit(
     stop_requested=lambda: None,
     eval_samples: int | None = None,
     on_epoch=lambda row: None,
-) -> FitResult:
+) -> Fitted:
     """Train ``family`` on ``data.train`` by SVI; validate on ``data.val`` if present.
 
     ``init_key`` draws the initial parameters; ``key`` the batches and the
@@ -351,7 +356,7 @@ def _interruption(signum, epoch, *result_args) -> RunInterrupted:
     return error
 
 
-def _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing) -> FitResult:
+def _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timing) -> Fitted:
     if validate:
         timing["compile_s"] += validate.compile_s
     per_epoch = setup.num_batches * setup.batch_size
@@ -361,7 +366,7 @@ def _result(svi, state, best_state, progress, validate, trainer_cfg, setup, timi
 
 
 def fit_result(params, state, best_state, progress, validated, trainer_cfg, per_epoch, timing):
-    """The FitResult of a finished (or stopped) training: ``params(state)`` of the best
+    """The Fitted of a finished (or stopped) training: ``params(state)`` of the best
     validation epoch, or of the last without validation or ``trainer.restore_best``."""
     best_epoch = progress.best_epoch
     if not validated or not trainer_cfg.restore_best:
@@ -370,7 +375,7 @@ def fit_result(params, state, best_state, progress, validated, trainer_cfg, per_
     timing["val_s"] = progress.val_s
     seen = len(progress.history) * per_epoch
     timing["train_examples_per_sec"] = seen / progress.train_s if progress.train_s > 0 else math.nan
-    return FitResult(
+    return Fitted(
         params=params(best_state),
         history=progress.history,
         best_epoch=best_epoch,

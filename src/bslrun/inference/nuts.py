@@ -224,10 +224,11 @@ def evaluate(family, chains: Chains, data) -> Evaluation:
     draws_at = jax.jit(functools.partial(components, family))
     score = jax.jit(functools.partial(scores, family))
     test_draws = draws_at(chains.samples, data.test.x)
-    test = floats(score(test_draws, data.test.y))
+    # The metrics of a variational run; a sampled posterior has no variational bound.
+    test = {**floats(score(test_draws, data.test.y)), "elbo": None}
     val = {}
     if data.val is not None:
-        val = floats(score(draws_at(chains.samples, data.val.x), data.val.y))
+        val = {**floats(score(draws_at(chains.samples, data.val.x), data.val.y)), "elbo": None}
     num_chains = next(iter(chains.samples.values())).shape[0]
     mcmc = diagnostics(chains.samples, predictive_means(test_draws, num_chains), chains.stats)
     y = reference.targets(family.spec, data.test.y)

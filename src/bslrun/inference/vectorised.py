@@ -250,7 +250,7 @@ class Group:
             )  # fmt: skip
         self.best_state = self.select(improved, self.state, self.best_state)
 
-    def result(self, r: int) -> engine.FitResult:
+    def result(self, r: int) -> engine.Fitted:
         timing = dict(self.timing)
         timing["compile_s"] += self.validate.compile_s if self.validate else 0.0
         return engine.fit_result(
@@ -283,7 +283,7 @@ def fit_replicas(replicas: list, trainer_cfg, eval_cfg, structure_key, desc: str
                  stop_requested=lambda: None) -> Group:  # fmt: skip
     """Train ``replicas`` (a list of Replica with equally shaped data) together.
 
-    The group's ``outcomes`` hold, per replica, its ``engine.FitResult``, or the error a
+    The group's ``outcomes`` hold, per replica, its ``engine.Fitted``, or the error a
     separate run would have raised (a DivergenceError or RunInterrupted carrying
     ``.result``). A replica that stops early or diverges is finished; the others go on.
     """

@@ -790,26 +790,73 @@ def check_name(name) -> None:
         raise ConfigError(f"name={text!r} is not a safe run name; {NAME_RULE}")
 
 
-# Keys that choose where a run writes, how it reports or when it saves, never what it
-# computes: the run's name and where its data lives, the loggers, the progress bar,
-# checkpointing and resuming (which continues the same run), the sweep preset (its jobs'
-# own overrides carry what it sweeps), the memory cap (which only refuses) and the
-# compilation cache (a loaded program is the program compiled). A sweep's
-# job folder names and the report's groups and header leave them out. A key covers its
-# sub-keys ("logger" covers "logger.wandb.mode") and its config group ("hydra/launcher").
-RESULT_NEUTRAL_KEYS = (
-    "hydra", "name", "sweep", "logger", "data.root", "data.download",
-    "trainer.progress", "trainer.progress_every_s", "trainer.checkpoint_every",
-    "trainer.resume", "trainer.max_memory_gb", "trainer.compilation_cache",
-    "trainer.compilation_cache_gb",
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What one config key (with its sub-keys and its config group) may do."""
+
+    key: str
+    # Whether it can change a run's numbers. A key that cannot is left out of a sweep's job
+    # folder names, the report's groups and header, and the keys jobs must share to train
+    # as one vectorised program.
+    changes_results: bool
+    # Whether a run may be resumed with another value than its checkpoint was made with.
+    may_change_on_resume: bool
+    why: str
+
+
+# The one table of config keys that are not plain settings of the computation: every key
+# not listed changes results and must be the same on resume. A key that cannot change
+# results may always change on resume (tests/test_key_policy.py holds the table to this
+# and to the schema). A key covers its sub-keys ("logger" covers "logger.wandb.mode") and
+# its config group ("hydra/launcher").
+KEY_POLICY = (
+    KeyPolicy("hydra", False, True,
+              "Hydra's own settings (folders, launcher, logging); not in a run's config.json"),
+    KeyPolicy("sweep", False, True,
+              "the sweep preset: its jobs' own overrides carry what it sweeps"),
+    KeyPolicy("name", False, True,
+              "a label: a resumed run keeps the folder trainer.resume names"),
+    KeyPolicy("logger", False, True,
+              "where metrics are sent besides history.csv, not what they are"),
+    KeyPolicy("data.root", False, True,
+              "where the image files are found; their checksums fix their content"),
+    KeyPolicy("data.download", False, True,
+              "whether missing files are fetched; fetched files are checked alike"),
+    KeyPolicy("trainer.progress", False, True, "how a run is watched"),
+    KeyPolicy("trainer.progress_every_s", False, True, "how a run is watched"),
+    KeyPolicy("trainer.checkpoint_every", False, True,
+              "when the state is saved; epoch e draws from fold_in(key, e) wherever it starts"),
+    KeyPolicy("trainer.resume", False, True, "which run folder continues"),
+    KeyPolicy("trainer.max_memory_gb", False, True,
+              "a cap that only refuses a run before it compiles"),
+    KeyPolicy("trainer.compilation_cache", False, True,
+              "a program loaded from the cache is the program compiled"),
+    KeyPolicy("trainer.compilation_cache_gb", False, True, "the cache's size"),
+    KeyPolicy("trainer.devices", True, True,
+              "splits each batch between devices: the same sums in another order, so the "
+              "numbers agree within float rounding; a run may move, runs do not group"),
 )  # fmt: skip
 
 
-def changes_results(key: str) -> bool:
-    """False for a key of ``RESULT_NEUTRAL_KEYS`` or below one (a leading + or ~ of an
-    override is ignored)."""
+def key_policy(key: str) -> KeyPolicy | None:
+    """The row of ``KEY_POLICY`` that covers ``key`` (the longest), or None (a leading + or
+    ~ of an override is ignored)."""
     key = key.lstrip("+~")
-    return not any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in RESULT_NEUTRAL_KEYS)
+    rows = [r for r in KEY_POLICY if key == r.key or key.startswith((f"{r.key}.", f"{r.key}/"))]
+    return max(rows, key=lambda r: len(r.key), default=None)
+
+
+def changes_results(key: str) -> bool:
+    """Whether ``key`` can change a run's numbers (``KEY_POLICY``; True for unlisted keys)."""
+    row = key_policy(key)
+    return row is None or row.changes_results
+
+
+def may_change_on_resume(key: str) -> bool:
+    """Whether a run may be resumed with another value of ``key`` (``KEY_POLICY``; False for
+    unlisted keys)."""
+    row = key_policy(key)
+    return row is not None and row.may_change_on_resume
 
 
 def flatten(tree, prefix: str = "") -> dict:

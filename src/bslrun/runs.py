@@ -86,7 +86,7 @@ def is_hydra_override(override: str) -> bool:
 
 def has_no_effect(key: str) -> bool:
     """Whether ``key`` (``a.b`` or a config group ``a/b``) cannot change results
-    (``config.RESULT_NEUTRAL_KEYS``): the report neither groups by it nor lists it."""
+    (``config.KEY_POLICY``): the report neither groups by it nor lists it."""
     return not config.changes_results(key)
 
 

@@ -54,7 +54,7 @@ class Row:
 
 def differing_keys(runs: list[Run]) -> list[str]:
     """Override keys whose values are not the same in every run, sorted; replicates (seed,
-    data.split) and keys that cannot change results (config.RESULT_NEUTRAL_KEYS) left out. Give
+    data.split) and keys that cannot change results (config.KEY_POLICY) left out. Give
     the runs that are then grouped (the completed ones): a failed run's extra override is
     not a group key."""
     keys = {k for run in runs for k in run.overrides}

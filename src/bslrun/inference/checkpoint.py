@@ -12,7 +12,8 @@ checkpoint intact and never a half-written one. Nothing is pickled.
 
 The config a run was started with is saved beside the checkpoints (``config.json``):
 resuming compares it with the config of the resuming run, because continuing a
-training run under other settings would give numbers that no config describes.
+training run under other settings would give numbers that no config describes (the keys
+that ``config.KEY_POLICY`` lets change on resume aside).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from bslrun import artifacts
-from bslrun.config import flatten
+from bslrun.config import flatten, may_change_on_resume
 from bslrun.errors import ConfigError, ResourceError, os_error_in
 
 CONFIG_FILE = "config.json"
@@ -33,24 +34,16 @@ SAVE_MARGIN = 256 * 1024  # orbax's metadata files, beside the arrays
 MANIFEST = "bslrun-manifest.json"  # SHA-256 of every file of a step, written after it
 log = logging.getLogger("bslrun")
 
-# Keys that may differ between a run and its resumption: they change how a run is
-# watched, where it runs or how fast it starts, not what it computes (devices: within
-# float rounding).
-MAY_DIFFER = (
-    "trainer.resume", "trainer.progress", "trainer.progress_every_s", "trainer.checkpoint_every",
-    "trainer.devices",
-    "trainer.compilation_cache", "trainer.compilation_cache_gb",
-)  # fmt: skip
-
 
 def folder(run_dir: Path) -> Path:
     return artifacts.RunFolder(run_dir).checkpoints
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """``key: saved -> current`` for every config value that differs (keys in MAY_DIFFER aside)."""
+    """``key: saved -> current`` for every config value that differs, the keys that may
+    change on resume aside (``config.KEY_POLICY``)."""
     old, new = flatten(saved), flatten(current)
-    keys = [k for k in dict.fromkeys([*old, *new]) if k not in MAY_DIFFER]
+    keys = [k for k in dict.fromkeys([*old, *new]) if not may_change_on_resume(k)]
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 

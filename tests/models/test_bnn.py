@@ -85,7 +85,7 @@ def test_fixed_df_and_noise_scale_are_not_learned(rng):
     svi = engine.make_svi(fam, optax.adam(1e-3), num_particles=1)
     params = svi.get_params(jax.jit(svi.init)(jax.random.PRNGKey(0), x, y))
     assert set(params) == {"w_loc"}
-    predictive = fam._observation(fam.forward(params["w_loc"], x), x, params)
+    predictive = fam.observation(fam.forward(params["w_loc"], x), x, params)
     assert np.all(np.asarray(predictive.df) == 4.0) and np.all(np.asarray(predictive.scale) == 0.5)
 
 

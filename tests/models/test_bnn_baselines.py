@@ -131,6 +131,6 @@ def test_mc_dropout_predictive_mixes_draws_of_the_masks(rng):
     assert not np.allclose(by_hand.mean(0), plain, atol=1e-3)  # ReLU: E[f] is not f(E[w])
     twice = jnp.asarray(np.repeat(x[:1], 2, axis=0))
     weights, _ = fam.weight_draws(params, jax.random.PRNGKey(7), 16)
-    means = np.asarray(fam._predictive(params, weights, twice).loc)
+    means = np.asarray(fam.predictive(params, weights, twice).loc)
     np.testing.assert_array_equal(means[:, 0], means[:, 1])  # the same input, the same draw
     assert np.unique(means[:, 0]).size > 1  # ... and the draws differ

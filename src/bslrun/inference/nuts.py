@@ -65,7 +65,7 @@ def likelihood_parameters(family, x) -> dict:
     their initial values: what SVI would learn and NUTS must sample."""
     out = family.forward(jnp.zeros(family.num_weights), x[:1])
     with handlers.trace() as sites:
-        family._observation(out, x[:1])
+        family.observation(out, x[:1])
     return {name: site["value"] for name, site in sites.items() if site["type"] == "param"}
 
 
@@ -86,7 +86,7 @@ def model(family, theta_priors: dict, x, y=None):
     w = numpyro.sample(bnn.SITE, family.prior)
     theta = {name: numpyro.sample(name, prior) for name, prior in theta_priors.items()}
     with numpyro.plate("data", x.shape[0]):
-        numpyro.sample("y", family._observation(family.forward(w, x), x, theta), obs=y)
+        numpyro.sample("y", family.observation(family.forward(w, x), x, theta), obs=y)
 
 
 def sample(family, train, settings, key) -> Chains:
@@ -136,7 +136,7 @@ def components(family, samples: dict, x) -> dict:
 
     def one(draw):
         w, theta = draw
-        p = family._observation(family.forward(w, x), x, theta)
+        p = family.observation(family.forward(w, x), x, theta)
         if family.spec.task == "classification":
             return {"logits": p.logits}
         out = {"mu": p.loc, "sigma": jnp.broadcast_to(p.scale, p.loc.shape)}

@@ -199,7 +199,7 @@ class BnnFamily(Family):
         init = jnp.full(self.members, DF_INIT)
         return self._per_member(self._param(params, "df", init, constraints.greater_than(2.0)))
 
-    def _observation(self, out, x, params=None):
+    def observation(self, out, x, params=None):
         """p(y | x, w) for network outputs ``out`` (..., n, out_dim) at inputs x (n, d)."""
         if self.likelihood == "regression":
             return dist.Normal(out[..., 0], self._noise(x, params))
@@ -221,7 +221,7 @@ class BnnFamily(Family):
         )
         with members, numpyro.plate("data", batch, dim=-1):
             with numpyro.handlers.scale(scale=self.n_train / batch):
-                numpyro.sample("y", self._observation(self._outputs(w, x), x), obs=y)
+                numpyro.sample("y", self.observation(self._outputs(w, x), x), obs=y)
 
     # ------------------------------------------------------------- posterior
 
@@ -245,17 +245,17 @@ class BnnFamily(Family):
         """Weights w_s, their log q(w_s) (S,) and per-draw predictive distributions
         for x (batch shape (S, n))."""
         weights, log_q = self.weight_draws(params, key, num_samples)
-        return weights, log_q, self._predictive(params, weights, x)
+        return weights, log_q, self.predictive(params, weights, x)
 
-    def _predictive(self, params, weights, x):
+    def predictive(self, params, weights, x):
         """p(y | x, w_s) for each weight draw w_s (S, D): batch shape (S, n)."""
         draws = weights.shape[0]
         outputs = jax.lax.map(
             lambda w: self.forward(w, x), weights, batch_size=min(draws, EVAL_CHUNK)
         )
-        return self._observation(outputs, x, params)
+        return self.observation(outputs, x, params)
 
-    def _original_units(self, predictive):
+    def in_original_units(self, predictive):
         """Location and scale (S, n) of a Normal or Student-t predictive, mapped back
         through the target standardiser, and the degrees of freedom (None for Normal)."""
         scaler = self.spec.y_scaler
@@ -283,7 +283,7 @@ class BnnFamily(Family):
         if self.spec.task == "classification":
             out = metrics.classification_summary(y, jax.nn.log_softmax(predictive.logits))
         else:
-            mu, sigma, df = self._original_units(predictive)
+            mu, sigma, df = self.in_original_units(predictive)
             out = metrics.regression_summary(self.spec.y_scaler.inverse(y), mu, sigma, df)
         out["elbo"] = self.elbo(weights, log_q, predictive, y)
         return out
@@ -307,7 +307,7 @@ class BnnFamily(Family):
         weights, _ = self.weight_draws(params, key, num_samples)
 
         def rows(xc, _):
-            predictive = self._predictive(params, weights, xc)
+            predictive = self.predictive(params, weights, xc)
             if self.spec.task == "classification":
                 return classification_summary(predictive.logits)
             return self._regression_summary(predictive, levels)
@@ -315,7 +315,7 @@ class BnnFamily(Family):
         return chunked_map(rows, x, key, min(x.shape[0], PREDICT_ROWS))
 
     def _regression_summary(self, predictive, levels) -> dict:
-        return mixture_summary(*self._original_units(predictive), levels)
+        return mixture_summary(*self.in_original_units(predictive), levels)
 
     def sample(self, params, key, num: int):
         """``num`` weight vectors w ~ q (num, number of weights): for the ensemble, members

@@ -63,7 +63,7 @@ def curve(family, params, x, key, num_samples):
     ends = ("lower_95", "lower_50", "upper_50", "upper_95")
     return {
         "curve_x": grid,
-        "curve_draws": family._original_units(family._predictive(params, draws, scaled))[0],
+        "curve_draws": family.in_original_units(family.predictive(params, draws, scaled))[0],
         "x": inputs,
         **{f"curve_{k}": v for k, v in curve.items()},
         **{f"curve_{k}": v for k, v in zip(ends, bands, strict=True)},
@@ -77,7 +77,7 @@ def calibration_curve(family, params, x, y, key, num_samples):
     weights, _ = family.weight_draws(params, key, num_samples)
 
     def rows(xy, _):  # targets ride along as the last column, chunked with their rows
-        mu, sigma, df = family._original_units(family._predictive(params, weights, xy[:, :-1]))
+        mu, sigma, df = family.in_original_units(family.predictive(params, weights, xy[:, :-1]))
         targets = family.spec.y_scaler.inverse(xy[:, -1])
         return {"pit": metrics.mixture_cdf(targets, mu, sigma, df)}
 

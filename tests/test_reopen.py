@@ -430,20 +430,26 @@ def test_every_family_follows_the_protocol():
     for name, entry in FAMILIES.items():
         module, cls = entry.family.split(":")
         family = getattr(importlib.import_module(module), cls)
-        assert issubclass(family, Family) and family.name == name
-        assert family.saves in artifacts.ARRAY_FILES
+        assert issubclass(family, Family) and family.info.name == name
+        assert family.info.saves in artifacts.ARRAY_FILES
 
 
-def test_the_protocol_refuses_what_a_family_does_not_offer():
+def test_each_family_offers_exactly_the_capabilities_it_names_and_refuses_the_rest():
+    from bslrun.models.family import Encodes, Predicts, Samples, Scores, require
+
+    offered = {"bnn": {Predicts, Samples}, "vae": {Samples, Scores, Encodes},
+               "flow": {Samples, Scores}}  # fmt: skip
+    for name, entry in FAMILIES.items():
+        module, cls = entry.family.split(":")
+        family = getattr(importlib.import_module(module), cls)
+        for capability in (Predicts, Samples, Scores, Encodes):
+            has = issubclass(family, capability)
+            assert has == (capability in offered[name]), (name, capability.__name__)
     base = Family(cfg=None, spec=None, n_train=1)
-    for member, args in [
-        ("predict", (None, None, None, 1)),
-        ("sample", (None, None, 1)),
-        ("log_prob", (None, None, None, 1)),
-        ("encode", (None, None)),
-        ("decode", (None, None)),
-    ]:
-        refused(ConfigError, lambda m=member, a=args: getattr(base, m)(*a), "has no", "offers")
+    for capability in (Predicts, Samples, Scores, Encodes):
+        assert not isinstance(base, capability)
+        refused(ConfigError, lambda c=capability: require(base, c, "such thing"), "has no such",
+                "offers nothing")  # fmt: skip
 
 
 def test_the_data_spec_round_trips_through_json(trained):

@@ -52,8 +52,16 @@ class MLP(nn.Module):
         """Inverted dropout of ``x``'s units (the identity without a key): E[output] = x."""
         if key is None or self.dropout == 0.0:
             return x
-        keep = jax.random.bernoulli(jax.random.fold_in(key, layer), 1.0 - self.dropout, x.shape)
+        keep = dropout_mask(key, layer, x.shape, self.dropout)
         return jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+
+
+def dropout_mask(key, layer: int, shape: tuple, rate: float) -> jax.Array:
+    """Which units the Dense layer ``layer`` (0 first) keeps: True with probability
+    1 - ``rate``, drawn from ``fold_in(key, layer)``. Training draws one per row
+    (``shape`` (n, width), ``MLP``); an MC-dropout predictive draw one per network
+    (``shape`` (width,): the same mask for every input, ``BnnFamily.sample``)."""
+    return jax.random.bernoulli(jax.random.fold_in(key, layer), 1.0 - rate, shape)
 
 
 class FlatView:

@@ -30,6 +30,7 @@ from bslrun.config import EvalConfig
 from bslrun.errors import ConfigError, ResourceError
 from bslrun.models import build as build_family
 from bslrun.models import family_class, scaler_free
+from bslrun.models.family import Encodes, Predicts, Samples, Scores, require
 from bslrun.registry import FAMILIES
 from bslrun.runs import read_history
 
@@ -233,7 +234,7 @@ class Run:
             raise ConfigError(
                 f"{self.path} is a NUTS run (inference=nuts): reopening it is not supported; "
                 f"its posterior draws are in {folder.posterior_samples.name} and its test "
-                f"predictions in {folder.arrays(family_class(model.family).saves).name}"
+                f"predictions in {folder.arrays(family_class(model.family).info.saves).name}"
             )
         random = family_class(model.family).random_structure(model)
         structure = seeding.streams(self.config["seed"]).structure if random else None
@@ -242,7 +243,7 @@ class Run:
         )
 
     def __repr__(self) -> str:
-        return f"bslrun.load({str(self.path)!r})  # {self.family.name} on {self.spec.name}"
+        return f"bslrun.load({str(self.path)!r})  # {self.family.info.name} on {self.spec.name}"
 
     @property
     def name(self) -> str:
@@ -292,6 +293,7 @@ class Run:
         >>> pred.mean, pred.std, pred.lower_95           # regression
         >>> pred.probs, pred.entropy, pred.mutual_information   # classification
         """
+        require(self.family, Predicts, "predictions")
         xs = self.inputs(x)
         default = self.family.eval_samples(self._eval)
         num_samples, key = self._draws(num_samples, default), as_key(seed)
@@ -318,10 +320,11 @@ class Run:
     def log_prob(self, x, num_samples: int | None = None, seed=0) -> np.ndarray:
         """log p(x) per row (n,) in nats, original units: exact for a flow; for a VAE the
         importance-weighted bound with ``num_samples`` draws (default eval.iw_samples)."""
+        require(self.family, Scores, "density (log_prob)")
         xs = self.inputs(x)
         checks.check_binary(xs, self.family, self.config)
         num_samples, key = self._draws(num_samples, self._eval.iw_samples), as_key(seed)
-        if self.family.exact_log_prob:
+        if self.family.info.exact_log_prob:
             num_samples = 1  # nothing is latent
         if num_samples > self._eval.iw_samples:  # the run's own number fitted when it ran
             program = functools.partial(self.family.log_prob, num_samples=num_samples)
@@ -332,18 +335,21 @@ class Run:
     def sample(self, num: int, seed=0) -> np.ndarray:
         """``num`` draws: points (flow, original units), images (VAE, E[x | z] with
         z ~ N(0, I)) or weight vectors w ~ q (BNN)."""
+        require(self.family, Samples, "sampler")
         num, key = self._draws(num, None), as_key(seed)
         program = functools.partial(self.family.sample, num=num)
-        checks.check_memory(program, (self.params, key), self.family.samples_are, num)
+        checks.check_memory(program, (self.params, key), self.family.info.samples_are, num)
         return np.asarray(self._sample(self.params, key, num))
 
     def encode(self, x) -> tuple[np.ndarray, np.ndarray]:
         """VAE: (loc, scale) of q(z | x) for images x (n, D)."""
+        require(self.family, Encodes, "encoder")
         loc, scale = self._encode(self.params, self.inputs(x))
         return np.asarray(loc), np.asarray(scale)
 
     def decode(self, z) -> np.ndarray:
         """VAE: images E[x | z] (n, D) for codes z (n, L)."""
+        require(self.family, Encodes, "decoder")
         z = np.asarray(z, dtype=np.float32)
         return np.asarray(self._decode(self.params, np.atleast_2d(z)))
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from bslrun import artifacts
 from bslrun.errors import BslrunError, ConfigError, DataError, ResourceError, RunInterrupted
+from bslrun.models.family import Predicts
 
 CSV_FORMAT = "%.9g"  # float32 round-trips through 9 significant digits
 
@@ -182,14 +183,14 @@ def predict(args) -> str:
     suffix = suffix_of(out, (".csv", ".npy", ".npz"))
     run = load(args.run_dir, allow_incomplete=args.allow_incomplete)
     x = read_inputs(run, args.input, args.key)
-    if run.family.predicts:
+    if isinstance(run.family, Predicts):
         prediction = run.predict(x, num_samples=args.samples, seed=args.seed)
         columns = prediction.columns()
         summary = describe_prediction(run, prediction)
     else:
         log_prob = run.log_prob(x, num_samples=args.samples, seed=args.seed)
         columns = {"log_prob": log_prob}
-        bound = "" if run.family.exact_log_prob else " (importance-weighted bound)"
+        bound = "" if run.family.info.exact_log_prob else " (importance-weighted bound)"
         summary = f"mean log p(x) {np.mean(log_prob):.4f} nats{bound}"
     write(args, out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
     return f"wrote {len(x)} rows to {out}: {summary}"
@@ -212,8 +213,8 @@ def sample(args) -> str:
     from bslrun.reopen import load
 
     run = load(args.run_dir, allow_incomplete=args.allow_incomplete)
-    images = run.spec.image_shape is not None and run.family.samples_data
-    tabular = run.family.samples_data and not images
+    images = run.spec.image_shape is not None and run.family.info.samples_data
+    tabular = run.family.info.samples_data and not images
     default = "samples.csv" if tabular else "samples.npy"
     out = Path(args.out or default)
     allowed = (".npy", ".npz") + ((".csv",) if tabular else ()) + ((".png",) if images else ())
@@ -230,7 +231,7 @@ def sample(args) -> str:
         names = run.spec.feature_names if tabular else tuple(str(j) for j in range(draws.shape[1]))
         columns = dict(zip(names, draws.T, strict=True))
         write(args, out, lambda path: artifacts.write_bytes(path, table_bytes(columns, suffix)))
-    return f"wrote {len(draws)} {run.family.samples_are} of shape {draws.shape[1:]} to {out}"
+    return f"wrote {len(draws)} {run.family.info.samples_are} of shape {draws.shape[1:]} to {out}"
 
 
 NOTHING_WRITTEN = "nothing was written"

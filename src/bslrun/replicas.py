@@ -33,7 +33,7 @@ def vectorised_keys(cfg) -> set[str]:
     """The dotted config keys in which ``cfg``'s job may differ from those it trains with."""
     family = family_class(cfg.model.family)
     keys = {"data.split", *(f"optim.{k}" for k in OPTIM_SETTINGS)}
-    keys |= {f"model.{k}" for k in family.traced_settings}
+    keys |= {f"model.{k}" for k in family.info.traced_settings}
     if not family.random_structure(cfg.model):
         keys.add("seed")
     return keys

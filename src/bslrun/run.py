@@ -103,7 +103,7 @@ def write_fitted(run_dir: Path, fitted: Fitted, family) -> None:
             fitted.history,
             folder.plots / "learning_curves.png",
             train_label,
-            f"val_{family.val_loss}",
+            f"val_{family.info.val_loss}",
             val_label,
             fitted.best_epoch,
             fitted.stopped_early,
@@ -357,7 +357,7 @@ def write(cfg, folder: artifacts.RunFolder, family, data, fitted: Fitted,
     tick = time.perf_counter()
     # Numbers first: a figure that fails must never cost the metrics.
     artifacts.write_json(folder.metrics, metrics)
-    artifacts.write_npz(folder.arrays(family.saves), evaluated.predictions)
+    artifacts.write_npz(folder.arrays(family.info.saves), evaluated.predictions)
     for name, arrays in evaluated.arrays.items():
         artifacts.write_npz(getattr(folder, name), arrays)
     # Figures may quote the test scores ("test.kl_to_true"): given, never computed again.

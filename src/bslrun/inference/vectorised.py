@@ -86,7 +86,7 @@ class Program:
         self.n_train = len(template.data.train)
         self.family = build_family(template.model_cfg, template.data.spec, self.n_train,
                                    structure_key)  # fmt: skip
-        self.family_settings = tuple(type(self.family).traced_settings)
+        self.family_settings = tuple(self.family.info.traced_settings)
         self.constrain_fn = None  # set by ``Group`` from the template SVI's ``init``
 
     def parts(self, values: dict, scaler_arrays: tuple):

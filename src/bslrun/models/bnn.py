@@ -54,8 +54,8 @@ from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import outputs_per_coordinate
 from bslrun.models import bnn_figures, guides
 from bslrun.models.batching import PREDICT_ROWS, chunked_map
-from bslrun.models.family import Family
-from bslrun.nets import MLP, FlatView
+from bslrun.models.family import Family, FamilyInfo
+from bslrun.nets import MLP, FlatView, dropout_mask
 
 SITE = "w"
 POINT_BASELINES = ("ensemble", "mc_dropout")  # trained as MAP networks (a Delta guide)
@@ -69,13 +69,13 @@ DF_INIT = 10.0  # initial learned Student-t degrees of freedom (close to Normal)
 
 
 class BnnFamily(Family):
-    name = "bnn"
-    saves = "predictions"
-    offers = "predict (posterior predictive) and sample (weight draws)"
-    predicts = True
-    samples_are = "weight vectors"
-    samples_data = False
-    traced_settings = ("prior_scale",)
+    info = FamilyInfo(
+        "bnn",
+        offers="predict (posterior predictive) and sample (weight draws)",
+        samples_are="weight vectors",
+        samples_data=False,
+        traced_settings=("prior_scale",),
+    )
 
     def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         # Enum(value) accepts members and plain strings alike (handy in library use).
@@ -335,7 +335,7 @@ class BnnFamily(Family):
         keep = 1.0 - self.cfg.dropout
         dropped = {}
         for i, (name, layer) in enumerate(sorted(layers.items(), key=lambda kv: _layer(kv[0]))):
-            mask = jax.random.bernoulli(jax.random.fold_in(key, i), keep, layer["kernel"].shape[:1])
+            mask = dropout_mask(key, i, layer["kernel"].shape[:1], self.cfg.dropout)
             dropped[name] = {**layer, "kernel": layer["kernel"] * mask[:, None] / keep}
         return self.flat.ravel(dropped)
 

@@ -3,36 +3,48 @@ reopening (``bslrun.load``) use, in one base class.
 
 A family implements ``model``, ``guide``, ``evaluate``, ``eval_samples``, ``artifacts``
 and ``plot``; it may replace the defaults below (the objective, per-epoch arguments,
-validation), and implements the reopening members it supports. The others refuse with
-one line (``ConfigError``) that says what the family can do instead.
+validation). Its static facts are a ``FamilyInfo``. Reopening asks for small protocols
+(``Predicts``, ``Samples``, ``Scores``, ``Encodes``) that a family implements where it
+can; ``require`` refuses the others in one line that says what the family offers.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from bslrun.errors import ConfigError
 
 VAL_SAMPLES = 32  # posterior draws per validation pass during training (default)
 
 
-class Family:
-    name = "family"  # model.family
-    saves = "predictions"  # which arrays file the run folder holds (artifacts.RunFolder.arrays)
-    # What the reopening members do for this family, for the one-line refusals.
-    offers = "nothing to reopen"
-    # What the reopening commands do: predict (True) or score log p(x) (False); what a
-    # sample is, and whether it is a draw of the data (points, images) or of the model.
-    predicts = False
-    samples_are = "draws"
-    samples_data = True
+@dataclass(frozen=True)
+class FamilyInfo:
+    """A family's static facts, the same for every run of it: what it is called, what its
+    run folder holds, what early stopping watches and what reopening offers."""
+
+    name: str  # model.family
+    saves: str = "predictions"  # which arrays file the run folder holds (RunFolder.arrays)
+    # What reopening offers, for the one-line refusals (``require``).
+    offers: str = "nothing to reopen"
+    # What a sample is, and whether it is a draw of the data (points, images) or of the model.
+    samples_are: str = "draws"
+    samples_data: bool = True
     # log_prob is exact (nothing latent to average over) or an importance-weighted bound.
-    exact_log_prob = True
+    exact_log_prob: bool = True
     # Numeric model settings that reach the model only as numbers (never through a
     # Python branch or a shape): replicas trained together may differ in them.
     traced_settings: tuple = ()
+    # The validation score that early stopping watches for ``trainer.monitor=nll``, and for
+    # a monitor the family does not score: its estimate of the NLL, named for the estimator
+    # (the VAE's one-draw bound is ``neg_elbo``, not ``nll``).
+    val_loss: str = "nll"
+
+
+class Family:
+    info: ClassVar[FamilyInfo] = FamilyInfo("family")
 
     @classmethod
     def random_structure(cls, cfg) -> bool:
@@ -79,11 +91,6 @@ class Family:
         """Scalar metrics of the posterior predictive on (x, y); jit-compatible."""
         raise NotImplementedError
 
-    #: The validation score that early stopping watches for ``trainer.monitor=nll``, and
-    #: for a monitor the family does not score: its estimate of the NLL, named for the
-    #: estimator (the VAE's one-draw bound is ``neg_elbo``, not ``nll``).
-    val_loss = "nll"
-
     def validate(self, params: dict, x, y, key, num_samples: int) -> dict[str, Any]:
         """What a validation epoch scores (must include ``val_loss``)."""
         return self.evaluate(params, x, y, key, num_samples)
@@ -105,7 +112,7 @@ class Family:
 
     def monitored(self, monitor: str, scores: dict) -> str:
         """The key of the validation ``scores`` that ``trainer.monitor`` selects."""
-        return monitor if monitor in scores else self.val_loss
+        return monitor if monitor in scores else self.info.val_loss
 
     def eval_samples(self, eval_cfg) -> int:
         """Draws that ``evaluate`` (test metrics) and ``artifacts`` use."""
@@ -133,27 +140,41 @@ class Family:
         ``test.<name>``, when a run draws them); returns the paths."""
         raise NotImplementedError
 
-    # ----------------------------------------------------------- reopening
 
-    def _refuse(self, what: str):
-        raise ConfigError(f"a {self.name} run has no {what}; it offers {self.offers}")
+# ----------------------------------------------------------------- reopening
+# What a reopened run can do, one small protocol each; a family implements those it offers.
 
+
+@runtime_checkable
+class Predicts(Protocol):
     def predict(self, params: dict, x, key, num_samples: int, levels=()) -> dict:
         """Per-row posterior predictive summaries for standardised inputs x (n, d)."""
-        self._refuse("predictions")
 
+
+@runtime_checkable
+class Samples(Protocol):
     def sample(self, params: dict, key, num: int):
         """``num`` draws from the trained model, in original units."""
-        self._refuse("sampler")
 
+
+@runtime_checkable
+class Scores(Protocol):
     def log_prob(self, params: dict, x, key, num_samples: int):
         """log p(x) per row (n,) in original units."""
-        self._refuse("density (log_prob)")
 
+
+@runtime_checkable
+class Encodes(Protocol):
     def encode(self, params: dict, x):
         """Latent codes of x."""
-        self._refuse("encoder")
 
     def decode(self, params: dict, z):
         """Data for latent codes z."""
-        self._refuse("decoder")
+
+
+def require(family: Family, capability: type, what: str) -> None:
+    """ConfigError, in one line saying what the family offers instead, unless ``family``
+    has ``capability`` (``what``: the thing asked for, e.g. "predictions")."""
+    if not isinstance(family, capability):
+        info = family.info
+        raise ConfigError(f"a {info.name} run has no {what}; it offers {info.offers}")

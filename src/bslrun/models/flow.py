@@ -40,7 +40,7 @@ from bslrun.config import FlowKind, PermutationKind
 from bslrun.errors import ConfigError
 from bslrun.flows import LAYERS, Flow, Permutation
 from bslrun.models.batching import chunked_map
-from bslrun.models.family import Family
+from bslrun.models.family import Family, FamilyInfo
 
 EVAL_CHUNK = 4096  # points per log-density pass at evaluation: bounds memory for images
 GRID_SIDE = 200  # plots/density.png: a GRID_SIDE x GRID_SIDE grid over the data's range
@@ -49,10 +49,10 @@ IMAGE_SAMPLES = 64  # sampling an image flow is sequential over 784 pixels: keep
 
 
 class FlowFamily(Family):
-    name = "flow"
-    saves = "samples"
-    offers = "sample (points) and log_prob (the exact density)"
-    samples_are = "points"
+    info = FamilyInfo(
+        "flow", saves="samples", offers="sample (points) and log_prob (the exact density)",
+        samples_are="points",
+    )  # fmt: skip
 
     @classmethod
     def random_structure(cls, cfg) -> bool:

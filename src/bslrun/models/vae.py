@@ -33,7 +33,7 @@ from bslrun.config import Activation, Architecture, ImageLikelihood, KLEstimate
 from bslrun.errors import ConfigError
 from bslrun.flows.inverse_autoregressive import InverseAutoregressive, iaf_conditioner
 from bslrun.models.batching import chunked_map
-from bslrun.models.family import Family
+from bslrun.models.family import Family, FamilyInfo
 from bslrun.models.objectives import ScaledLoss
 from bslrun.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
@@ -47,13 +47,15 @@ MANIFOLD_SIDE = 20  # the lecture's 2D latent map: a 20 x 20 grid of decoded ima
 
 
 class VaeFamily(Family):
-    name = "vae"
-    saves = "samples"
-    offers = (
-        "encode, decode, sample (images from the prior) and log_prob (an importance-weighted bound)"
+    info = FamilyInfo(
+        "vae",
+        saves="samples",
+        offers="encode, decode, sample (images from the prior) and log_prob (an "
+        "importance-weighted bound)",
+        samples_are="images",
+        exact_log_prob=False,
+        val_loss="neg_elbo",
     )
-    samples_are = "images"
-    exact_log_prob = False
 
     def __init__(self, cfg, spec, n_train: int, key=None):  # key: nothing random in its structure
         if spec.image_shape is None:
@@ -253,8 +255,6 @@ class VaeFamily(Family):
     # for what it is, -ELBO (``neg_elbo``): importance sampling the validation set each
     # epoch would cost more than the epoch itself. The test set gets the importance-
     # weighted bound with eval.iw_samples draws, and only that is called ``nll``.
-    val_loss = "neg_elbo"
-
     def validate(self, variables, x, y, key, num_samples: int) -> dict:
         scores = self._scores(variables, x, key, 1)
         return {

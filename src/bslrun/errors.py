@@ -33,6 +33,7 @@ class DivergenceError(BslrunError):
 
     exit_code = 4
     status = "diverged"
+    result = None  # what training had (engine.Fitted: history, last finite parameters)
 
 
 class ResourceError(BslrunError):
@@ -47,6 +48,10 @@ class RunInterrupted(BslrunError):
     checkpoint (exit 130 for SIGINT, 143 for SIGTERM or a preemption signal)."""
 
     status = "interrupted"
+    # What training had when it stopped (engine.Fitted), and its last epoch; None when it
+    # stopped before training or while saving.
+    result = None
+    epoch = None
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -278,10 +278,11 @@ def fit(method, job: methods.Job, run_dir: Path, stop) -> Fitted:
     try:
         fitted = method.fit(job)
     except DivergenceError as error:
-        write_fitted(run_dir, error.result, job.family)
+        if error.result is not None:  # the history and the last finite parameters
+            write_fitted(run_dir, error.result, job.family)
         raise
     except RunInterrupted as error:
-        if hasattr(error, "result"):  # not when it stopped before or during a save
+        if error.result is not None:  # not when it stopped before or during a save
             write_fitted(run_dir, error.result, job.family)
         if not method.resumable:
             raise

@@ -240,10 +240,17 @@ def command_state_restored(env_vars: dict[str, str]):
     saved_signals = {signum: signal.getsignal(signum) for signum in signums}
     saved_cli = (cli.PRE_LOCK, cli.SWEEPS[:], cli.FAILED_JOBS[:], cli.leave)
     hydra_cfg = HydraConfig.instance().cfg
+    # Hydra's logging.config.dictConfig flushes and closes every handler logging knows of
+    # (logging._handlerList), pytest's too (its log file handler, on os.devnull): they are
+    # hidden from it, and handed back afterwards.
+    existing, named = logging._handlerList[:], dict(logging._handlers)
+    del logging._handlerList[:]
     os.environ.update(env_vars)
     try:
         yield
     finally:
+        logging._handlerList[:0] = existing
+        logging._handlers.update(named)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

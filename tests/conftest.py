@@ -5,10 +5,12 @@ Nothing here touches the network; everything is built in memory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +214,116 @@ def make_uci_tree(root: Path, rows: int = 60, columns: int = 5, splits: int = 2)
             np.savetxt(folder / f"index_train_{k}.txt", order[: rows * 3 // 4], fmt="%d")
             np.savetxt(folder / f"index_test_{k}.txt", order[rows * 3 // 4 :], fmt="%d")
     return root
+
+
+# ------------------------------------------------------------- the command in process
+
+
+@contextlib.contextmanager
+def command_state_restored(env_vars: dict[str, str]):
+    """Undoes on leaving what a ``bslrun`` command run in this process changes for it:
+    the environment (``env_vars`` set inside), the working folder, ``sys.argv``, logging
+    (Hydra configures it for its run, bslrun sets ``logging.raiseExceptions``), signal
+    handlers, cli's module state and Hydra's global config."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from bslrun import cli
+
+    saved_env = {key: os.environ.get(key) for key in env_vars}
+    saved_argv, saved_cwd = sys.argv[:], os.getcwd()
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    saved_logging = [(lg, lg.level, lg.handlers[:], lg.propagate, lg.disabled) for lg in loggers]
+    raise_exceptions = logging.raiseExceptions
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    saved_signals = {signum: signal.getsignal(signum) for signum in signums}
+    saved_cli = (cli.PRE_LOCK, cli.SWEEPS[:], cli.FAILED_JOBS[:], cli.leave)
+    hydra_cfg = HydraConfig.instance().cfg
+    # Hydra's logging.config.dictConfig flushes and closes every handler logging knows of
+    # (logging._handlerList), pytest's too (its log file handler, on os.devnull): they are
+    # hidden from it, and handed back afterwards.
+    existing, named = logging._handlerList[:], dict(logging._handlers)
+    del logging._handlerList[:]
+    os.environ.update(env_vars)
+    try:
+        yield
+    finally:
+        logging._handlerList[:0] = existing
+        logging._handlers.update(named)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        kept = {id(h) for _, _, handlers, _, _ in saved_logging for h in handlers}
+        for handler in logging.getLogger().handlers:
+            if id(handler) not in kept:
+                handler.close()  # the run's run.log
+        for lg, level, handlers, propagate, disabled in saved_logging:
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.propagate, lg.disabled = propagate, disabled
+        logging.raiseExceptions = raise_exceptions
+        for signum, handler in saved_signals.items():
+            if handler is not None:  # None: a handler not set from Python
+                signal.signal(signum, handler)
+        cli.PRE_LOCK, cli.SWEEPS[:], cli.FAILED_JOBS[:], cli.leave = saved_cli
+        HydraConfig.instance().cfg = hydra_cfg
+
+
+def exit_code(exit: SystemExit) -> int:
+    """The exit status the interpreter gives ``exit`` (a message: printed, status 1)."""
+    if exit.code is None or isinstance(exit.code, int):
+        return exit.code or 0
+    print(exit.code, file=sys.stderr)
+    return 1
+
+
+def bslrun_here(
+    *args: str, out: Path, cwd: Path | None = None, timeout: int | None = None, **env_vars
+):
+    """``bslrun *args`` as ``test_cli.bslrun`` runs it (``BSLRUN_OUTPUT_DIR=out``, from
+    ``cwd`` or else ``out``, ``HYDRA_FULL_ERROR=0``, ``env_vars`` set) but in this process,
+    through ``cli.main``: no second start of Python, Hydra and JAX (several seconds each),
+    and the programs JAX compiled in this process are reused. Returns a CompletedProcess (exit
+    code, stdout, stderr); what the command changed is undone (command_state_restored).
+    ``cli.leave`` (after an error's line: flush, then ``os._exit``) raises SystemExit with
+    its code here instead of ending pytest's process.
+
+    Not for what only a process of its own shows: its exit through ``os._exit``, signals
+    sent to it, what it prints while JAX or matplotlib start (they started here long ago)
+    or any warning (pytest records them), state at import. ``timeout`` is accepted for the
+    subprocess helper's signature only."""
+    import io
+    import subprocess
+
+    from bslrun import cli
+
+    def leave(code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        raise SystemExit(code)
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    env = {"BSLRUN_OUTPUT_DIR": str(out), "HYDRA_FULL_ERROR": "0", **env_vars}
+    with command_state_restored(env):
+        os.chdir(cwd or out)
+        sys.argv = ["bslrun", *args]
+        cli.PRE_LOCK, cli.leave = None, leave
+        cli.SWEEPS.clear()
+        cli.FAILED_JOBS.clear()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exit:
+                code = exit_code(exit)
+    return subprocess.CompletedProcess(
+        ["bslrun", *args], code, stdout.getvalue(), stderr.getvalue()
+    )
 
 
 # ------------------------------------------------------------------------- Ctrl-C

@@ -1,4 +1,8 @@
-"""The command line end to end, in subprocesses, with tiny settings (debug=tiny)."""
+"""The command line end to end, with tiny settings (debug=tiny): runs that end well in
+this process through ``cli.main`` (conftest's ``bslrun_here``); in subprocesses what a
+process of its own shows: a second process reproducing the first one's numbers, an exit
+code after an error (``cli.leave`` ends the process with ``os._exit``), refusals, shell
+completion, --version and --help."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_uci_tree
+from conftest import bslrun_here, make_uci_tree
 
 from bslrun import artifacts, cli
 
@@ -64,7 +68,7 @@ def run_folder(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("default")
-    result = bslrun("debug=tiny", "trainer.epochs=2", "seed=7", out=out)
+    result = bslrun_here("debug=tiny", "trainer.epochs=2", "seed=7", out=out)
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -112,6 +116,7 @@ def test_default_run_writes_the_experiment_folder(default_run):
 
 
 def test_same_seed_gives_identical_numbers(default_run, tmp_path):
+    """The run again, in a process of its own (nothing it compiled or drew is shared)."""
     out, _ = default_run
     first = json.loads((run_folder(out) / "metrics.json").read_text())
     again = bslrun("debug=tiny", "trainer.epochs=2", "seed=7", out=tmp_path)
@@ -122,9 +127,9 @@ def test_same_seed_gives_identical_numbers(default_run, tmp_path):
 
 
 def run_presets(tmp_path, presets, *overrides, **env_vars):
-    """All ``presets`` as one sweep (one process); returns {name: metrics} of the jobs."""
+    """All ``presets`` as one sweep (in this process); returns {name: metrics} of the jobs."""
     sweep = tmp_path / "sweep"
-    result = bslrun(
+    result = bslrun_here(
         "-m", "experiment=" + ",".join(presets), "debug=tiny", *overrides,
         f"hydra.sweep.dir={sweep}", out=tmp_path, timeout=900, **env_vars,
     )  # fmt: skip

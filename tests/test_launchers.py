@@ -1,8 +1,11 @@
 """Sweeps through Hydra's plugins: joblib (parallel here), SLURM (through submitit's local
 executor: no cluster), optuna; failed jobs, unique run folders and the start-up clock.
 
-Two subprocess runs of JAX in all (each with debug=tiny): an optuna study on joblib with a
-crashing trial, and a preempted submitit job; two more stop before JAX starts.
+Subprocess runs of JAX (each with debug=tiny) where a process is what is tested: an optuna
+study on joblib with a crashing trial (its hook is imported by every process), a sweep
+through submitit's local executor, a preempted submitit job (slow), and the vectorised
+launcher's sweep (what it prints while JAX and matplotlib start); two more stop before
+JAX starts. Runs checked for their files alone run in this process (conftest.bslrun_here).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import sweep_job
+from conftest import bslrun_here, sweep_job
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_cli import bslrun
@@ -415,8 +418,8 @@ def test_the_vectorised_launcher_writes_each_job_as_its_run_alone(tmp_path, monk
             assert not [line for line in NOISE if line in output], output
         assert (job / "predictions.npz").is_file() and (job / "plots").is_dir()
     single = tmp_path / "single"
-    result = bslrun("seed=1", "model.hidden=[6]", *common, f"hydra.run.dir={single}",
-                    out=tmp_path)  # fmt: skip
+    result = bslrun_here("seed=1", "model.hidden=[6]", *common, f"hydra.run.dir={single}",
+                         out=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     (together,) = [
         j for j in jobs
@@ -449,8 +452,9 @@ def test_trainer_replicas_writes_each_replica_as_a_run(tmp_path):
     import numpy as np
 
     run_dir = tmp_path / "ensemble"
-    result = bslrun("trainer.replicas=2", "debug=tiny", "trainer.epochs=2", "data.train_subset=0.2",
-                    "eval.num_samples=16", f"hydra.run.dir={run_dir}", out=tmp_path)  # fmt: skip
+    result = bslrun_here("trainer.replicas=2", "debug=tiny", "trainer.epochs=2",
+                         "data.train_subset=0.2", "eval.num_samples=16",
+                         f"hydra.run.dir={run_dir}", out=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"every metric: {run_dir / 'replicas.json'}" in result.stdout + result.stderr
     done = [metrics_of(run_dir / f"replica_{r}") for r in range(2)]

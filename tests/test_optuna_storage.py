@@ -1,5 +1,6 @@
 """A persistent optuna study (``hydra.sweeper.storage=sqlite:///...``) through the real
-command, run twice: the second sweep resumes the study stored by the first.
+command, run twice: the second sweep, in a process of its own, resumes the study stored by
+the first (run in this process: conftest.bslrun_here).
 
 optuna 2.10's RDB storage fails on SQLAlchemy 2 (an AssertionError while it checks the
 schema version), which is why pyproject.toml pins ``sqlalchemy>=1.4,<2``. Two sweeps of
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import bslrun_here
 from test_cli import bslrun
 
 STUDY = "s"
@@ -62,8 +64,10 @@ def test_a_sqlite_study_is_stored_and_resumed_by_a_second_sweep(tmp_path):
     import optuna  # here, so that the warning filter above applies to its import
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    for attempt in (1, 2):
-        result = bslrun(*sweep_command(storage), out=tmp_path)
+    # The first sweep in this process, the second in a process of its own: all it knows of
+    # the first is what the storage holds.
+    for attempt, command in ((1, bslrun_here), (2, bslrun)):
+        result = command(*sweep_command(storage), out=tmp_path)
         assert result.returncode == 0, f"sweep {attempt}: {result.stderr[-3000:]}"
     runs = jobs(tmp_path)
     assert len(runs) == 4, runs  # two sweep folders of two jobs each

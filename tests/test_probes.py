@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sweep_job
+from conftest import bslrun_here, sweep_job
 
 from bslrun import cli
 
@@ -238,9 +238,9 @@ def test_a_table_with_nan_is_exit_3(tmp_path):
 def test_a_flow_on_one_column_draws_its_samples_beside_the_data(tmp_path):
     write_csv(tmp_path / "one.csv", "x\n" + "".join(f"{np.sin(i):.4f}\n" for i in range(40)))
     run_dir = tmp_path / "run"
-    result = bslrun(
+    result = bslrun_here(
         *TINY, "model=flow", "data=file", "data.path=one.csv", f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
+        out=tmp_path / "out", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import compose, default_sigint
+from conftest import bslrun_here, compose, default_sigint
 from test_probes import TINY, bslrun, one_line
 
 from bslrun.errors import RunInterrupted
@@ -113,7 +113,7 @@ def test_ctrl_c_twice_during_a_save_is_one_line_130_and_its_hint_resumes_as_type
 
     hint = shlex.split(line.split("continue it with: ", 1)[1])
     assert hint[0] == "bslrun"
-    resumed = bslrun(*hint[1:], cwd=tmp_path)
+    resumed = bslrun_here(*hint[1:], out=out, cwd=tmp_path)  # the typed line, in this process
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["timing"]["resumed_from_epoch"] == 1 and metrics["train"]["epochs_run"] == 2

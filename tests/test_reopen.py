@@ -1,8 +1,10 @@
 """Reopening finished runs (``bslrun.load``, ``bslrun-predict``, ``bslrun-sample``).
 
-Each family is trained tiny through the command line; the reopened run must reproduce
-the run's own saved arrays bit for bit and its test metrics with the same keys, from the
-run folder alone, and every bad folder or input is one line with its exit code.
+Each family is trained tiny through the command line (in this process: conftest's
+``bslrun_here``); the reopened run must reproduce the run's own saved arrays bit for bit
+and its test metrics with the same keys, from the run folder alone (in a process of its
+own), and every bad folder or input is one line with its exit code. The VAE is trained
+and scored on the first 1,000 of MNIST's 10,000 test images (``first_test_images``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import compose
+from conftest import bslrun_here, compose
 from test_cli import MNIST_DIR, needs_mnist
 
 import bslrun
@@ -40,22 +42,41 @@ RUNS = {
 }
 
 
+TEST_IMAGES = 1000  # of MNIST's 10,000: the VAE's bound is a conv decoder per image and sample
+
+
 def train(out: Path, name: str) -> Path:
     run_dir = out / name
-    result = subprocess.run(
-        [sys.executable, "-m", "bslrun", *RUNS[name], f"hydra.run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, BSLRUN_OUTPUT_DIR=str(out)),
-        timeout=300,
-        cwd=out,
-    )
+    result = bslrun_here(*RUNS[name], f"hydra.run.dir={run_dir}", out=out)
     assert result.returncode == 0, result.stderr
     return run_dir
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def first_test_images():
+    """MNIST's test split cut to its first TEST_IMAGES images for this module (training
+    and every reload of the split): the files are read and checked once."""
+    from bslrun.data import mnist
+
+    read = {}
+    real = mnist.fetch
+
+    def fetch(source, cfg):
+        where = (source.name, cfg.root)
+        if where not in read:
+            read[where] = real(source, cfg)
+        arrays = dict(read[where])
+        for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            arrays[stem] = arrays[stem][:TEST_IMAGES]
+        return arrays
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mnist, "fetch", fetch)
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, first_test_images):
     out = tmp_path_factory.mktemp("reopen")
     names = [n for n in RUNS if n != "vae" or MNIST_DIR.is_dir()]
     return {name: train(out, name) for name in names}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import bslrun_here
 
 from bslrun import artifacts, published, report, runs, summary
 
@@ -214,21 +215,13 @@ def test_subprocess_entry_point_does_not_import_jax(sweep):
 
 
 def test_real_runs(tmp_path):
-    """Two debug=tiny runs written by bslrun itself, reported: catches format drift."""
-    procs = []
+    """Two debug=tiny runs written by bslrun itself (in this process), reported: catches
+    format drift."""
     for seed in (0, 1):
         out = tmp_path / f"seed{seed}"  # separate roots: runs started in the same second collide
         out.mkdir()
-        env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(out), HYDRA_FULL_ERROR="0")
-        cmd = [sys.executable, "-m", "bslrun", "debug=tiny", f"seed={seed}"]
-        procs.append(
-            subprocess.Popen(
-                cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+        result = bslrun_here("debug=tiny", f"seed={seed}", out=out)
+        assert result.returncode == 0, result.stderr
     assert report.main([str(tmp_path), "--metrics", "test.rmse,test.nll"]) == 0
     rows = read_csv(tmp_path / "report.csv")
     assert len(rows) == 1  # seed is not a group key

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import compose
+from conftest import bslrun_here, compose
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -117,7 +117,9 @@ def test_uci_preset_reads_the_shared_splits(monkeypatch, tmp_path):
 
 def test_sweep_seeds_runs_five_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    result = bslrun("-m", "sweep=seeds", "debug=tiny", f"hydra.sweep.dir={sweep}", out=tmp_path)
+    result = bslrun_here(
+        "-m", "sweep=seeds", "debug=tiny", f"hydra.sweep.dir={sweep}", out=tmp_path
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == [f"{i}_seed={i},debug=tiny" for i in range(5)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import default_sigint
+from conftest import bslrun_here, default_sigint
 from test_engine import run_fit, tiny_problem, trainer
 
 from bslrun.config import OptimConfig, Schedule, as_dict
@@ -266,7 +266,8 @@ def test_a_run_killed_with_sigkill_resumes_to_an_uninterrupted_runs_metrics(
     )
     assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides  # left as it was
 
-    resumed = bslrun(f"trainer.resume={killed}", output=tmp_path)  # continues in that folder
+    # Continues in that folder (in this process: what is checked is the folder it writes).
+    resumed = bslrun_here(*RUN, f"trainer.resume={killed}", out=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     # No new run folder: ``latest`` points at the resumed one.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "latest"]
@@ -310,12 +311,11 @@ def test_a_run_stopped_by_a_signal_saves_exits_in_one_line_and_resumes(
     if stop != signal.SIGINT:
         return  # how the run resumes does not depend on which signal stopped it
 
-    # The hint, typed as printed: the run's overrides (RUN) are not repeated.
+    # The hint, typed as printed: the run's overrides (RUN) are not repeated (run in this
+    # process: the command line is what is checked).
     hint = shlex.split(stderr.strip().split("continue it with: ", 1)[1])
     assert hint[0] == "bslrun"
-    env = dict(os.environ, BSLRUN_OUTPUT_DIR=str(tmp_path))
-    resumed = subprocess.run([sys.executable, "-m", "bslrun", *hint[1:]], env=env,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = bslrun_here(*hint[1:], out=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(stopped, uninterrupted, 1)
 

@@ -8,7 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import compose, linear_regression_data, make_spec
+from conftest import bslrun_here, compose, linear_regression_data, make_spec
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer.util import log_density
 from scipy import stats
@@ -140,8 +140,8 @@ TINY = ("data=sine_gap", "data.n_train=40", "data.n_val=10", "data.n_test=20",
 @pytest.fixture(scope="module")
 def nuts_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("nuts")
-    result = bslrun(*TINY, "inference=nuts", "inference.num_warmup=40",
-                    "inference.num_samples=20", "inference.num_chains=2", out=out)  # fmt: skip
+    result = bslrun_here(*TINY, "inference=nuts", "inference.num_warmup=40",
+                         "inference.num_samples=20", "inference.num_chains=2", out=out)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return run_folder(out)
 
@@ -177,8 +177,8 @@ def test_reopening_a_nuts_run_is_refused_in_one_line(nuts_run):
 
 
 def test_a_variational_run_reports_its_distance_from_the_reference(nuts_run, tmp_path):
-    result = bslrun(*TINY, "trainer.epochs=3", "trainer.progress=false",
-                    f"eval.reference={nuts_run}", out=tmp_path)  # fmt: skip
+    result = bslrun_here(*TINY, "trainer.epochs=3", "trainer.progress=false",
+                         f"eval.reference={nuts_run}", out=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     found = json.loads((run_folder(tmp_path) / "metrics.json").read_text())["reference"]
     assert np.isfinite(found["w2"]) and found["w2"] >= 0

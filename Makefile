@@ -25,7 +25,7 @@ run: $(STAMP)  ## train the embedded default (BNN on white wine); ARGS="key=valu
 # The tests share one compilation cache in the checkout: a clean clone starts it empty and
 # its later tests load what the earlier ones compiled (docs/speed.md).
 # --durations: the slowest tests are listed at the end, to keep the suite inside its budget.
-PYTEST := BSLRUN_COMPILATION_CACHE=$(CURDIR)/.cache/jax $(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=15
+PYTEST := BSLRUN_COMPILATION_CACHE=$(CURDIR)/.cache/jax $(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=30
 
 test: $(STAMP) chromium  ## the test suite without the long statistical checks (under 10 minutes)
 	$(PYTEST) -m "not slow"
